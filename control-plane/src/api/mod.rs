@@ -1,0 +1,241 @@
+//! The REST API under `/v1`: routing, request ids, authentication, body limits and extractors
+//! that answer bad input in the seed's error format. Handlers live in one module per seed
+//! section and call the store / services; they hold no state of their own.
+
+mod agents;
+pub mod error;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+pub use error::{ApiError, ApiResult};
+
+use crate::AppState;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The caller, as authenticated by [`require_admin`]; recorded in audit entries.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// This request's id (taken from a sane incoming `X-Request-Id`, else generated).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/v1/agents", get(agents::list))
+        .route(
+            "/v1/agents/tokens",
+            get(agents::list_tokens).post(agents::create_token),
+        )
+        .route(
+            "/v1/agents/tokens/{id}",
+            axum::routing::delete(agents::delete_token),
+        )
+        .route("/v1/agents/{id}", get(agents::get).delete(agents::revoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(authed)
+        .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "ROUTE_002",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => {
+            Json(serde_json::json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") }))
+                .into_response()
+        }
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE_001",
+            format!("store unavailable: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Assigns the request id, renders [`ApiError`] bodies and logs each request once.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::ids::random_id("req"));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let mut res = next.run(req).await;
+    if let Some(err) = res.extensions_mut().remove::<ApiError>() {
+        let status = res.status();
+        let mut headers = std::mem::take(res.headers_mut());
+        res = (status, Json(err.body(&id))).into_response();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::CONTENT_TYPE);
+        res.headers_mut().extend(headers);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    tracing::info!(%method, %path, status = res.status().as_u16(), request_id = %id, "request");
+    res
+}
+
+/// Every `/v1` route except health requires the admin bearer token.
+async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
+        return ApiError::unauthorized().into_response();
+    };
+    match state
+        .store
+        .admin_token_by_hash(&crate::ids::hash_secret(token))
+        .await
+    {
+        Ok(Some(id)) => {
+            req.extensions_mut().insert(Actor(format!("admin:{id}")));
+            next.run(req).await
+        }
+        Ok(None) => ApiError::unauthorized().into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `Json` whose rejections are [`ApiError`]s: malformed JSON, unknown fields, wrong types,
+/// missing content type and oversized bodies each get a precise 4xx.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_002", e.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "VALIDATION_004",
+            "expected a request body with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "VALIDATION_003",
+            "request body too large",
+        ),
+        other => ApiError::new(other.status(), "VALIDATION_002", other.body_text()),
+    }
+}
+
+/// `Query` with [`ApiError`] rejections.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
+            })
+    }
+}
+
+/// `Path` with [`ApiError`] rejections.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e: PathRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
+            })
+    }
+}
+
+/// Seed-style pagination parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PageParams {
+    pub page: Option<i64>,
+    pub page_size: Option<i64>,
+    pub status: Option<String>,
+}
+
+pub const MAX_PAGE_SIZE: i64 = 200;
+
+impl PageParams {
+    pub fn resolve(&self) -> ApiResult<(i64, i64)> {
+        let page = self.page.unwrap_or(1);
+        let size = self.page_size.unwrap_or(20);
+        if page < 1 {
+            return Err(ApiError::validation("page", "page must be 1 or more"));
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&size) {
+            return Err(ApiError::validation(
+                "pageSize",
+                format!("pageSize must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+        Ok((page, size))
+    }
+}
+
+pub fn page_json<T: serde::Serialize>(
+    data: Vec<T>,
+    page: i64,
+    page_size: i64,
+    total: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "data": data,
+        "pagination": {
+            "page": page,
+            "pageSize": page_size,
+            "totalCount": total,
+            "hasNext": page * page_size < total,
+        }
+    })
+}

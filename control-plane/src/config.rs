@@ -1,0 +1,317 @@
+//! `ferry-server` configuration: flags, `FERRY_*` environment variables and an optional TOML
+//! file (precedence in that order), validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// The resolved configuration the control plane runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    /// `host:port` agents should dial; shown in token responses. Defaults to `quic_addr`.
+    pub advertise_addr: String,
+    /// `sqlite://…` or `postgres://…`; defaults to `<data-dir>/ferry.db`.
+    pub database_url: String,
+    /// Extra DNS names / IP addresses for the server certificate.
+    pub sans: Vec<String>,
+    pub agent_cert_lifetime: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_body_bytes: usize,
+    pub json_logs: bool,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory, with both listeners on ephemeral loopback ports.
+    pub fn for_tests(data_dir: &Path) -> Self {
+        let mut c =
+            Self::resolve(Args::parse_from(["ferry-server"]), None).expect("defaults are valid");
+        c.data_dir = data_dir.to_path_buf();
+        c.database_url = default_db_url(data_dir);
+        c.http_addr = "127.0.0.1:0".parse().expect("literal");
+        c.quic_addr = "127.0.0.1:0".parse().expect("literal");
+        c.advertise_addr = String::new();
+        c
+    }
+
+    /// Heartbeats missed for this long end a session and mark the agent disconnected.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_interval * 3
+    }
+
+    pub fn from_args(args: Args) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => Some(FileConfig::load(path)?),
+            None => None,
+        };
+        Self::resolve(args, file)
+    }
+
+    fn resolve(args: Args, file: Option<FileConfig>) -> Result<Self, String> {
+        let f = file.unwrap_or_default();
+        let data_dir = args
+            .data_dir
+            .or(f.data_dir)
+            .unwrap_or_else(|| PathBuf::from("ferry-data"));
+        let addr = |flag: Option<String>, file: Option<String>, default: &str, name: &str| {
+            let s = flag.or(file).unwrap_or_else(|| default.to_string());
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("invalid {name} {s:?}: expected IP:PORT"))
+        };
+        let http_addr = addr(args.http_addr, f.http_addr, "127.0.0.1:7700", "--http-addr")?;
+        let quic_addr = addr(args.quic_addr, f.quic_addr, "127.0.0.1:7701", "--quic-addr")?;
+        let advertise_addr = args
+            .advertise_addr
+            .or(f.advertise_addr)
+            .unwrap_or_else(|| quic_addr.to_string());
+        let database_url = args
+            .database_url
+            .or(f.database_url)
+            .unwrap_or_else(|| default_db_url(&data_dir));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "invalid --database-url {database_url:?}: use sqlite://PATH or postgres://…"
+            ));
+        }
+        let mut sans = f.san.unwrap_or_default();
+        sans.extend(args.san);
+        for s in &sans {
+            let ok = s.parse::<std::net::IpAddr>().is_ok()
+                || (!s.is_empty()
+                    && s.len() <= 253
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            if !ok {
+                return Err(format!(
+                    "invalid --san {s:?}: expected a DNS name or an IP address"
+                ));
+            }
+        }
+        let dur = |flag: Option<String>,
+                   file: Option<String>,
+                   default: &str,
+                   name: &str,
+                   min: Duration| {
+            let s = flag.or(file).unwrap_or_else(|| default.to_string());
+            let d = parse_duration(&s)
+                .ok_or_else(|| format!("invalid {name} {s:?}: expected e.g. 30s, 10m, 12h"))?;
+            if d < min {
+                return Err(format!("invalid {name} {s:?}: must be at least {min:?}"));
+            }
+            Ok(d)
+        };
+        let agent_cert_lifetime = dur(
+            args.agent_cert_lifetime,
+            f.agent_cert_lifetime,
+            "12h",
+            "--agent-cert-lifetime",
+            Duration::from_secs(3),
+        )?;
+        let heartbeat_interval = dur(
+            args.heartbeat_interval,
+            f.heartbeat_interval,
+            "5s",
+            "--heartbeat-interval",
+            Duration::from_millis(100),
+        )?;
+        if heartbeat_interval > Duration::from_secs(60) {
+            return Err("invalid --heartbeat-interval: at most 60s".into());
+        }
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(f.max_body_bytes)
+            .unwrap_or(1024 * 1024);
+        if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(format!(
+                "invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"
+            ));
+        }
+        let json_logs = match args.log_format.or(f.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(format!("invalid --log-format {other:?}: text or json")),
+        };
+        Ok(Self {
+            data_dir,
+            http_addr,
+            quic_addr,
+            advertise_addr,
+            database_url,
+            sans,
+            agent_cert_lifetime,
+            heartbeat_interval,
+            max_body_bytes,
+            json_logs,
+        })
+    }
+}
+
+fn default_db_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("ferry.db").display())
+}
+
+/// `30s`, `500ms`, `10m`, `12h`, `7d`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// Command-line flags (each also readable from a `FERRY_*` variable).
+#[derive(Debug, Parser)]
+#[command(name = "ferry-server", version, about = "Ferry control plane")]
+pub struct Args {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the CA, the admin token and the SQLite database [default: ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// REST API listen address [default: 127.0.0.1:7700].
+    #[arg(long, env = "FERRY_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// QUIC listen address agents dial [default: 127.0.0.1:7701].
+    #[arg(long, env = "FERRY_QUIC_ADDR")]
+    pub quic_addr: Option<String>,
+    /// HOST:PORT agents should use to reach the QUIC listener [default: --quic-addr].
+    #[arg(long, env = "FERRY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// sqlite://PATH or postgres://… [default: sqlite in the data dir].
+    #[arg(long, env = "FERRY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "san", env = "FERRY_SANS", value_delimiter = ',')]
+    pub san: Vec<String>,
+    /// Lifetime of agent client certificates; agents renew at two thirds [default: 12h].
+    #[arg(long, env = "FERRY_AGENT_CERT_LIFETIME")]
+    pub agent_cert_lifetime: Option<String>,
+    /// Heartbeat interval agents are told to use; three missed end the session [default: 5s].
+    #[arg(long, env = "FERRY_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Largest accepted REST request body in bytes [default: 1048576].
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "FERRY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    quic_addr: Option<String>,
+    advertise_addr: Option<String>,
+    database_url: Option<String>,
+    san: Option<Vec<String>>,
+    agent_cert_lifetime: Option<String>,
+    heartbeat_interval: Option<String>,
+    max_body_bytes: Option<usize>,
+    log_format: Option<String>,
+}
+
+impl FileConfig {
+    fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            format!(
+                "invalid config {}: {}",
+                path.display(),
+                e.message().lines().next().unwrap_or_default()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let mut v = vec!["ferry-server"];
+        v.extend_from_slice(args);
+        ServerConfig::from_args(Args::try_parse_from(v).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.quic_addr.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.advertise_addr, "127.0.0.1:7701");
+        assert_eq!(c.agent_cert_lifetime, Duration::from_secs(12 * 3600));
+        assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
+    }
+
+    #[test]
+    fn invalid_values_give_one_clear_line() {
+        for (args, needle) in [
+            (vec!["--http-addr", "nope"], "--http-addr"),
+            (vec!["--agent-cert-lifetime", "1s"], "at least"),
+            (
+                vec!["--agent-cert-lifetime", "12 parsecs"],
+                "--agent-cert-lifetime",
+            ),
+            (vec!["--database-url", "mysql://x"], "--database-url"),
+            (vec!["--san", "bad name!"], "--san"),
+            (vec!["--log-format", "xml"], "--log-format"),
+            (vec!["--max-body-bytes", "10"], "--max-body-bytes"),
+        ] {
+            let err = parse(&args).unwrap_err();
+            assert!(
+                err.contains(needle) && !err.contains('\n'),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_then_flags_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:9000\"\nquic_addr = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--quic-addr", "127.0.0.1:9101"]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.quic_addr.to_string(), "127.0.0.1:9101");
+        std::fs::write(&path, "htp_addr = \"x\"\n").unwrap();
+        assert!(
+            parse(&["--config", p])
+                .unwrap_err()
+                .contains("unknown field")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5y"), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! Ferry's control plane.
+//!
+//! Start-up ([`start`]) validates nothing itself — [`config`] already did — and wires the pieces:
+//! the [`store`], Ferry's CA (`ferry-certs`), the REST [`api`] and the [`quic`] endpoint agents
+//! dial. Both listeners share one shutdown signal. `main.rs` only parses flags and calls [`start`].
+
+pub mod api;
+pub mod config;
+pub mod ids;
+pub mod quic;
+pub mod store;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_certs::Ca;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::ServerConfig;
+use store::{Store, StoreOptions};
+
+/// Lifetime of the control plane's own server certificate; it is re-issued at every start.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(397 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cert(#[from] ferry_certs::CertError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Transport(#[from] ferry_transport::TransportError),
+}
+
+/// What handlers and sessions share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ca: Arc<Ca>,
+    pub config: Arc<ServerConfig>,
+    pub sessions: quic::Sessions,
+    /// `host:port` agents should dial (the advertise address, or the bound QUIC address).
+    pub advertise_addr: Arc<str>,
+}
+
+/// A running control plane.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    pub ca_fingerprint: String,
+    pub admin_token_path: PathBuf,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, closes agent sessions with a "stopping" reason and waits for both
+    /// listeners to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.state.store.close().await;
+    }
+
+    /// Runs until the process receives Ctrl-C or SIGTERM, then shuts down.
+    pub async fn run_until_signalled(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Opens the store, loads (or creates) the CA and the admin credential, and starts both
+/// listeners. Returns once they are bound.
+pub async fn start(config: ServerConfig) -> Result<Running, Error> {
+    ferry_certs::tls::provider();
+    create_private_dir(&config.data_dir)?;
+    let store = Store::connect(&config.database_url, StoreOptions::default()).await?;
+    let ca = Ca::load_or_create(&config.data_dir, "Ferry CA")?;
+    let admin_token_path = config.data_dir.join("admin.token");
+    ensure_admin_token(&store, &admin_token_path).await?;
+
+    let server = ca.issue_server(&config.sans, SERVER_CERT_LIFETIME)?;
+    let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
+    let tls = ferry_certs::tls::server_config(
+        &chain,
+        &server.key_pem,
+        &[ca.cert_pem()],
+        ferry_protocol::ALPN,
+    )?;
+    let endpoint =
+        ferry_transport::server_endpoint(config.quic_addr, tls).map_err(|e| match e {
+            ferry_transport::TransportError::Io(source) => Error::Bind {
+                addr: config.quic_addr,
+                source,
+            },
+            other => other.into(),
+        })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| Error::Bind {
+        addr: config.quic_addr,
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.http_addr,
+        source,
+    })?;
+
+    let advertise: Arc<str> = if config.advertise_addr.is_empty() {
+        quic_addr.to_string().into()
+    } else {
+        config.advertise_addr.as_str().into()
+    };
+    let state = AppState {
+        store,
+        ca: Arc::new(ca),
+        config: Arc::new(config),
+        sessions: quic::Sessions::default(),
+        advertise_addr: advertise,
+    };
+    let (shutdown, rx) = watch::channel(false);
+    let quic_task = tokio::spawn(quic::serve(endpoint, state.clone(), rx.clone()));
+    let app = api::router(state.clone());
+    let mut http_rx = rx;
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_rx.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, %quic_addr, ca_fingerprint = %state.ca.fingerprint(), "control plane started");
+    Ok(Running {
+        http_addr,
+        quic_addr,
+        ca_fingerprint: state.ca.fingerprint(),
+        admin_token_path,
+        state,
+        shutdown,
+        tasks: vec![quic_task, http_task],
+    })
+}
+
+fn create_private_dir(path: &Path) -> Result<(), Error> {
+    let err = |source| Error::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// At first start, generates the admin bearer token: only its hash is stored; the plaintext is
+/// written once to `admin.token` (mode 0600) for the operator to read.
+async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error> {
+    if store.admin_token_count().await? > 0 {
+        if !path.exists() {
+            tracing::warn!(path = %path.display(), "admin token file is missing; the stored token still works");
+        }
+        return Ok(());
+    }
+    let token = format!("ferry_admin_{}", ids::random_hex(32));
+    ferry_certs::write_private(path, &format!("{token}\n"))?;
+    store
+        .insert_admin_token(
+            &ids::random_id("admin"),
+            &ids::hash_secret(&token),
+            ids::now_ms(),
+        )
+        .await?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(())
+}
+
+/// Initializes logging: `RUST_LOG`-style filter (default `info`), text or JSON lines.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

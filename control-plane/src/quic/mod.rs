@@ -1,0 +1,104 @@
+//! The QUIC endpoint agents dial.
+//!
+//! A connection without a client certificate may only enroll ([`enroll`]); one with a
+//! certificate (already verified against Ferry's CA by rustls during the handshake) runs a
+//! [`session`]. Every wait has a deadline, every failure closes only the connection at fault.
+
+mod enroll;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_protocol::CloseCode;
+use quinn::{Connection, Endpoint};
+use tokio::sync::watch;
+
+use crate::AppState;
+
+/// How long a client may take to complete the handshake or send its first frame.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Live sessions held by this replica, by agent id.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    inner: Arc<Mutex<HashMap<String, (String, Connection)>>>,
+}
+
+impl Sessions {
+    /// Registers a session, closing the one it supersedes.
+    fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) {
+        let old = self
+            .inner
+            .lock()
+            .expect("sessions lock")
+            .insert(agent_id.into(), (session_id.into(), conn));
+        if let Some((_, old)) = old {
+            ferry_transport::close(
+                &old,
+                CloseCode::Superseded,
+                "a newer session replaced this one",
+            );
+        }
+    }
+
+    /// Forgets a session if it is still the registered one.
+    fn remove(&self, agent_id: &str, session_id: &str) {
+        let mut map = self.inner.lock().expect("sessions lock");
+        if map.get(agent_id).is_some_and(|(s, _)| s == session_id) {
+            map.remove(agent_id);
+        }
+    }
+
+    /// Closes the agent's live session on this replica, if any.
+    pub fn close(&self, agent_id: &str, code: CloseCode, reason: &str) {
+        if let Some((_, conn)) = self.inner.lock().expect("sessions lock").remove(agent_id) {
+            ferry_transport::close(&conn, code, reason);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("sessions lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then closes the endpoint.
+pub async fn serve(endpoint: Endpoint, state: AppState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.accept() {
+                Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
+                Err(e) => {
+                    return tracing::debug!(%remote, error = %e, "refused incoming connection");
+                }
+            };
+            let conn = match conn {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return tracing::info!(%remote, error = %e, "handshake failed"),
+                Err(_) => return tracing::info!(%remote, "handshake timed out"),
+            };
+            match ferry_transport::peer_leaf_der(&conn) {
+                None => enroll::handle(conn, state).await,
+                Some(der) => session::handle(conn, der, state, shutdown).await,
+            }
+        });
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(CloseCode::Normal as u32),
+        b"control plane stopping",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}

@@ -1,0 +1,57 @@
+//! A small forward-only migration runner shared by both backends.
+//!
+//! Migrations are embedded in the binary (nothing is read from disk at run time) and applied in
+//! one transaction. On PostgreSQL a transaction-scoped advisory lock serializes replicas that
+//! start at the same moment, so exactly one of them applies each migration.
+
+use super::{Backend, Result, Store, StoreError};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "agents",
+    include_str!("../../migrations/0001_agents.sql"),
+)];
+
+/// Arbitrary constant identifying Ferry's migration lock.
+const PG_LOCK_KEY: i64 = 0x4665_7272_79; // "Ferry"
+
+pub(super) async fn run(store: &Store) -> Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS ferry_migrations (\
+           version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&store.pool)
+    .await?;
+    let mut tx = store.pool.begin().await?;
+    if store.backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)::TEXT")
+            .bind(PG_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM ferry_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?;
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if let Some(&found) = applied.iter().max()
+        && found > known
+    {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO ferry_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(*version)
+            .bind(*name)
+            .bind(crate::ids::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, name, "applied database migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Durable state of the control plane, on SQLite (embedded default) or PostgreSQL (scale-out).
+//!
+//! One implementation serves both backends through sqlx's `Any` driver. That works because the
+//! schema sticks to a common dialect: `TEXT` and `BIGINT` columns only, timestamps as Unix
+//! milliseconds, JSON documents as `TEXT`, `$n` placeholders (SQLite accepts them too). The same
+//! conformance suite (`tests/store.rs`) runs against both backends.
+//!
+//! Invariants:
+//! * every mutation that a user asked for writes its audit record in the same transaction;
+//! * a bootstrap token is consumed by a single conditional `UPDATE`, so two concurrent
+//!   enrollments with one token cannot both succeed, on either backend;
+//! * session ownership is a `session_id` compare-and-set: a stale session can neither refresh nor
+//!   clear the row of the session that replaced it.
+
+mod agents;
+mod migrate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, AssertSqlSafe};
+
+pub use agents::{
+    AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent,
+    NewBootstrapToken,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade ferry-server"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("corrupt stored document in {table}.{column}: {message}")]
+    Corrupt {
+        table: &'static str,
+        column: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Options beyond the URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// PostgreSQL only: create (if needed) and use this schema instead of `public`. Tests use a
+    /// schema per run to isolate themselves.
+    pub pg_schema: Option<String>,
+}
+
+/// Who did what, recorded with every user-initiated mutation.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub actor: String,
+    pub action: &'static str,
+    pub target: String,
+    pub request_id: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let schema = options.pg_schema.clone();
+        if let Some(s) = &schema
+            && !s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::UnsupportedUrl(format!("schema name {s:?}")));
+        }
+        let pool = AnyPoolOptions::new()
+            // SQLite has one writer at a time; a small pool avoids needless lock contention.
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            sqlx::raw_sql(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                            )
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            if let Some(s) = schema {
+                                sqlx::raw_sql(AssertSqlSafe(format!(
+                                    "CREATE SCHEMA IF NOT EXISTS {s}; SET search_path TO {s};"
+                                )))
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let store = Self { pool, backend };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// A file-backed SQLite store at `path` (created if missing).
+    pub async fn sqlite_file(path: &std::path::Path) -> Result<Self> {
+        Self::connect(
+            &format!("sqlite://{}?mode=rwc", path.display()),
+            StoreOptions::default(),
+        )
+        .await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Cheap liveness probe for `/v1/health`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- admin credentials --------------------------------------------------------------
+
+    pub async fn admin_token_count(&self) -> Result<i64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn insert_admin_token(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("INSERT INTO admin_tokens (id, token_hash, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The id of the admin token with this hash, if any.
+    pub async fn admin_token_by_hash(&self, token_hash: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM admin_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    // ---- audit ----------------------------------------------------------------------------
+
+    async fn write_audit(conn: &mut sqlx::AnyConnection, audit: &Audit, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, target, request_id, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(crate::ids::random_id("aud"))
+        .bind(now_ms)
+        .bind(&audit.actor)
+        .bind(audit.action)
+        .bind(&audit.target)
+        .bind(&audit.request_id)
+        .bind(audit.details.to_string())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit records about `target`, oldest first.
+    pub async fn audit_for(&self, target: &str) -> Result<Vec<(String, String, String)>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT action, actor, request_id FROM audit_log WHERE target = $1 ORDER BY at, id",
+        )
+        .bind(target)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}
+
+pub(crate) fn labels_to_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).expect("string map serializes")
+}
+
+pub(crate) fn labels_from_json(
+    table: &'static str,
+    column: &'static str,
+    s: &str,
+) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        table,
+        column,
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,80 @@
+//! Bootstrap tokens: `ferry1.<id>.<secret>.<ca-fingerprint>`.
+//!
+//! The id finds the record, the secret proves possession (only its SHA-256 is stored), and the
+//! CA fingerprint lets the agent pin the control plane during enrollment, so a token is all an
+//! agent needs. Tokens are single-use and expire.
+
+pub const PREFIX: &str = "ferry1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    pub id: String,
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl BootstrapToken {
+    pub fn generate(ca_fingerprint: &str) -> Self {
+        Self {
+            id: crate::ids::random_hex(8),
+            secret: crate::ids::random_hex(16),
+            ca_fingerprint: ca_fingerprint.to_string(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('.');
+        let (prefix, id, secret, fp) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if parts.next().is_some()
+            || prefix != PREFIX
+            || !hex(id, 16)
+            || !hex(secret, 32)
+            || !hex(fp, 64)
+        {
+            return None;
+        }
+        Some(Self {
+            id: id.into(),
+            secret: secret.into(),
+            ca_fingerprint: fp.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{PREFIX}.{}.{}.{}",
+            self.id, self.secret, self.ca_fingerprint
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let fp = "ab".repeat(32);
+        let t = BootstrapToken::generate(&fp);
+        assert_eq!(BootstrapToken::parse(&t.to_string()), Some(t.clone()));
+        let s = t.to_string();
+        for bad in [
+            String::new(),
+            s.replacen("ferry1", "ferry2", 1),
+            format!("{s}.x"),
+            s.replace(&fp, &"AB".repeat(32)),
+            s.replace(&t.secret, "zz"),
+            format!("ferry1.{}.{}", t.id, t.secret),
+        ] {
+            assert_eq!(BootstrapToken::parse(&bad), None, "{bad:?}");
+        }
+    }
+}

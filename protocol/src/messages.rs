@@ -1,0 +1,305 @@
+//! The messages exchanged on a Ferry agent connection.
+//!
+//! Stream layout (one QUIC connection per agent):
+//! * **control stream** — the first bidirectional stream the agent opens. An agent without a
+//!   client certificate may only send [`AgentMessage::Enroll`] on it and gets
+//!   [`ServerMessage::Enrolled`] or [`ServerMessage::Error`] back. An enrolled agent starts with
+//!   [`AgentMessage::Hello`] and the server answers [`ServerMessage::Welcome`]; after that the
+//!   server pushes [`ServerMessage::Assignment`]s and the agent sends acks, status, heartbeats and
+//!   renewal requests.
+//! * **telemetry streams** — unidirectional streams the agent opens for [`LogBatch`] and
+//!   [`MetricBatch`] so that a log flood never delays a status report; the server acknowledges
+//!   on the control stream with [`ServerMessage::TelemetryAck`].
+//!
+//! postcard is not self-describing: a message layout change is a protocol version change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Messages an agent sends to the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Enroll(Enroll),
+    Hello(Hello),
+    Ack(Ack),
+    Status(Status),
+    Heartbeat(Heartbeat),
+    RenewCertificate(RenewCertificate),
+    LogBatch(LogBatch),
+    MetricBatch(MetricBatch),
+    Error(WireError),
+}
+
+/// Messages the control plane sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Enrolled(Enrolled),
+    Welcome(Welcome),
+    Assignment(Assignment),
+    HeartbeatAck(HeartbeatAck),
+    CertificateRenewed(CertificateRenewed),
+    TelemetryAck(TelemetryAck),
+    Error(WireError),
+}
+
+/// First message of an agent that has no certificate yet. Sent over a TLS connection on which
+/// the agent pinned the control plane's CA by the fingerprint carried in the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enroll {
+    /// The bootstrap token, exactly as the admin received it.
+    pub token: String,
+    /// A PEM certificate signing request for a key the agent generated and never sends.
+    pub csr_pem: String,
+    /// Human-friendly name (host name by default). Not an identity.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The identity the control plane assigned; it is also in the certificate's URI SAN.
+    pub agent_id: String,
+    pub certificate_pem: String,
+    /// The CA that signed the certificate (the one the agent pinned).
+    pub ca_pem: String,
+}
+
+/// First message of an enrolled agent on its control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Inclusive range of protocol versions the agent speaks.
+    pub protocol_min: u16,
+    pub protocol_max: u16,
+    /// The agent's own idea of its id. The control plane trusts the certificate, not this field,
+    /// and refuses the session when they differ.
+    pub agent_id: String,
+    pub agent_version: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Runtimes and features the agent supports, e.g. `"runtime:process"`.
+    pub capabilities: Vec<String>,
+    /// The generation of the last assignment the agent applied (0 if none).
+    pub last_generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    pub agent_id: String,
+    /// How often the agent must send a heartbeat; the server ends sessions silent for three.
+    pub heartbeat_interval_ms: u32,
+    /// The server's clock, so the agent can report skew.
+    pub server_time_ms: u64,
+}
+
+/// The complete list of workloads one agent must run, stamped with a generation that only
+/// grows. Level-triggered: an agent that missed updates only needs the latest assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub generation: u64,
+    pub workloads: Vec<Workload>,
+}
+
+/// One workload an agent owns: a deployment's process spec, to be run as `replicas` processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Stable id of the workload (the deployment id).
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub spec: ProcessSpec,
+    /// Bumped when a user asks for a restart without changing the spec.
+    pub restart_nonce: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub replicas: u32,
+    pub restart_policy: RestartPolicy,
+    pub liveness: Option<HealthCheck>,
+    pub readiness: Option<HealthCheck>,
+    pub startup: Option<HealthCheck>,
+    pub stop_grace_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub initial_delay_ms: u32,
+    pub period_ms: u32,
+    pub timeout_ms: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Probe {
+    /// HTTP GET; `port` 0 means the replica's assigned `PORT`.
+    Http {
+        path: String,
+        port: u16,
+    },
+    Tcp {
+        port: u16,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+}
+
+/// The agent's answer to an assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub generation: u64,
+    pub outcome: AckOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AckOutcome {
+    Applied,
+    /// The agent already applied this generation or a newer one.
+    Stale {
+        current: u64,
+    },
+    Rejected {
+        reason: String,
+    },
+}
+
+/// Observed state, echoing the generation the agent is acting on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub generation: u64,
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub id: String,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub index: u32,
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub ready: bool,
+    pub restarts: u32,
+    pub reason: Option<String>,
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Pending,
+    Starting,
+    Running,
+    Degraded,
+    Failed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub sent_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub seq: u64,
+    pub server_time_ms: u64,
+}
+
+/// Asks for a fresh client certificate for a new key. The identity comes from the current
+/// (authenticated) certificate; the CSR's subject is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewCertificate {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRenewed {
+    pub certificate_pem: String,
+    pub not_after_ms: u64,
+}
+
+/// A batch of log lines from one source (one replica's stdout/stderr). `first_seq` numbers the
+/// first line; lines are numbered consecutively, so the control plane can drop what it already has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub source: String,
+    pub first_seq: u64,
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub ts_ms: u64,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricBatch {
+    pub source: String,
+    pub first_seq: u64,
+    pub samples: Vec<MetricSample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub ts_ms: u64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Acknowledges telemetry up to and including `last_seq` for `source`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    pub source: String,
+    pub last_seq: u64,
+}
+
+/// An error either side reports before closing or refusing a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    TokenUnknown,
+    TokenUsed,
+    TokenExpired,
+    InvalidCsr,
+    InvalidRequest,
+    UnsupportedVersion,
+    UnexpectedMessage,
+    IdentityMismatch,
+    Revoked,
+    Internal,
+}
