@@ -135,7 +135,7 @@ impl Store {
             .connect(url)
             .await?;
         let store = Self { pool, backend };
-        migrate::run(&store).await?;
+        store.migrate().await?;
         Ok(store)
     }
 
@@ -146,6 +146,22 @@ impl Store {
             StoreOptions::default(),
         )
         .await
+    }
+
+    /// Applies pending migrations. Idempotent, and safe for replicas starting together.
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::run(self).await
+    }
+
+    /// Drops a PostgreSQL schema created through [`StoreOptions::pg_schema`] (test clean-up).
+    pub async fn drop_pg_schema(&self, schema: &str) -> Result<()> {
+        if self.backend != Backend::Postgres
+            || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::UnsupportedUrl(format!("schema name {schema:?}")));
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))).execute(&self.pool).await?;
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
