@@ -17,12 +17,10 @@ pub struct CertInfo {
 }
 
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, CertError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| CertError::InvalidCert(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::InvalidCert(e.to_string()))?;
     let validity = cert.validity();
     let ts = |t: x509_parser::time::ASN1Time| {
-        OffsetDateTime::from_unix_timestamp(t.timestamp())
-            .map_err(|e| CertError::InvalidCert(e.to_string()))
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| CertError::InvalidCert(e.to_string()))
     };
     let mut agent_id = None;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -45,7 +43,5 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CertError> {
 
 /// The agent id named by an agent certificate's URI SAN.
 pub fn agent_id_from_cert(der: &[u8]) -> Result<String, CertError> {
-    cert_info(der)?
-        .agent_id
-        .ok_or_else(|| CertError::InvalidCert("no spiffe://ferry/agent/<id> URI SAN".into()))
+    cert_info(der)?.agent_id.ok_or_else(|| CertError::InvalidCert("no spiffe://ferry/agent/<id> URI SAN".into()))
 }

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -46,10 +46,7 @@ pub enum CertError {
     #[error("invalid agent id {0:?}: use 1-64 characters from [a-z0-9-]")]
     InvalidAgentId(String),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("TLS configuration: {0}")]
     Tls(String),
 }
@@ -86,10 +83,7 @@ impl Validity {
     /// Valid from a little before now for `lifetime`.
     pub fn from_now(lifetime: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        Self {
-            not_before: now - BACKDATE,
-            not_after: now + lifetime,
-        }
+        Self { not_before: now - BACKDATE, not_after: now + lifetime }
     }
 }
 
@@ -102,9 +96,7 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
@@ -118,11 +110,8 @@ impl Ca {
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let v = Validity::from_now(Duration::from_secs(10 * 365 * 24 * 3600));
         params.not_before = v.not_before;
         params.not_after = v.not_after;
@@ -140,11 +129,7 @@ impl Ca {
     fn from_parts(cert_pem: String, key: KeyPair) -> Result<Self, CertError> {
         let cert_der = pem_to_der(&cert_pem)?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
-        Ok(Self {
-            cert_pem,
-            cert_der,
-            issuer,
-        })
+        Ok(Self { cert_pem, cert_der, issuer })
     }
 
     /// Loads `ca.crt` + `ca.key` from `dir`, creating them (key mode 0600) on first use.
@@ -177,11 +162,7 @@ impl Ca {
 
     /// Issues the control plane's server certificate. It always names [`CONTROL_PLANE_NAME`];
     /// `extra_sans` adds DNS names or IP addresses.
-    pub fn issue_server(
-        &self,
-        extra_sans: &[String],
-        lifetime: Duration,
-    ) -> Result<IssuedWithKey, CertError> {
+    pub fn issue_server(&self, extra_sans: &[String], lifetime: Duration) -> Result<IssuedWithKey, CertError> {
         let key = KeyPair::generate()?;
         let mut sans = vec![CONTROL_PLANE_NAME.to_string()];
         sans.extend(extra_sans.iter().filter(|s| !s.is_empty()).cloned());
@@ -196,23 +177,15 @@ impl Ca {
         params.not_before = v.not_before;
         params.not_after = v.not_after;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedWithKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(IssuedWithKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Signs an agent's CSR. Only the CSR's public key (and its proof of possession) is used:
     /// subject, SANs and usages are Ferry's, so an agent cannot ask for another identity.
-    pub fn sign_agent_csr(
-        &self,
-        csr_pem: &str,
-        agent_id: &str,
-        validity: Validity,
-    ) -> Result<Issued, CertError> {
+    pub fn sign_agent_csr(&self, csr_pem: &str, agent_id: &str, validity: Validity) -> Result<Issued, CertError> {
         validate_agent_id(agent_id)?;
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CertError::InvalidCsr(e.to_string()))?;
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CertError::InvalidCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(agent_id);
         params.subject_alt_names = vec![SanType::URI(
@@ -230,11 +203,7 @@ impl Ca {
         params.not_after = validity.not_after;
         csr.params = params;
         let cert = csr.signed_by(&self.issuer)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            serial: serial_hex,
-            not_after: validity.not_after,
-        })
+        Ok(Issued { cert_pem: cert.pem(), serial: serial_hex, not_after: validity.not_after })
     }
 }
 
@@ -259,14 +228,8 @@ pub fn csr_pem(key: &KeyPair, name: &str) -> Result<String, CertError> {
 pub fn validate_agent_id(id: &str) -> Result<(), CertError> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(CertError::InvalidAgentId(id.into()))
-    }
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(CertError::InvalidAgentId(id.into())) }
 }
 
 /// SHA-256 of a DER certificate, lowercase hex.
@@ -277,27 +240,21 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Parses the first certificate of a PEM document.
 pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, CertError> {
     use rustls_pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| CertError::InvalidCert(e.to_string()))
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CertError::InvalidCert(e.to_string()))
 }
 
 /// Writes a private file: created with mode 0600 before any byte is written.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| CertError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -314,20 +271,14 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
 
 /// Writes a public file atomically (write to a temporary name, then rename).
 pub fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| CertError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, contents).map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| CertError::Io { path: path.display().to_string(), source })
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -359,20 +310,13 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("ca.key"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // A certificate signed by the reloaded CA names the same issuer.
         let key = generate_key().unwrap();
         let issued = again
-            .sign_agent_csr(
-                &csr_pem(&key, "x").unwrap(),
-                "agent-1",
-                Validity::from_now(Duration::from_secs(60)),
-            )
+            .sign_agent_csr(&csr_pem(&key, "x").unwrap(), "agent-1", Validity::from_now(Duration::from_secs(60)))
             .unwrap();
         let info = cert_info(&pem_to_der(&issued.cert_pem).unwrap()).unwrap();
         assert_eq!(info.agent_id.as_deref(), Some("agent-1"));
@@ -383,9 +327,7 @@ mod tests {
         let ca = Ca::generate("t").unwrap();
         let key = generate_key().unwrap();
         let csr = csr_pem(&key, "i-want-to-be-admin").unwrap();
-        let issued = ca
-            .sign_agent_csr(&csr, "agent-7", Validity::from_now(Duration::from_secs(30)))
-            .unwrap();
+        let issued = ca.sign_agent_csr(&csr, "agent-7", Validity::from_now(Duration::from_secs(30))).unwrap();
         let der = pem_to_der(&issued.cert_pem).unwrap();
         let info = cert_info(&der).unwrap();
         assert_eq!(info.agent_id.as_deref(), Some("agent-7"));
@@ -399,10 +341,7 @@ mod tests {
     fn bad_csrs_and_ids_are_errors() {
         let ca = Ca::generate("t").unwrap();
         let v = Validity::from_now(Duration::from_secs(30));
-        assert!(matches!(
-            ca.sign_agent_csr("garbage", "agent-1", v),
-            Err(CertError::InvalidCsr(_))
-        ));
+        assert!(matches!(ca.sign_agent_csr("garbage", "agent-1", v), Err(CertError::InvalidCsr(_))));
         let key = generate_key().unwrap();
         let csr = csr_pem(&key, "x").unwrap();
         // Tamper with the CSR body: the signature check must fail.
@@ -432,10 +371,7 @@ mod tests {
         let ca = Ca::generate("t").unwrap();
         let fp = ca.fingerprint();
         assert_eq!(fp.len(), 64);
-        assert!(
-            fp.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
+        assert!(fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(fp, Ca::generate("t").unwrap().fingerprint());
     }
 }

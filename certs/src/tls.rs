@@ -58,11 +58,10 @@ pub fn server_config(
     alpn: &[u8],
 ) -> Result<ServerConfig, CertError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(trusted_ca_pems)?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| CertError::Tls(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(trusted_ca_pems)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| CertError::Tls(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -72,12 +71,7 @@ pub fn server_config(
 }
 
 /// Client side for an enrolled agent: presents `cert_pem`/`key_pem`, trusts `ca_pem` only.
-pub fn client_config(
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-    alpn: &[u8],
-) -> Result<ClientConfig, CertError> {
+pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str, alpn: &[u8]) -> Result<ClientConfig, CertError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(&[ca_pem])?)
@@ -88,10 +82,7 @@ pub fn client_config(
 
 /// Client side for enrollment: no client certificate; the server is trusted only if its chain
 /// carries a CA with SHA-256 fingerprint `ca_fingerprint` (lowercase hex) that signed the leaf.
-pub fn enrollment_client_config(
-    ca_fingerprint: &str,
-    alpn: &[u8],
-) -> Result<ClientConfig, CertError> {
+pub fn enrollment_client_config(ca_fingerprint: &str, alpn: &[u8]) -> Result<ClientConfig, CertError> {
     let provider = provider();
     let verifier = PinnedCaVerifier {
         fingerprint: ca_fingerprint.to_ascii_lowercase(),
@@ -128,9 +119,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let ca = intermediates
             .iter()
             .find(|c| fingerprint(c) == self.fingerprint)
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
+            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
@@ -172,26 +161,14 @@ mod tests {
     #[test]
     fn configs_build_from_issued_material() {
         let ca = Ca::generate("t").unwrap();
-        let server = ca
-            .issue_server(&["127.0.0.1".into()], Duration::from_secs(3600))
-            .unwrap();
+        let server = ca.issue_server(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
         let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
         server_config(&chain, &server.key_pem, &[ca.cert_pem()], b"ferry/1").unwrap();
         let key = generate_key().unwrap();
         let issued = ca
-            .sign_agent_csr(
-                &csr_pem(&key, "a").unwrap(),
-                "a-1",
-                Validity::from_now(Duration::from_secs(60)),
-            )
+            .sign_agent_csr(&csr_pem(&key, "a").unwrap(), "a-1", Validity::from_now(Duration::from_secs(60)))
             .unwrap();
-        client_config(
-            ca.cert_pem(),
-            &issued.cert_pem,
-            &key.serialize_pem(),
-            b"ferry/1",
-        )
-        .unwrap();
+        client_config(ca.cert_pem(), &issued.cert_pem, &key.serialize_pem(), b"ferry/1").unwrap();
         enrollment_client_config(&ca.fingerprint(), b"ferry/1").unwrap();
         assert!(client_config(ca.cert_pem(), "nope", &key.serialize_pem(), b"x").is_err());
     }

@@ -29,8 +29,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults for a data directory, with both listeners on ephemeral loopback ports.
     pub fn for_tests(data_dir: &Path) -> Self {
-        let mut c =
-            Self::resolve(Args::parse_from(["ferry-server"]), None).expect("defaults are valid");
+        let mut c = Self::resolve(Args::parse_from(["ferry-server"]), None).expect("defaults are valid");
         c.data_dir = data_dir.to_path_buf();
         c.database_url = default_db_url(data_dir);
         c.http_addr = "127.0.0.1:0".parse().expect("literal");
@@ -54,32 +53,20 @@ impl ServerConfig {
 
     fn resolve(args: Args, file: Option<FileConfig>) -> Result<Self, String> {
         let f = file.unwrap_or_default();
-        let data_dir = args
-            .data_dir
-            .or(f.data_dir)
-            .unwrap_or_else(|| PathBuf::from("ferry-data"));
+        let data_dir = args.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("ferry-data"));
         let addr = |flag: Option<String>, file: Option<String>, default: &str, name: &str| {
             let s = flag.or(file).unwrap_or_else(|| default.to_string());
-            s.parse::<SocketAddr>()
-                .map_err(|_| format!("invalid {name} {s:?}: expected IP:PORT"))
+            s.parse::<SocketAddr>().map_err(|_| format!("invalid {name} {s:?}: expected IP:PORT"))
         };
         let http_addr = addr(args.http_addr, f.http_addr, "127.0.0.1:7700", "--http-addr")?;
         let quic_addr = addr(args.quic_addr, f.quic_addr, "127.0.0.1:7701", "--quic-addr")?;
-        let advertise_addr = args
-            .advertise_addr
-            .or(f.advertise_addr)
-            .unwrap_or_else(|| quic_addr.to_string());
-        let database_url = args
-            .database_url
-            .or(f.database_url)
-            .unwrap_or_else(|| default_db_url(&data_dir));
+        let advertise_addr = args.advertise_addr.or(f.advertise_addr).unwrap_or_else(|| quic_addr.to_string());
+        let database_url = args.database_url.or(f.database_url).unwrap_or_else(|| default_db_url(&data_dir));
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
         {
-            return Err(format!(
-                "invalid --database-url {database_url:?}: use sqlite://PATH or postgres://…"
-            ));
+            return Err(format!("invalid --database-url {database_url:?}: use sqlite://PATH or postgres://…"));
         }
         let mut sans = f.san.unwrap_or_default();
         sans.extend(args.san);
@@ -87,22 +74,14 @@ impl ServerConfig {
             let ok = s.parse::<std::net::IpAddr>().is_ok()
                 || (!s.is_empty()
                     && s.len() <= 253
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
             if !ok {
-                return Err(format!(
-                    "invalid --san {s:?}: expected a DNS name or an IP address"
-                ));
+                return Err(format!("invalid --san {s:?}: expected a DNS name or an IP address"));
             }
         }
-        let dur = |flag: Option<String>,
-                   file: Option<String>,
-                   default: &str,
-                   name: &str,
-                   min: Duration| {
+        let dur = |flag: Option<String>, file: Option<String>, default: &str, name: &str, min: Duration| {
             let s = flag.or(file).unwrap_or_else(|| default.to_string());
-            let d = parse_duration(&s)
-                .ok_or_else(|| format!("invalid {name} {s:?}: expected e.g. 30s, 10m, 12h"))?;
+            let d = parse_duration(&s).ok_or_else(|| format!("invalid {name} {s:?}: expected e.g. 30s, 10m, 12h"))?;
             if d < min {
                 return Err(format!("invalid {name} {s:?}: must be at least {min:?}"));
             }
@@ -125,14 +104,9 @@ impl ServerConfig {
         if heartbeat_interval > Duration::from_secs(60) {
             return Err("invalid --heartbeat-interval: at most 60s".into());
         }
-        let max_body_bytes = args
-            .max_body_bytes
-            .or(f.max_body_bytes)
-            .unwrap_or(1024 * 1024);
+        let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
-            return Err(format!(
-                "invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"
-            ));
+            return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
         }
         let json_logs = match args.log_format.or(f.log_format).as_deref() {
             None | Some("text") => false,
@@ -231,14 +205,9 @@ struct FileConfig {
 
 impl FileConfig {
     fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| {
-            format!(
-                "invalid config {}: {}",
-                path.display(),
-                e.message().lines().next().unwrap_or_default()
-            )
+            format!("invalid config {}: {}", path.display(), e.message().lines().next().unwrap_or_default())
         })
     }
 }
@@ -268,20 +237,14 @@ mod tests {
         for (args, needle) in [
             (vec!["--http-addr", "nope"], "--http-addr"),
             (vec!["--agent-cert-lifetime", "1s"], "at least"),
-            (
-                vec!["--agent-cert-lifetime", "12 parsecs"],
-                "--agent-cert-lifetime",
-            ),
+            (vec!["--agent-cert-lifetime", "12 parsecs"], "--agent-cert-lifetime"),
             (vec!["--database-url", "mysql://x"], "--database-url"),
             (vec!["--san", "bad name!"], "--san"),
             (vec!["--log-format", "xml"], "--log-format"),
             (vec!["--max-body-bytes", "10"], "--max-body-bytes"),
         ] {
             let err = parse(&args).unwrap_err();
-            assert!(
-                err.contains(needle) && !err.contains('\n'),
-                "{args:?}: {err}"
-            );
+            assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
         }
     }
 
@@ -289,21 +252,13 @@ mod tests {
     fn file_then_flags_precedence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry.toml");
-        std::fs::write(
-            &path,
-            "http_addr = \"127.0.0.1:9000\"\nquic_addr = \"127.0.0.1:9001\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\nquic_addr = \"127.0.0.1:9001\"\n").unwrap();
         let p = path.to_str().unwrap();
         let c = parse(&["--config", p, "--quic-addr", "127.0.0.1:9101"]).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9000");
         assert_eq!(c.quic_addr.to_string(), "127.0.0.1:9101");
         std::fs::write(&path, "htp_addr = \"x\"\n").unwrap();
-        assert!(
-            parse(&["--config", p])
-                .unwrap_err()
-                .contains("unknown field")
-        );
+        assert!(parse(&["--config", p]).unwrap_err().contains("unknown field"));
     }
 
     #[test]

@@ -10,9 +10,7 @@ pub fn now_ms() -> i64 {
 /// `n` random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system random number generator");
+    SystemRandom::new().fill(&mut bytes).expect("system random number generator");
     ferry_certs::hex(&bytes)
 }
 
@@ -31,8 +29,7 @@ pub fn hash_secret(secret: &str) -> String {
 pub fn rfc3339(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

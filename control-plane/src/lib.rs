@@ -29,19 +29,13 @@ const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(397 * 24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Cert(#[from] ferry_certs::CertError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Transport(#[from] ferry_transport::TransportError),
 }
@@ -90,8 +84,8 @@ impl Running {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -113,34 +107,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
 
     let server = ca.issue_server(&config.sans, SERVER_CERT_LIFETIME)?;
     let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
-    let tls = ferry_certs::tls::server_config(
-        &chain,
-        &server.key_pem,
-        &[ca.cert_pem()],
-        ferry_protocol::ALPN,
-    )?;
-    let endpoint =
-        ferry_transport::server_endpoint(config.quic_addr, tls).map_err(|e| match e {
-            ferry_transport::TransportError::Io(source) => Error::Bind {
-                addr: config.quic_addr,
-                source,
-            },
-            other => other.into(),
-        })?;
-    let quic_addr = endpoint.local_addr().map_err(|source| Error::Bind {
-        addr: config.quic_addr,
-        source,
+    let tls = ferry_certs::tls::server_config(&chain, &server.key_pem, &[ca.cert_pem()], ferry_protocol::ALPN)?;
+    let endpoint = ferry_transport::server_endpoint(config.quic_addr, tls).map_err(|e| match e {
+        ferry_transport::TransportError::Io(source) => Error::Bind { addr: config.quic_addr, source },
+        other => other.into(),
     })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| Error::Bind { addr: config.quic_addr, source })?;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .map_err(|source| Error::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.http_addr,
-        source,
-    })?;
+        .map_err(|source| Error::Bind { addr: config.http_addr, source })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_addr, source })?;
 
     let advertise: Arc<str> = if config.advertise_addr.is_empty() {
         quic_addr.to_string().into()
@@ -179,10 +155,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
 }
 
 fn create_private_dir(path: &Path) -> Result<(), Error> {
-    let err = |source| Error::DataDir {
-        path: path.display().to_string(),
-        source,
-    };
+    let err = |source| Error::DataDir { path: path.display().to_string(), source };
     std::fs::create_dir_all(path).map_err(err)?;
     #[cfg(unix)]
     {
@@ -203,13 +176,7 @@ async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error> {
     }
     let token = format!("ferry_admin_{}", ids::random_hex(32));
     ferry_certs::write_private(path, &format!("{token}\n"))?;
-    store
-        .insert_admin_token(
-            &ids::random_id("admin"),
-            &ids::hash_secret(&token),
-            ids::now_ms(),
-        )
-        .await?;
+    store.insert_admin_token(&ids::random_id("admin"), &ids::hash_secret(&token), ids::now_ms()).await?;
     tracing::info!(path = %path.display(), "generated the admin token");
     Ok(())
 }
@@ -218,12 +185,6 @@ async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error> {
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -25,34 +25,18 @@ impl BootstrapToken {
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.trim().split('.');
         let (prefix, id, secret, fp) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, len: usize| {
-            s.len() == len
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if parts.next().is_some()
-            || prefix != PREFIX
-            || !hex(id, 16)
-            || !hex(secret, 32)
-            || !hex(fp, 64)
-        {
+        let hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if parts.next().is_some() || prefix != PREFIX || !hex(id, 16) || !hex(secret, 32) || !hex(fp, 64) {
             return None;
         }
-        Some(Self {
-            id: id.into(),
-            secret: secret.into(),
-            ca_fingerprint: fp.into(),
-        })
+        Some(Self { id: id.into(), secret: secret.into(), ca_fingerprint: fp.into() })
     }
 }
 
 impl std::fmt::Display for BootstrapToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{PREFIX}.{}.{}.{}",
-            self.id, self.secret, self.ca_fingerprint
-        )
+        write!(f, "{PREFIX}.{}.{}.{}", self.id, self.secret, self.ca_fingerprint)
     }
 }
 

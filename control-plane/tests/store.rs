@@ -67,7 +67,13 @@ conformance!(
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
-    Audit { actor: "admin:test".into(), action, target: target.into(), request_id: "req-1".into(), details: serde_json::json!({}) }
+    Audit {
+        actor: "admin:test".into(),
+        action,
+        target: target.into(),
+        request_id: "req-1".into(),
+        details: serde_json::json!({}),
+    }
 }
 
 async fn new_token(store: &Store, ttl_ms: i64, labels: &[(&str, &str)]) -> (String, String) {
@@ -115,7 +121,9 @@ async fn a_token_enrolls_exactly_one_agent_even_under_concurrency(store: &Store)
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (store, tid, hash) = (store.clone(), tid.clone(), hash.clone());
-        tasks.push(tokio::spawn(async move { store.enroll(&tid, &hash, &agent(&format!("agent-{i}")), now_ms()).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store.enroll(&tid, &hash, &agent(&format!("agent-{i}")), now_ms()).await.unwrap()
+        }));
     }
     let mut won = Vec::new();
     for t in tasks {
@@ -137,7 +145,10 @@ async fn refusals_say_why(store: &Store) {
     assert_eq!(store.enroll(&tid, "wrong", &agent("agent-a"), now_ms()).await.unwrap(), Err(EnrollRefusal::Unknown));
     assert_eq!(store.enroll("nope", &hash, &agent("agent-a"), now_ms()).await.unwrap(), Err(EnrollRefusal::Unknown));
     // Expired: enrolling "later" than the expiry.
-    assert_eq!(store.enroll(&tid, &hash, &agent("agent-a"), now_ms() + 120_000).await.unwrap(), Err(EnrollRefusal::Expired));
+    assert_eq!(
+        store.enroll(&tid, &hash, &agent("agent-a"), now_ms() + 120_000).await.unwrap(),
+        Err(EnrollRefusal::Expired)
+    );
     store.enroll(&tid, &hash, &agent("agent-a"), now_ms()).await.unwrap().unwrap();
     assert_eq!(store.enroll(&tid, &hash, &agent("agent-b"), now_ms()).await.unwrap(), Err(EnrollRefusal::Used));
     assert!(store.get_agent("agent-b").await.unwrap().is_none(), "a refused enrollment stores no agent");
@@ -195,7 +206,8 @@ async fn listing_filters_and_paginates(store: &Store) {
     store.start_session("agent-l1", "s1", "n", "v", &labels, now).await.unwrap();
     store.start_session("agent-l2", "s2", "n", "v", &labels, now - 60_000).await.unwrap();
     store.revoke_agent("agent-l3", &audit("agent.revoke", "agent-l3"), now).await.unwrap();
-    let f = |status, page, page_size| AgentFilter { status, now_ms: now, heartbeat_timeout_ms: 15_000, page, page_size };
+    let f =
+        |status, page, page_size| AgentFilter { status, now_ms: now, heartbeat_timeout_ms: 15_000, page, page_size };
     let (all, total) = store.list_agents(f(None, 1, 2)).await.unwrap();
     assert_eq!((all.len(), total), (2, 5));
     let (last, _) = store.list_agents(f(None, 3, 2)).await.unwrap();

@@ -26,14 +26,10 @@ pub enum FrameError {
 /// Encodes `msg` as one frame (header + payload).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; HEADER_LEN];
-    let mut buf = postcard::to_extend(msg, std::mem::take(&mut buf))
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let mut buf = postcard::to_extend(msg, std::mem::take(&mut buf)).map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = buf.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
     }
     buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
@@ -53,8 +49,7 @@ pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameE
 
 /// Decodes one payload (without header). Trailing bytes are an error: a frame is one message.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, rest) =
-        postcard::take_from_bytes(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::Decode(format!("{} trailing bytes", rest.len())));
     }
@@ -79,10 +74,7 @@ impl Default for FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            max,
-        }
+        Self { buf: Vec::new(), max }
     }
 
     /// Appends bytes. Call [`FrameDecoder::next`] until it returns `Ok(None)` afterwards.
@@ -129,10 +121,7 @@ mod tests {
             replicas: 2,
             restart_policy: RestartPolicy::OnFailure,
             liveness: Some(HealthCheck {
-                probe: Probe::Http {
-                    path: "/healthz".into(),
-                    port: 0,
-                },
+                probe: Probe::Http { path: "/healthz".into(), port: 0 },
                 initial_delay_ms: 0,
                 period_ms: 1000,
                 timeout_ms: 500,
@@ -140,9 +129,7 @@ mod tests {
                 failure_threshold: 3,
             }),
             readiness: Some(HealthCheck {
-                probe: Probe::Exec {
-                    command: vec!["true".into()],
-                },
+                probe: Probe::Exec { command: vec!["true".into()] },
                 initial_delay_ms: 10,
                 period_ms: 100,
                 timeout_ms: 50,
@@ -177,19 +164,11 @@ mod tests {
                 capabilities: vec!["runtime:process".into()],
                 last_generation: 42,
             }),
-            AgentMessage::Ack(Ack {
-                generation: 7,
-                outcome: AckOutcome::Applied,
-            }),
-            AgentMessage::Ack(Ack {
-                generation: 6,
-                outcome: AckOutcome::Stale { current: 7 },
-            }),
+            AgentMessage::Ack(Ack { generation: 7, outcome: AckOutcome::Applied }),
+            AgentMessage::Ack(Ack { generation: 6, outcome: AckOutcome::Stale { current: 7 } }),
             AgentMessage::Ack(Ack {
                 generation: 8,
-                outcome: AckOutcome::Rejected {
-                    reason: "no such runtime".into(),
-                },
+                outcome: AckOutcome::Rejected { reason: "no such runtime".into() },
             }),
             AgentMessage::Status(Status {
                 generation: 7,
@@ -207,43 +186,22 @@ mod tests {
                     }],
                 }],
             }),
-            AgentMessage::Heartbeat(Heartbeat {
-                seq: 3,
-                sent_at_ms: 99,
-            }),
-            AgentMessage::RenewCertificate(RenewCertificate {
-                csr_pem: "csr".into(),
-            }),
+            AgentMessage::Heartbeat(Heartbeat { seq: 3, sent_at_ms: 99 }),
+            AgentMessage::RenewCertificate(RenewCertificate { csr_pem: "csr".into() }),
             AgentMessage::LogBatch(LogBatch {
                 source: "dep-1/0".into(),
                 first_seq: 10,
                 lines: vec![
-                    LogLine {
-                        ts_ms: 1,
-                        stream: LogStream::Stdout,
-                        line: "hello".into(),
-                    },
-                    LogLine {
-                        ts_ms: 2,
-                        stream: LogStream::Stderr,
-                        line: "ünïcødé".into(),
-                    },
+                    LogLine { ts_ms: 1, stream: LogStream::Stdout, line: "hello".into() },
+                    LogLine { ts_ms: 2, stream: LogStream::Stderr, line: "ünïcødé".into() },
                 ],
             }),
             AgentMessage::MetricBatch(MetricBatch {
                 source: "host".into(),
                 first_seq: 0,
-                samples: vec![MetricSample {
-                    ts_ms: 5,
-                    name: "cpu".into(),
-                    labels: labels.clone(),
-                    value: 0.25,
-                }],
+                samples: vec![MetricSample { ts_ms: 5, name: "cpu".into(), labels: labels.clone(), value: 0.25 }],
             }),
-            AgentMessage::Error(WireError {
-                code: ErrorCode::Internal,
-                message: "x".into(),
-            }),
+            AgentMessage::Error(WireError { code: ErrorCode::Internal, message: "x".into() }),
         ];
         let server = vec![
             ServerMessage::Enrolled(Enrolled {
@@ -267,26 +225,11 @@ mod tests {
                     restart_nonce: 2,
                 }],
             }),
-            ServerMessage::Assignment(Assignment {
-                generation: 10,
-                workloads: vec![],
-            }),
-            ServerMessage::HeartbeatAck(HeartbeatAck {
-                seq: 3,
-                server_time_ms: 100,
-            }),
-            ServerMessage::CertificateRenewed(CertificateRenewed {
-                certificate_pem: "c".into(),
-                not_after_ms: 77,
-            }),
-            ServerMessage::TelemetryAck(TelemetryAck {
-                source: "s".into(),
-                last_seq: 11,
-            }),
-            ServerMessage::Error(WireError {
-                code: ErrorCode::TokenUsed,
-                message: "used".into(),
-            }),
+            ServerMessage::Assignment(Assignment { generation: 10, workloads: vec![] }),
+            ServerMessage::HeartbeatAck(HeartbeatAck { seq: 3, server_time_ms: 100 }),
+            ServerMessage::CertificateRenewed(CertificateRenewed { certificate_pem: "c".into(), not_after_ms: 77 }),
+            ServerMessage::TelemetryAck(TelemetryAck { source: "s".into(), last_seq: 11 }),
+            ServerMessage::Error(WireError { code: ErrorCode::TokenUsed, message: "used".into() }),
         ];
         (agent, server)
     }
@@ -312,10 +255,7 @@ mod tests {
     #[test]
     fn byte_at_a_time_and_back_to_back_frames() {
         let (agent, _) = samples();
-        let stream: Vec<u8> = agent
-            .iter()
-            .flat_map(|m| encode_frame(m).unwrap())
-            .collect();
+        let stream: Vec<u8> = agent.iter().flat_map(|m| encode_frame(m).unwrap()).collect();
         let mut d = FrameDecoder::default();
         let mut out = Vec::new();
         for b in &stream {
@@ -331,19 +271,10 @@ mod tests {
     fn oversized_header_is_refused_before_the_payload_arrives() {
         let mut d = FrameDecoder::new(1024);
         d.push(&(1025u32).to_be_bytes());
-        assert_eq!(
-            d.next::<AgentMessage>(),
-            Err(FrameError::TooLarge {
-                len: 1025,
-                max: 1024
-            })
-        );
+        assert_eq!(d.next::<AgentMessage>(), Err(FrameError::TooLarge { len: 1025, max: 1024 }));
         let mut d = FrameDecoder::default();
         d.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            d.next::<AgentMessage>(),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
@@ -352,20 +283,13 @@ mod tests {
         d.push(&[0, 0, 0, 0]);
         assert_eq!(d.next::<AgentMessage>(), Err(FrameError::Empty));
 
-        let mut frame = encode_frame(&AgentMessage::Heartbeat(Heartbeat {
-            seq: 1,
-            sent_at_ms: 2,
-        }))
-        .unwrap();
+        let mut frame = encode_frame(&AgentMessage::Heartbeat(Heartbeat { seq: 1, sent_at_ms: 2 })).unwrap();
         frame.push(0);
         let len = (frame.len() - HEADER_LEN) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
         let mut d = FrameDecoder::default();
         d.push(&frame);
-        assert!(matches!(
-            d.next::<AgentMessage>(),
-            Err(FrameError::Decode(_))
-        ));
+        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::Decode(_))));
     }
 
     #[test]
@@ -373,10 +297,7 @@ mod tests {
         // Variant index 200 does not exist in AgentMessage.
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, 0xc8, 0x01]);
-        assert!(matches!(
-            d.next::<AgentMessage>(),
-            Err(FrameError::Decode(_))
-        ));
+        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::Decode(_))));
     }
 
     /// Feeds pseudo-random bytes, truncated valid frames and mutated valid frames to the decoder.
@@ -399,9 +320,7 @@ mod tests {
         let max = 64 * 1024;
         for round in 0..20_000u32 {
             let mut input = match round % 3 {
-                0 => (0..(next() % 256))
-                    .map(|_| next() as u8)
-                    .collect::<Vec<u8>>(),
+                0 => (0..(next() % 256)).map(|_| next() as u8).collect::<Vec<u8>>(),
                 1 => {
                     let f = &valid[next() as usize % valid.len()];
                     f[..next() as usize % f.len()].to_vec()

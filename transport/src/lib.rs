@@ -46,17 +46,13 @@ impl TransportError {
     pub fn close_code(&self) -> Option<(CloseCode, String)> {
         let conn_err = match self {
             TransportError::Connection(e) => e,
-            TransportError::Read(quinn::ReadExactError::ReadError(
-                quinn::ReadError::ConnectionLost(e),
-            )) => e,
+            TransportError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => e,
             TransportError::Write(quinn::WriteError::ConnectionLost(e)) => e,
             _ => return None,
         };
         match conn_err {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                CloseCode::from_u64(close.error_code.into_inner())
-                    .map(|c| (c, String::from_utf8_lossy(&close.reason).into_owned()))
-            }
+            quinn::ConnectionError::ApplicationClosed(close) => CloseCode::from_u64(close.error_code.into_inner())
+                .map(|c| (c, String::from_utf8_lossy(&close.reason).into_owned())),
             _ => None,
         }
     }
@@ -73,10 +69,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// A server endpoint bound to `addr`.
-pub fn server_endpoint(
-    addr: SocketAddr,
-    tls: rustls::ServerConfig,
-) -> Result<Endpoint, TransportError> {
+pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<Endpoint, TransportError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport_config());
@@ -85,12 +78,8 @@ pub fn server_endpoint(
 
 /// A client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, TransportError> {
-    let bind: SocketAddr = if server.is_ipv6() {
-        "[::]:0".parse()
-    } else {
-        "0.0.0.0:0".parse()
-    }
-    .expect("literal address");
+    let bind: SocketAddr =
+        if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("literal address");
     Ok(Endpoint::client(bind)?)
 }
 
@@ -111,10 +100,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
     let connecting = endpoint.connect_with(cfg, server, server_name)?;
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .map_err(|_| TransportError::Timeout(timeout))?
-        .map_err(Into::into)
+    tokio::time::timeout(timeout, connecting).await.map_err(|_| TransportError::Timeout(timeout))?.map_err(Into::into)
 }
 
 /// Closes `conn` with one of Ferry's close codes and a short human-readable reason.
@@ -123,10 +109,7 @@ pub fn close(conn: &Connection, code: CloseCode, reason: &str) {
 }
 
 /// Writes one framed message.
-pub async fn write_frame<T: Serialize>(
-    send: &mut SendStream,
-    msg: &T,
-) -> Result<(), TransportError> {
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), TransportError> {
     let bytes = frame::encode_frame(msg)?;
     send.write_all(&bytes).await?;
     Ok(())
@@ -134,9 +117,7 @@ pub async fn write_frame<T: Serialize>(
 
 /// Reads one framed message. `Ok(None)` means the peer finished the stream cleanly between
 /// frames. The length is checked before the payload buffer is allocated.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-) -> Result<Option<T>, TransportError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>, TransportError> {
     read_frame_max(recv, MAX_FRAME_LEN).await
 }
 
@@ -161,16 +142,12 @@ pub async fn read_frame_timeout<T: DeserializeOwned>(
     recv: &mut RecvStream,
     timeout: Duration,
 ) -> Result<Option<T>, TransportError> {
-    tokio::time::timeout(timeout, read_frame(recv))
-        .await
-        .map_err(|_| TransportError::Timeout(timeout))?
+    tokio::time::timeout(timeout, read_frame(recv)).await.map_err(|_| TransportError::Timeout(timeout))?
 }
 
 /// The DER of the peer's leaf certificate, if it presented one.
 pub fn peer_leaf_der(conn: &Connection) -> Option<Vec<u8>> {
     let identity = conn.peer_identity()?;
-    let certs = identity
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| c.as_ref().to_vec())
 }

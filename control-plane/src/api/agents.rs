@@ -9,14 +9,10 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{
-    Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json,
-};
+use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
 use crate::AppState;
 use crate::ids::{hash_secret, now_ms, rfc3339};
-use crate::store::{
-    AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord, NewBootstrapToken,
-};
+use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord, NewBootstrapToken};
 use crate::tokens::BootstrapToken;
 
 const MAX_TOKEN_TTL_SECONDS: i64 = 7 * 24 * 3600;
@@ -85,15 +81,9 @@ pub struct AgentView {
 
 impl AgentView {
     fn new(a: AgentRecord, state: &AppState) -> Self {
-        let status = a.status(
-            now_ms(),
-            state.config.heartbeat_timeout().as_millis() as i64,
-        );
+        let status = a.status(now_ms(), state.config.heartbeat_timeout().as_millis() as i64);
         Self {
-            connected_since: a
-                .session_started_at
-                .filter(|_| status == AgentStatus::Connected)
-                .map(rfc3339),
+            connected_since: a.session_started_at.filter(|_| status == AgentStatus::Connected).map(rfc3339),
             id: a.id,
             name: a.name,
             status,
@@ -107,20 +97,8 @@ impl AgentView {
     }
 }
 
-fn audit(
-    actor: &Actor,
-    rid: &RequestId,
-    action: &'static str,
-    target: &str,
-    details: serde_json::Value,
-) -> Audit {
-    Audit {
-        actor: actor.0.clone(),
-        action,
-        target: target.to_string(),
-        request_id: rid.0.clone(),
-        details,
-    }
+fn audit(actor: &Actor, rid: &RequestId, action: &'static str, target: &str, details: serde_json::Value) -> Audit {
+    Audit { actor: actor.0.clone(), action, target: target.to_string(), request_id: rid.0.clone(), details }
 }
 
 pub async fn create_token(
@@ -136,8 +114,7 @@ pub async fn create_token(
             format!("ttlSeconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}"),
         ));
     }
-    ferry_protocol::limits::validate_labels(&req.labels)
-        .map_err(|m| ApiError::validation("labels", m))?;
+    ferry_protocol::limits::validate_labels(&req.labels).map_err(|m| ApiError::validation("labels", m))?;
     if req.description.len() > MAX_DESCRIPTION_LEN {
         return Err(ApiError::validation(
             "description",
@@ -155,13 +132,7 @@ pub async fn create_token(
         expires_at: now + ttl * 1000,
     };
     let details = json!({ "labels": record.labels, "expiresAt": rfc3339(record.expires_at) });
-    state
-        .store
-        .create_bootstrap_token(
-            &record,
-            &audit(&actor, &rid, "token.create", &token.id, details),
-        )
-        .await?;
+    state.store.create_bootstrap_token(&record, &audit(&actor, &rid, "token.create", &token.id, details)).await?;
     let server: &str = &state.advertise_addr;
     let body = json!({
         "id": token.id,
@@ -179,13 +150,8 @@ pub async fn create_token(
 
 pub async fn list_tokens(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let now = now_ms();
-    let tokens: Vec<TokenView> = state
-        .store
-        .list_bootstrap_tokens()
-        .await?
-        .into_iter()
-        .map(|t| TokenView::new(t, now))
-        .collect();
+    let tokens: Vec<TokenView> =
+        state.store.list_bootstrap_tokens().await?.into_iter().map(|t| TokenView::new(t, now)).collect();
     let total = tokens.len() as i64;
     Ok(Json(page_json(tokens, 1, total.max(1), total)))
 }
@@ -197,29 +163,19 @@ pub async fn delete_token(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let audit = audit(&actor, &rid, "token.delete", &id, json!({}));
-    if state
-        .store
-        .delete_bootstrap_token(&id, &audit, now_ms())
-        .await?
-    {
+    if state.store.delete_bootstrap_token(&id, &audit, now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(token_not_found(&id))
     }
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<PageParams>,
-) -> ApiResult<impl IntoResponse> {
+pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParams>) -> ApiResult<impl IntoResponse> {
     let (page, page_size) = q.resolve()?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(AgentStatus::parse(s).ok_or_else(|| {
-            ApiError::validation(
-                "status",
-                format!("unknown status {s:?}: connected, disconnected or revoked"),
-            )
+            ApiError::validation("status", format!("unknown status {s:?}: connected, disconnected or revoked"))
         })?),
     };
     let filter = AgentFilter {
@@ -230,22 +186,12 @@ pub async fn list(
         page_size,
     };
     let (agents, total) = state.store.list_agents(filter).await?;
-    let views: Vec<AgentView> = agents
-        .into_iter()
-        .map(|a| AgentView::new(a, &state))
-        .collect();
+    let views: Vec<AgentView> = agents.into_iter().map(|a| AgentView::new(a, &state)).collect();
     Ok(Json(page_json(views, page, page_size, total)))
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<AgentView>> {
-    let agent = state
-        .store
-        .get_agent(&id)
-        .await?
-        .ok_or_else(|| agent_not_found(&id))?;
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<AgentView>> {
+    let agent = state.store.get_agent(&id).await?.ok_or_else(|| agent_not_found(&id))?;
     Ok(Json(AgentView::new(agent, &state)))
 }
 
@@ -258,32 +204,18 @@ pub async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<AgentView>> {
     let audit = audit(&actor, &rid, "agent.revoke", &id, json!({}));
-    let agent = state
-        .store
-        .revoke_agent(&id, &audit, now_ms())
-        .await?
-        .ok_or_else(|| agent_not_found(&id))?;
-    state
-        .sessions
-        .close(&id, ferry_protocol::CloseCode::Revoked, "agent revoked");
+    let agent = state.store.revoke_agent(&id, &audit, now_ms()).await?.ok_or_else(|| agent_not_found(&id))?;
+    state.sessions.close(&id, ferry_protocol::CloseCode::Revoked, "agent revoked");
     tracing::info!(agent_id = %id, actor = %actor.0, "agent revoked");
     Ok(Json(AgentView::new(agent, &state)))
 }
 
 fn agent_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "AGENT_001",
-        format!("agent {id:?} not found"),
-    )
-    .with_details(json!({ "agentId": id }))
+    ApiError::new(StatusCode::NOT_FOUND, "AGENT_001", format!("agent {id:?} not found"))
+        .with_details(json!({ "agentId": id }))
 }
 
 fn token_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "AGENT_002",
-        format!("bootstrap token {id:?} not found"),
-    )
-    .with_details(json!({ "tokenId": id }))
+    ApiError::new(StatusCode::NOT_FOUND, "AGENT_002", format!("bootstrap token {id:?} not found"))
+        .with_details(json!({ "tokenId": id }))
 }

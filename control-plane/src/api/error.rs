@@ -23,12 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: json!({}),
-        }
+        Self { status, code, message: message.into(), details: json!({}) }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -38,24 +33,15 @@ impl ApiError {
 
     /// 400: a field has an invalid value.
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_001", message)
-            .with_details(json!({ "field": field }))
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_001", message).with_details(json!({ "field": field }))
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "AUTH_001",
-            "missing or invalid bearer token",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "AUTH_001", "missing or invalid bearer token")
     }
 
     pub fn route_not_found(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "ROUTE_001",
-            format!("no such endpoint: {path}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "ROUTE_001", format!("no such endpoint: {path}"))
     }
 
     pub fn internal() -> Self {
@@ -83,8 +69,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = self.status.into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res.extensions_mut().insert(self);
         res
@@ -95,11 +80,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
         match e {
-            StoreError::Db(sqlx::Error::PoolTimedOut) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE_001",
-                "database busy; retry shortly",
-            ),
+            StoreError::Db(sqlx::Error::PoolTimedOut) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE_001", "database busy; retry shortly")
+            }
             _ => Self::internal(),
         }
     }

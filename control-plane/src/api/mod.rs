@@ -33,14 +33,8 @@ pub struct RequestId(pub String);
 pub fn router(state: AppState) -> Router {
     let authed = Router::new()
         .route("/v1/agents", get(agents::list))
-        .route(
-            "/v1/agents/tokens",
-            get(agents::list_tokens).post(agents::create_token),
-        )
-        .route(
-            "/v1/agents/tokens/{id}",
-            axum::routing::delete(agents::delete_token),
-        )
+        .route("/v1/agents/tokens", get(agents::list_tokens).post(agents::create_token))
+        .route("/v1/agents/tokens/{id}", axum::routing::delete(agents::delete_token))
         .route("/v1/agents/{id}", get(agents::get).delete(agents::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -48,11 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(authed)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "ROUTE_002",
-                "method not allowed on this endpoint",
-            )
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "ROUTE_002", "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn(request_id))
@@ -62,15 +52,10 @@ pub fn router(state: AppState) -> Router {
 async fn health(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => {
-            Json(serde_json::json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") }))
-                .into_response()
+            Json(serde_json::json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") })).into_response()
         }
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE_001",
-            format!("store unavailable: {e}"),
-        )
-        .into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE_001", format!("store unavailable: {e}"))
+            .into_response(),
     }
 }
 
@@ -112,11 +97,7 @@ async fn require_admin(State(state): State<AppState>, mut req: Request, next: Ne
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
         return ApiError::unauthorized().into_response();
     };
-    match state
-        .store
-        .admin_token_by_hash(&crate::ids::hash_secret(token))
-        .await
-    {
+    match state.store.admin_token_by_hash(&crate::ids::hash_secret(token)).await {
         Ok(Some(id)) => {
             req.extensions_mut().insert(Actor(format!("admin:{id}")));
             next.run(req).await
@@ -143,22 +124,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_002", e.body_text())
-        }
+        JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_002", e.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "VALIDATION_004",
             "expected a request body with Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "VALIDATION_003",
-            "request body too large",
-        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "VALIDATION_003", "request body too large")
+        }
         other => ApiError::new(other.status(), "VALIDATION_002", other.body_text()),
     }
 }
@@ -173,9 +148,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|e: QueryRejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
-            })
+            .map_err(|e: QueryRejection| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()))
     }
 }
 
@@ -189,9 +162,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
-            .map_err(|e: PathRejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text())
-            })
+            .map_err(|e: PathRejection| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()))
     }
 }
 
@@ -214,21 +185,13 @@ impl PageParams {
             return Err(ApiError::validation("page", "page must be 1 or more"));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&size) {
-            return Err(ApiError::validation(
-                "pageSize",
-                format!("pageSize must be between 1 and {MAX_PAGE_SIZE}"),
-            ));
+            return Err(ApiError::validation("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
         }
         Ok((page, size))
     }
 }
 
-pub fn page_json<T: serde::Serialize>(
-    data: Vec<T>,
-    page: i64,
-    page_size: i64,
-    total: i64,
-) -> serde_json::Value {
+pub fn page_json<T: serde::Serialize>(data: Vec<T>, page: i64, page_size: i64, total: i64) -> serde_json::Value {
     serde_json::json!({
         "data": data,
         "pagination": {

@@ -29,17 +29,9 @@ pub struct Sessions {
 impl Sessions {
     /// Registers a session, closing the one it supersedes.
     fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) {
-        let old = self
-            .inner
-            .lock()
-            .expect("sessions lock")
-            .insert(agent_id.into(), (session_id.into(), conn));
+        let old = self.inner.lock().expect("sessions lock").insert(agent_id.into(), (session_id.into(), conn));
         if let Some((_, old)) = old {
-            ferry_transport::close(
-                &old,
-                CloseCode::Superseded,
-                "a newer session replaced this one",
-            );
+            ferry_transport::close(&old, CloseCode::Superseded, "a newer session replaced this one");
         }
     }
 
@@ -67,17 +59,20 @@ impl Sessions {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then closes the endpoint.
+/// Accepts connections until `shutdown` turns true, then closes the endpoint and waits for the
+/// connection tasks to record their session ends.
 pub async fn serve(endpoint: Endpoint, state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = shutdown.wait_for(|s| *s) => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let Some(incoming) = incoming else { break };
         let state = state.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.accept() {
                 Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
@@ -96,9 +91,12 @@ pub async fn serve(endpoint: Endpoint, state: AppState, mut shutdown: watch::Rec
             }
         });
     }
-    endpoint.close(
-        quinn::VarInt::from_u32(CloseCode::Normal as u32),
-        b"control plane stopping",
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    endpoint.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"control plane stopping");
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        endpoint.wait_idle().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("connection tasks still running at shutdown; aborting them");
+    }
 }

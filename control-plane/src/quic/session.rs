@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use ferry_certs::Validity;
 use ferry_protocol::{
-    AgentMessage, CertificateRenewed, CloseCode, ErrorCode, HeartbeatAck, ServerMessage, Welcome,
-    WireError,
+    AgentMessage, CertificateRenewed, CloseCode, ErrorCode, HeartbeatAck, ServerMessage, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{Connection, RecvStream, SendStream};
@@ -26,30 +25,17 @@ impl End {
     }
 }
 
-pub async fn handle(
-    conn: Connection,
-    leaf_der: Vec<u8>,
-    state: AppState,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn handle(conn: Connection, leaf_der: Vec<u8>, state: AppState, shutdown: watch::Receiver<bool>) {
     let remote = conn.remote_address();
     let info = match ferry_certs::cert_info(&leaf_der) {
         Ok(info) => info,
         Err(e) => {
             tracing::info!(%remote, error = %e, "unparsable client certificate");
-            return ferry_transport::close(
-                &conn,
-                CloseCode::UnknownAgent,
-                "unrecognised client certificate",
-            );
+            return ferry_transport::close(&conn, CloseCode::UnknownAgent, "unrecognised client certificate");
         }
     };
     let Some(agent_id) = info.agent_id else {
-        return ferry_transport::close(
-            &conn,
-            CloseCode::UnknownAgent,
-            "certificate names no agent",
-        );
+        return ferry_transport::close(&conn, CloseCode::UnknownAgent, "certificate names no agent");
     };
     match state.store.get_agent(&agent_id).await {
         Ok(Some(a)) if a.revoked_at.is_some() => {
@@ -77,11 +63,7 @@ pub async fn handle(
     tracing::info!(%remote, %agent_id, ?code, %reason, "session ended");
     ferry_transport::close(&conn, code, &reason);
     state.sessions.remove(&agent_id, &session.session_id);
-    if let Err(e) = state
-        .store
-        .end_session(&agent_id, &session.session_id)
-        .await
-    {
+    if let Err(e) = state.store.end_session(&agent_id, &session.session_id).await {
         tracing::warn!(%agent_id, error = %e, "could not record session end");
     }
 }
@@ -107,32 +89,23 @@ fn transport_end(e: &TransportError) -> End {
 
 impl Session {
     async fn run(&self, mut shutdown: watch::Receiver<bool>) -> End {
-        let (mut send, mut recv) =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.conn.accept_bi()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return End::new(CloseCode::Normal, format!("connection lost: {e}")),
-                Err(_) => return End::new(CloseCode::ProtocolError, "no control stream opened"),
-            };
-        let hello =
-            match ferry_transport::read_frame_timeout::<AgentMessage>(&mut recv, HANDSHAKE_TIMEOUT)
-                .await
-            {
-                Ok(Some(AgentMessage::Hello(h))) => h,
-                Ok(_) => return End::new(CloseCode::ProtocolError, "expected Hello"),
-                Err(e) => return transport_end(&e),
-            };
+        let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return End::new(CloseCode::Normal, format!("connection lost: {e}")),
+            Err(_) => return End::new(CloseCode::ProtocolError, "no control stream opened"),
+        };
+        let hello = match ferry_transport::read_frame_timeout::<AgentMessage>(&mut recv, HANDSHAKE_TIMEOUT).await {
+            Ok(Some(AgentMessage::Hello(h))) => h,
+            Ok(_) => return End::new(CloseCode::ProtocolError, "expected Hello"),
+            Err(e) => return transport_end(&e),
+        };
         if hello.agent_id != self.agent_id {
             let _ = self
-                .error(
-                    &mut send,
-                    ErrorCode::IdentityMismatch,
-                    "Hello names another agent than the certificate",
-                )
+                .error(&mut send, ErrorCode::IdentityMismatch, "Hello names another agent than the certificate")
                 .await;
             return End::new(CloseCode::ProtocolError, "identity mismatch");
         }
-        let Some(version) = ferry_protocol::negotiate(hello.protocol_min, hello.protocol_max)
-        else {
+        let Some(version) = ferry_protocol::negotiate(hello.protocol_min, hello.protocol_max) else {
             let msg = format!(
                 "no common protocol version: agent speaks {}..={}, server {}..={}",
                 hello.protocol_min,
@@ -140,35 +113,20 @@ impl Session {
                 ferry_protocol::PROTOCOL_VERSION_MIN,
                 ferry_protocol::PROTOCOL_VERSION
             );
-            let _ = self
-                .error(&mut send, ErrorCode::UnsupportedVersion, &msg)
-                .await;
+            let _ = self.error(&mut send, ErrorCode::UnsupportedVersion, &msg).await;
             return End::new(CloseCode::UnsupportedVersion, msg);
         };
         if ferry_protocol::limits::validate_name(&hello.name).is_err()
             || ferry_protocol::limits::validate_labels(&hello.labels).is_err()
         {
-            let _ = self
-                .error(
-                    &mut send,
-                    ErrorCode::InvalidRequest,
-                    "invalid name or labels in Hello",
-                )
-                .await;
+            let _ = self.error(&mut send, ErrorCode::InvalidRequest, "invalid name or labels in Hello").await;
             return End::new(CloseCode::ProtocolError, "invalid Hello");
         }
         let version_str: String = hello.agent_version.chars().take(64).collect();
         let started = self
             .state
             .store
-            .start_session(
-                &self.agent_id,
-                &self.session_id,
-                &hello.name,
-                &version_str,
-                &hello.labels,
-                now_ms(),
-            )
+            .start_session(&self.agent_id, &self.session_id, &hello.name, &version_str, &hello.labels, now_ms())
             .await;
         match started {
             Ok(Some(_)) => {}
@@ -178,9 +136,7 @@ impl Session {
                 return End::new(CloseCode::InternalError, "try again later");
             }
         }
-        self.state
-            .sessions
-            .insert(&self.agent_id, &self.session_id, self.conn.clone());
+        self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
         let interval = self.state.config.heartbeat_interval;
         let welcome = ServerMessage::Welcome(Welcome {
             protocol_version: version,
@@ -196,12 +152,7 @@ impl Session {
         self.serve(send, recv, &mut shutdown).await
     }
 
-    async fn serve(
-        &self,
-        mut send: SendStream,
-        recv: RecvStream,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> End {
+    async fn serve(&self, mut send: SendStream, recv: RecvStream, shutdown: &mut watch::Receiver<bool>) -> End {
         let mut frames = spawn_reader(recv);
         let silence_limit = self.state.config.heartbeat_timeout();
         let mut deadline = Instant::now() + silence_limit;
@@ -226,22 +177,14 @@ impl Session {
             deadline = Instant::now() + silence_limit;
             let reply = match msg {
                 AgentMessage::Heartbeat(hb) => {
-                    match self
-                        .state
-                        .store
-                        .heartbeat(&self.agent_id, &self.session_id, now_ms())
-                        .await
-                    {
+                    match self.state.store.heartbeat(&self.agent_id, &self.session_id, now_ms()).await {
                         Ok(true) => {}
                         Ok(false) => return self.lost_ownership().await,
                         Err(e) => {
                             tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record heartbeat")
                         }
                     }
-                    Some(ServerMessage::HeartbeatAck(HeartbeatAck {
-                        seq: hb.seq,
-                        server_time_ms: now_ms() as u64,
-                    }))
+                    Some(ServerMessage::HeartbeatAck(HeartbeatAck { seq: hb.seq, server_time_ms: now_ms() as u64 }))
                 }
                 AgentMessage::RenewCertificate(req) => match self.renew(&req.csr_pem).await {
                     Ok(renewed) => {
@@ -259,20 +202,14 @@ impl Session {
                     None
                 }
                 AgentMessage::LogBatch(_) | AgentMessage::MetricBatch(_) => {
-                    return End::new(
-                        CloseCode::ProtocolError,
-                        "telemetry belongs on its own stream",
-                    );
+                    return End::new(CloseCode::ProtocolError, "telemetry belongs on its own stream");
                 }
                 AgentMessage::Error(err) => {
                     tracing::warn!(agent_id = %self.agent_id, code = ?err.code, message = %err.message, "agent reported an error");
                     None
                 }
                 AgentMessage::Enroll(_) | AgentMessage::Hello(_) => {
-                    return End::new(
-                        CloseCode::ProtocolError,
-                        "unexpected message in an established session",
-                    );
+                    return End::new(CloseCode::ProtocolError, "unexpected message in an established session");
                 }
             };
             if let Some(reply) = reply
@@ -296,48 +233,19 @@ impl Session {
         let issued = self
             .state
             .ca
-            .sign_agent_csr(
-                csr_pem,
-                &self.agent_id,
-                Validity::from_now(self.state.config.agent_cert_lifetime),
-            )
-            .map_err(|e| WireError {
-                code: ErrorCode::InvalidCsr,
-                message: e.to_string(),
-            })?;
+            .sign_agent_csr(csr_pem, &self.agent_id, Validity::from_now(self.state.config.agent_cert_lifetime))
+            .map_err(|e| WireError { code: ErrorCode::InvalidCsr, message: e.to_string() })?;
         let not_after_ms = (issued.not_after.unix_timestamp_nanos() / 1_000_000) as i64;
-        self.state
-            .store
-            .update_certificate(&self.agent_id, &issued.serial, not_after_ms)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not record renewed certificate");
-                WireError {
-                    code: ErrorCode::Internal,
-                    message: "internal error".into(),
-                }
-            })?;
+        self.state.store.update_certificate(&self.agent_id, &issued.serial, not_after_ms).await.map_err(|e| {
+            tracing::error!(error = %e, "could not record renewed certificate");
+            WireError { code: ErrorCode::Internal, message: "internal error".into() }
+        })?;
         tracing::info!(agent_id = %self.agent_id, serial = %issued.serial, "certificate renewed");
-        Ok(CertificateRenewed {
-            certificate_pem: issued.cert_pem,
-            not_after_ms: not_after_ms as u64,
-        })
+        Ok(CertificateRenewed { certificate_pem: issued.cert_pem, not_after_ms: not_after_ms as u64 })
     }
 
-    async fn error(
-        &self,
-        send: &mut SendStream,
-        code: ErrorCode,
-        message: &str,
-    ) -> Result<(), TransportError> {
-        ferry_transport::write_frame(
-            send,
-            &ServerMessage::Error(WireError {
-                code,
-                message: message.into(),
-            }),
-        )
-        .await?;
+    async fn error(&self, send: &mut SendStream, code: ErrorCode, message: &str) -> Result<(), TransportError> {
+        ferry_transport::write_frame(send, &ServerMessage::Error(WireError { code, message: message.into() })).await?;
         let _ = send.finish();
         // Give the agent a moment to read the reason before the connection is closed.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;

@@ -88,10 +88,7 @@ impl AgentRecord {
     pub fn status(&self, now_ms: i64, heartbeat_timeout_ms: i64) -> AgentStatus {
         if self.revoked_at.is_some() {
             AgentStatus::Revoked
-        } else if self.session_id.is_some()
-            && self
-                .last_heartbeat
-                .is_some_and(|hb| hb > now_ms - heartbeat_timeout_ms)
+        } else if self.session_id.is_some() && self.last_heartbeat.is_some_and(|hb| hb > now_ms - heartbeat_timeout_ms)
         {
             AgentStatus::Connected
         } else {
@@ -117,11 +114,7 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         labels: labels_from_json("agents", "labels", &row.try_get::<String, _>("labels")?)?,
-        token_labels: labels_from_json(
-            "agents",
-            "token_labels",
-            &row.try_get::<String, _>("token_labels")?,
-        )?,
+        token_labels: labels_from_json("agents", "token_labels", &row.try_get::<String, _>("token_labels")?)?,
         version: row.try_get("version")?,
         enrolled_at: row.try_get("enrolled_at")?,
         cert_serial: row.try_get("cert_serial")?,
@@ -137,11 +130,7 @@ fn token_from_row(row: &AnyRow) -> Result<BootstrapTokenRecord> {
     Ok(BootstrapTokenRecord {
         id: row.try_get("id")?,
         description: row.try_get("description")?,
-        labels: labels_from_json(
-            "bootstrap_tokens",
-            "labels",
-            &row.try_get::<String, _>("labels")?,
-        )?,
+        labels: labels_from_json("bootstrap_tokens", "labels", &row.try_get::<String, _>("labels")?)?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         used_at: row.try_get("used_at")?,
@@ -192,18 +181,10 @@ impl Store {
     }
 
     /// Deletes a token that has not been used. Returns false if there is no such unused token.
-    pub async fn delete_bootstrap_token(
-        &self,
-        id: &str,
-        audit: &Audit,
-        now_ms: i64,
-    ) -> Result<bool> {
+    pub async fn delete_bootstrap_token(&self, id: &str, audit: &Audit, now_ms: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("DELETE FROM bootstrap_tokens WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n =
+            sqlx::query("DELETE FROM bootstrap_tokens WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         if n == 0 {
             return Ok(false);
         }
@@ -235,12 +216,11 @@ impl Store {
         .rows_affected();
         if consumed != 1 {
             tx.rollback().await?;
-            let row: Option<(String, Option<i64>, i64)> = sqlx::query_as(
-                "SELECT secret_hash, used_at, expires_at FROM bootstrap_tokens WHERE id = $1",
-            )
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
+            let row: Option<(String, Option<i64>, i64)> =
+                sqlx::query_as("SELECT secret_hash, used_at, expires_at FROM bootstrap_tokens WHERE id = $1")
+                    .bind(token_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
             return Ok(Err(match row {
                 Some((hash, _, _)) if hash != secret_hash => EnrollRefusal::Unknown,
                 Some((_, Some(_), _)) => EnrollRefusal::Used,
@@ -248,11 +228,10 @@ impl Store {
                 None => EnrollRefusal::Unknown,
             }));
         }
-        let token_labels: String =
-            sqlx::query_scalar("SELECT labels FROM bootstrap_tokens WHERE id = $1")
-                .bind(token_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let token_labels: String = sqlx::query_scalar("SELECT labels FROM bootstrap_tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_one(&mut *tx)
+            .await?;
         let token_labels = labels_from_json("bootstrap_tokens", "labels", &token_labels)?;
         let labels = merge_labels(&agent.labels, &token_labels);
         sqlx::query(
@@ -278,20 +257,14 @@ impl Store {
         };
         Self::write_audit(&mut tx, &audit, now_ms).await?;
         tx.commit().await?;
-        Ok(Ok(self
-            .get_agent(&agent.id)
-            .await?
-            .expect("agent inserted in this transaction")))
+        Ok(Ok(self.get_agent(&agent.id).await?.expect("agent inserted in this transaction")))
     }
 
     // ---- agents ---------------------------------------------------------------------------
 
     pub async fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
@@ -306,25 +279,19 @@ impl Store {
             Some(AgentStatus::Disconnected) => format!("(revoked_at IS NULL AND NOT {FRESH})"),
         };
         let cutoff = f.now_ms - f.heartbeat_timeout_ms;
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM agents WHERE {cond}"
-        )))
-        .bind(cutoff)
-        .fetch_one(&self.pool)
-        .await?;
-        let sql = format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE {cond} ORDER BY enrolled_at, id LIMIT $2 OFFSET $3"
-        );
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM agents WHERE {cond}")))
+            .bind(cutoff)
+            .fetch_one(&self.pool)
+            .await?;
+        let sql =
+            format!("SELECT {AGENT_COLUMNS} FROM agents WHERE {cond} ORDER BY enrolled_at, id LIMIT $2 OFFSET $3");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(cutoff)
             .bind(f.page_size)
             .bind((f.page - 1).max(0) * f.page_size)
             .fetch_all(&self.pool)
             .await?;
-        let agents = rows
-            .iter()
-            .map(agent_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let agents = rows.iter().map(agent_from_row).collect::<Result<Vec<_>>>()?;
         Ok((agents, total))
     }
 
@@ -387,12 +354,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn update_certificate(
-        &self,
-        id: &str,
-        serial: &str,
-        not_after_ms: i64,
-    ) -> Result<()> {
+    pub async fn update_certificate(&self, id: &str, serial: &str, not_after_ms: i64) -> Result<()> {
         sqlx::query("UPDATE agents SET cert_serial = $1, cert_not_after = $2 WHERE id = $3")
             .bind(serial)
             .bind(not_after_ms)
@@ -403,21 +365,14 @@ impl Store {
     }
 
     /// Revokes the agent (idempotent: the first revocation time is kept). `None` if unknown.
-    pub async fn revoke_agent(
-        &self,
-        id: &str,
-        audit: &Audit,
-        now_ms: i64,
-    ) -> Result<Option<AgentRecord>> {
+    pub async fn revoke_agent(&self, id: &str, audit: &Audit, now_ms: i64) -> Result<Option<AgentRecord>> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE agents SET revoked_at = COALESCE(revoked_at, $1), session_id = NULL WHERE id = $2",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sqlx::query("UPDATE agents SET revoked_at = COALESCE(revoked_at, $1), session_id = NULL WHERE id = $2")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if n == 0 {
             return Ok(None);
         }
@@ -455,12 +410,7 @@ mod tests {
         let cases = [
             (None, None, None, AgentStatus::Disconnected),
             (Some("s"), Some(now - 1_000), None, AgentStatus::Connected),
-            (
-                Some("s"),
-                Some(now - 15_000),
-                None,
-                AgentStatus::Disconnected,
-            ),
+            (Some("s"), Some(now - 15_000), None, AgentStatus::Disconnected),
             (None, Some(now), None, AgentStatus::Disconnected),
             (Some("s"), Some(now), Some(now), AgentStatus::Revoked),
         ];
@@ -469,11 +419,7 @@ mod tests {
             r.session_id = session.map(str::to_string);
             r.last_heartbeat = hb;
             r.revoked_at = revoked;
-            assert_eq!(
-                r.status(now, timeout),
-                want,
-                "{session:?} {hb:?} {revoked:?}"
-            );
+            assert_eq!(r.status(now, timeout), want, "{session:?} {hb:?} {revoked:?}");
         }
     }
 

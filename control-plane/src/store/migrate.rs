@@ -6,11 +6,7 @@
 
 use super::{Backend, Result, Store, StoreError};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "agents",
-    include_str!("../../migrations/0001_agents.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "agents", include_str!("../../migrations/0001_agents.sql"))];
 
 /// Arbitrary constant identifying Ferry's migration lock.
 const PG_LOCK_KEY: i64 = 0x4665_7272_79; // "Ferry"
@@ -24,15 +20,10 @@ pub(super) async fn run(store: &Store) -> Result<()> {
     .await?;
     let mut tx = store.pool.begin().await?;
     if store.backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)::TEXT")
-            .bind(PG_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)::TEXT").bind(PG_LOCK_KEY).execute(&mut *tx).await?;
     }
     let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM ferry_migrations ORDER BY version")
-            .fetch_all(&mut *tx)
-            .await?;
+        sqlx::query_scalar("SELECT version FROM ferry_migrations ORDER BY version").fetch_all(&mut *tx).await?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if let Some(&found) = applied.iter().max()
         && found > known

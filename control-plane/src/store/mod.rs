@@ -22,8 +22,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe};
 
 pub use agents::{
-    AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent,
-    NewBootstrapToken,
+    AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +31,10 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
-    #[error(
-        "database schema version {found} is newer than this build knows ({known}); upgrade ferry-server"
-    )]
+    #[error("database schema version {found} is newer than this build knows ({known}); upgrade ferry-server")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("corrupt stored document in {table}.{column}: {message}")]
-    Corrupt {
-        table: &'static str,
-        column: &'static str,
-        message: String,
-    },
+    Corrupt { table: &'static str, column: &'static str, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -78,9 +71,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("backend", &self.backend)
-            .finish()
+        f.debug_struct("Store").field("backend", &self.backend).finish()
     }
 }
 
@@ -97,9 +88,7 @@ impl Store {
         };
         let schema = options.pg_schema.clone();
         if let Some(s) = &schema
-            && !s
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             return Err(StoreError::UnsupportedUrl(format!("schema name {s:?}")));
         }
@@ -141,11 +130,7 @@ impl Store {
 
     /// A file-backed SQLite store at `path` (created if missing).
     pub async fn sqlite_file(path: &std::path::Path) -> Result<Self> {
-        Self::connect(
-            &format!("sqlite://{}?mode=rwc", path.display()),
-            StoreOptions::default(),
-        )
-        .await
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.display()), StoreOptions::default()).await
     }
 
     /// Applies pending migrations. Idempotent, and safe for replicas starting together.
@@ -181,9 +166,7 @@ impl Store {
     // ---- admin credentials --------------------------------------------------------------
 
     pub async fn admin_token_count(&self) -> Result<i64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens").fetch_one(&self.pool).await?;
         Ok(n)
     }
 
@@ -199,12 +182,10 @@ impl Store {
 
     /// The id of the admin token with this hash, if any.
     pub async fn admin_token_by_hash(&self, token_hash: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM admin_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT id FROM admin_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     // ---- audit ----------------------------------------------------------------------------
@@ -228,12 +209,11 @@ impl Store {
 
     /// Audit records about `target`, oldest first.
     pub async fn audit_for(&self, target: &str) -> Result<Vec<(String, String, String)>> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT action, actor, request_id FROM audit_log WHERE target = $1 ORDER BY at, id",
-        )
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT action, actor, request_id FROM audit_log WHERE target = $1 ORDER BY at, id")
+                .bind(target)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows)
     }
 }
@@ -242,14 +222,6 @@ pub(crate) fn labels_to_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).expect("string map serializes")
 }
 
-pub(crate) fn labels_from_json(
-    table: &'static str,
-    column: &'static str,
-    s: &str,
-) -> Result<BTreeMap<String, String>> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
-        table,
-        column,
-        message: e.to_string(),
-    })
+pub(crate) fn labels_from_json(table: &'static str, column: &'static str, s: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt { table, column, message: e.to_string() })
 }
