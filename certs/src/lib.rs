@@ -80,10 +80,12 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// Valid from a little before now for `lifetime`.
+    /// Valid from a little before now for `lifetime`. The backdating (for clock skew) is at most
+    /// a tenth of the lifetime, so that "renew when a third of the lifetime is left", computed
+    /// from the certificate itself, still means what it says for short lifetimes.
     pub fn from_now(lifetime: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        Self { not_before: now - BACKDATE, not_after: now + lifetime }
+        Self { not_before: now - BACKDATE.min(lifetime / 10), not_after: now + lifetime }
     }
 }
 

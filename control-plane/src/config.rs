@@ -14,8 +14,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
     pub quic_addr: SocketAddr,
-    /// `host:port` agents should dial; shown in token responses. Defaults to `quic_addr`.
-    pub advertise_addr: String,
+    /// `host:port` agents should dial; shown in token responses. `None`: the bound QUIC address.
+    pub advertise_addr: Option<String>,
     /// `sqlite://…` or `postgres://…`; defaults to `<data-dir>/ferry.db`.
     pub database_url: String,
     /// Extra DNS names / IP addresses for the server certificate.
@@ -34,7 +34,6 @@ impl ServerConfig {
         c.database_url = default_db_url(data_dir);
         c.http_addr = "127.0.0.1:0".parse().expect("literal");
         c.quic_addr = "127.0.0.1:0".parse().expect("literal");
-        c.advertise_addr = String::new();
         c
     }
 
@@ -60,7 +59,7 @@ impl ServerConfig {
         };
         let http_addr = addr(args.http_addr, f.http_addr, "127.0.0.1:7700", "--http-addr")?;
         let quic_addr = addr(args.quic_addr, f.quic_addr, "127.0.0.1:7701", "--quic-addr")?;
-        let advertise_addr = args.advertise_addr.or(f.advertise_addr).unwrap_or_else(|| quic_addr.to_string());
+        let advertise_addr = args.advertise_addr.or(f.advertise_addr);
         let database_url = args.database_url.or(f.database_url).unwrap_or_else(|| default_db_url(&data_dir));
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
@@ -227,7 +226,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:7700");
         assert_eq!(c.quic_addr.to_string(), "127.0.0.1:7701");
-        assert_eq!(c.advertise_addr, "127.0.0.1:7701");
+        assert_eq!(c.advertise_addr, None);
         assert_eq!(c.agent_cert_lifetime, Duration::from_secs(12 * 3600));
         assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
     }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod ids;
+pub mod planner;
 pub mod quic;
 pub mod store;
 pub mod tokens;
@@ -118,11 +119,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         .map_err(|source| Error::Bind { addr: config.http_addr, source })?;
     let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_addr, source })?;
 
-    let advertise: Arc<str> = if config.advertise_addr.is_empty() {
-        quic_addr.to_string().into()
-    } else {
-        config.advertise_addr.as_str().into()
-    };
+    let advertise: Arc<str> = config.advertise_addr.clone().unwrap_or_else(|| quic_addr.to_string()).into();
     let state = AppState {
         store,
         ca: Arc::new(ca),

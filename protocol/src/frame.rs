@@ -77,7 +77,7 @@ impl FrameDecoder {
         Self { buf: Vec::new(), max }
     }
 
-    /// Appends bytes. Call [`FrameDecoder::next`] until it returns `Ok(None)` afterwards.
+    /// Appends bytes. Call [`FrameDecoder::decode`] until it returns `Ok(None)` afterwards.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -89,7 +89,7 @@ impl FrameDecoder {
 
     /// Returns the next complete message, `Ok(None)` if more bytes are needed, or an error. After
     /// an error the stream is unusable (framing is lost) and should be closed.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -241,14 +241,14 @@ mod tests {
             let frame = encode_frame(&msg).unwrap();
             let mut d = FrameDecoder::default();
             d.push(&frame);
-            assert_eq!(d.next::<AgentMessage>().unwrap(), Some(msg));
+            assert_eq!(d.decode::<AgentMessage>().unwrap(), Some(msg));
             assert_eq!(d.buffered(), 0);
         }
         for msg in server {
             let frame = encode_frame(&msg).unwrap();
             let mut d = FrameDecoder::default();
             d.push(&frame);
-            assert_eq!(d.next::<ServerMessage>().unwrap(), Some(msg));
+            assert_eq!(d.decode::<ServerMessage>().unwrap(), Some(msg));
         }
     }
 
@@ -260,7 +260,7 @@ mod tests {
         let mut out = Vec::new();
         for b in &stream {
             d.push(std::slice::from_ref(b));
-            while let Some(m) = d.next::<AgentMessage>().unwrap() {
+            while let Some(m) = d.decode::<AgentMessage>().unwrap() {
                 out.push(m);
             }
         }
@@ -271,17 +271,17 @@ mod tests {
     fn oversized_header_is_refused_before_the_payload_arrives() {
         let mut d = FrameDecoder::new(1024);
         d.push(&(1025u32).to_be_bytes());
-        assert_eq!(d.next::<AgentMessage>(), Err(FrameError::TooLarge { len: 1025, max: 1024 }));
+        assert_eq!(d.decode::<AgentMessage>(), Err(FrameError::TooLarge { len: 1025, max: 1024 }));
         let mut d = FrameDecoder::default();
         d.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(d.decode::<AgentMessage>(), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn empty_and_trailing_bytes_are_errors() {
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 0]);
-        assert_eq!(d.next::<AgentMessage>(), Err(FrameError::Empty));
+        assert_eq!(d.decode::<AgentMessage>(), Err(FrameError::Empty));
 
         let mut frame = encode_frame(&AgentMessage::Heartbeat(Heartbeat { seq: 1, sent_at_ms: 2 })).unwrap();
         frame.push(0);
@@ -289,7 +289,7 @@ mod tests {
         frame[..4].copy_from_slice(&len.to_be_bytes());
         let mut d = FrameDecoder::default();
         d.push(&frame);
-        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::Decode(_))));
+        assert!(matches!(d.decode::<AgentMessage>(), Err(FrameError::Decode(_))));
     }
 
     #[test]
@@ -297,7 +297,7 @@ mod tests {
         // Variant index 200 does not exist in AgentMessage.
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, 0xc8, 0x01]);
-        assert!(matches!(d.next::<AgentMessage>(), Err(FrameError::Decode(_))));
+        assert!(matches!(d.decode::<AgentMessage>(), Err(FrameError::Decode(_))));
     }
 
     /// Feeds pseudo-random bytes, truncated valid frames and mutated valid frames to the decoder.
@@ -341,9 +341,9 @@ mod tests {
             d.push(&input);
             for _ in 0..16 {
                 let r = if round % 2 == 0 {
-                    d.next::<AgentMessage>().map(|m| m.is_some())
+                    d.decode::<AgentMessage>().map(|m| m.is_some())
                 } else {
-                    d.next::<ServerMessage>().map(|m| m.is_some())
+                    d.decode::<ServerMessage>().map(|m| m.is_some())
                 };
                 match r {
                     Ok(true) => continue,

@@ -115,6 +115,16 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result
     Ok(())
 }
 
+/// Writes one framed message, giving up after `timeout` (a peer that stops reading must not
+/// block the writer forever: QUIC flow control would otherwise stall the write indefinitely).
+pub async fn write_frame_timeout<T: Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+    timeout: Duration,
+) -> Result<(), TransportError> {
+    tokio::time::timeout(timeout, write_frame(send, msg)).await.map_err(|_| TransportError::Timeout(timeout))?
+}
+
 /// Reads one framed message. `Ok(None)` means the peer finished the stream cleanly between
 /// frames. The length is checked before the payload buffer is allocated.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>, TransportError> {

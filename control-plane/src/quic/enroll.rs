@@ -56,7 +56,7 @@ pub async fn handle(conn: Connection, state: AppState) {
             (ServerMessage::Error(err), CloseCode::EnrollmentRejected)
         }
     };
-    if ferry_transport::write_frame(&mut send, &reply).await.is_ok() {
+    if ferry_transport::write_frame_timeout(&mut send, &reply, HANDSHAKE_TIMEOUT).await.is_ok() {
         let _ = send.finish();
         // The client closes once it has read the reply; closing first could discard it.
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

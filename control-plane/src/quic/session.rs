@@ -16,6 +16,9 @@ use super::HANDSHAKE_TIMEOUT;
 use crate::AppState;
 use crate::ids::{now_ms, random_id};
 
+/// How long one frame may take to write before the session is considered dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a session ended, as told to the agent.
 struct End(CloseCode, String);
 
@@ -82,7 +85,7 @@ fn transport_end(e: &TransportError) -> End {
             End::new(CloseCode::FrameTooLarge, e.to_string())
         }
         TransportError::Frame(_) => End::new(CloseCode::ProtocolError, e.to_string()),
-        TransportError::Timeout(_) => End::new(CloseCode::ProtocolError, "expected Hello"),
+        TransportError::Timeout(d) => End::new(CloseCode::ProtocolError, format!("peer timed out after {d:?}")),
         _ => End::new(CloseCode::Normal, format!("connection lost: {e}")),
     }
 }
@@ -144,7 +147,7 @@ impl Session {
             heartbeat_interval_ms: interval.as_millis() as u32,
             server_time_ms: now_ms() as u64,
         });
-        if let Err(e) = ferry_transport::write_frame(&mut send, &welcome).await {
+        if let Err(e) = ferry_transport::write_frame_timeout(&mut send, &welcome, WRITE_TIMEOUT).await {
             return transport_end(&e);
         }
         tracing::info!(agent_id = %self.agent_id, session_id = %self.session_id, name = %hello.name,
@@ -213,7 +216,7 @@ impl Session {
                 }
             };
             if let Some(reply) = reply
-                && let Err(e) = ferry_transport::write_frame(&mut send, &reply).await
+                && let Err(e) = ferry_transport::write_frame_timeout(&mut send, &reply, WRITE_TIMEOUT).await
             {
                 return transport_end(&e);
             }
@@ -245,7 +248,12 @@ impl Session {
     }
 
     async fn error(&self, send: &mut SendStream, code: ErrorCode, message: &str) -> Result<(), TransportError> {
-        ferry_transport::write_frame(send, &ServerMessage::Error(WireError { code, message: message.into() })).await?;
+        ferry_transport::write_frame_timeout(
+            send,
+            &ServerMessage::Error(WireError { code, message: message.into() }),
+            WRITE_TIMEOUT,
+        )
+        .await?;
         let _ = send.finish();
         // Give the agent a moment to read the reason before the connection is closed.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;

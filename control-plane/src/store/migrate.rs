@@ -9,7 +9,7 @@ use super::{Backend, Result, Store, StoreError};
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "agents", include_str!("../../migrations/0001_agents.sql"))];
 
 /// Arbitrary constant identifying Ferry's migration lock.
-const PG_LOCK_KEY: i64 = 0x4665_7272_79; // "Ferry"
+const PG_LOCK_KEY: i64 = 0x46_65_72_72_79; // "Ferry" in ASCII
 
 pub(super) async fn run(store: &Store) -> Result<()> {
     sqlx::raw_sql(

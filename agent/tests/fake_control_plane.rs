@@ -1,0 +1,396 @@
+//! The agent against a small in-process control plane speaking the real protocol over real
+//! QUIC + mutual TLS (ferry-certs, ferry-transport): enrollment, Hello/Welcome, assignments,
+//! heartbeats, renewal over the live connection, close codes, restart from the state dir.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_agent::{AgentConfig, AgentState, Exit};
+use ferry_certs::{Ca, Validity};
+use ferry_protocol::{
+    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, Enrolled, ErrorCode, HeartbeatAck,
+    ServerMessage, Welcome, WireError,
+};
+use quinn::Connection;
+use tokio::sync::{broadcast, watch};
+
+const HEARTBEAT_MS: u32 = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Enrolled(String),
+    Hello {
+        agent_id: String,
+        last_generation: u64,
+    },
+    Ack(Ack),
+    Heartbeat,
+    Renewed(String),
+    /// The agent closed the connection with this code and reason.
+    AgentClosed(u64, String),
+}
+
+struct Fake {
+    addr: SocketAddr,
+    ca: Arc<Ca>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    token: String,
+    cert_lifetime: Duration,
+    revoked: Mutex<HashSet<String>>,
+    conns: Mutex<Vec<Connection>>,
+    events: Mutex<Vec<Event>>,
+    generation: Mutex<u64>,
+    pushes: broadcast::Sender<Assignment>,
+    next_id: Mutex<u32>,
+}
+
+impl Shared {
+    fn record(&self, e: Event) {
+        self.events.lock().unwrap().push(e);
+    }
+    fn assignment(&self) -> Assignment {
+        Assignment { generation: *self.generation.lock().unwrap(), workloads: vec![] }
+    }
+}
+
+impl Fake {
+    async fn start(cert_lifetime: Duration) -> Fake {
+        let _ = ferry_certs::tls::provider();
+        let ca = Arc::new(Ca::generate("fake").unwrap());
+        let server = ca.issue_server(&["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
+        let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
+        let tls =
+            ferry_certs::tls::server_config(&chain, &server.key_pem, &[ca.cert_pem()], ferry_protocol::ALPN).unwrap();
+        let endpoint = ferry_transport::server_endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            token: format!("ferry1.0011223344556677.00112233445566778899aabbccddeeff.{}", ca.fingerprint()),
+            cert_lifetime,
+            revoked: Mutex::default(),
+            conns: Mutex::default(),
+            events: Mutex::default(),
+            generation: Mutex::new(1),
+            pushes: broadcast::channel(16).0,
+            next_id: Mutex::new(0),
+        });
+        let (ca2, shared2) = (ca.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let (ca, shared) = (ca2.clone(), shared2.clone());
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    match ferry_transport::peer_leaf_der(&conn) {
+                        None => enroll(conn, &ca, &shared).await,
+                        Some(der) => session(conn, der, &ca, &shared).await,
+                    }
+                });
+            }
+        });
+        Fake { addr, ca, shared }
+    }
+
+    fn config(&self, dir: &std::path::Path) -> AgentConfig {
+        let mut c = AgentConfig::new(self.addr.to_string(), dir);
+        c.name = "test-agent".into();
+        c.token = Some(self.shared.token.clone());
+        c.max_backoff = Duration::from_millis(200);
+        c
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.shared.events.lock().unwrap().clone()
+    }
+
+    fn push(&self, generation: u64) {
+        *self.shared.generation.lock().unwrap() = generation;
+        let _ = self.shared.pushes.send(self.shared.assignment());
+    }
+
+    fn close_all(&self, code: CloseCode, reason: &str) {
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            ferry_transport::close(&c, code, reason);
+        }
+    }
+
+    fn revoke(&self, agent_id: &str) {
+        self.shared.revoked.lock().unwrap().insert(agent_id.to_string());
+        self.close_all(CloseCode::Revoked, "agent revoked");
+    }
+}
+
+async fn enroll(conn: Connection, ca: &Ca, shared: &Shared) {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let Ok(Some(AgentMessage::Enroll(req))) = ferry_transport::read_frame::<AgentMessage>(&mut recv).await else {
+        return ferry_transport::close(&conn, CloseCode::ProtocolError, "expected Enroll");
+    };
+    let (reply, code) = if req.token == shared.token {
+        let id = {
+            let mut n = shared.next_id.lock().unwrap();
+            *n += 1;
+            format!("agent-{n}")
+        };
+        let issued = ca.sign_agent_csr(&req.csr_pem, &id, Validity::from_now(shared.cert_lifetime)).unwrap();
+        shared.record(Event::Enrolled(id.clone()));
+        let e = Enrolled { agent_id: id, certificate_pem: issued.cert_pem, ca_pem: ca.cert_pem().into() };
+        (ServerMessage::Enrolled(e), CloseCode::Normal)
+    } else {
+        let e = WireError { code: ErrorCode::TokenUnknown, message: "unknown bootstrap token".into() };
+        (ServerMessage::Error(e), CloseCode::EnrollmentRejected)
+    };
+    ferry_transport::write_frame(&mut send, &reply).await.unwrap();
+    let _ = send.finish();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(closed.is_ok(), "the agent must close the enrollment connection itself");
+    ferry_transport::close(&conn, code, "enrollment finished");
+}
+
+async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Shared) {
+    let agent_id = ferry_certs::agent_id_from_cert(&der).unwrap();
+    if shared.revoked.lock().unwrap().contains(&agent_id) {
+        return ferry_transport::close(&conn, CloseCode::Revoked, "agent revoked");
+    }
+    shared.conns.lock().unwrap().push(conn.clone());
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let Ok(Some(AgentMessage::Hello(hello))) = ferry_transport::read_frame::<AgentMessage>(&mut recv).await else {
+        return ferry_transport::close(&conn, CloseCode::ProtocolError, "expected Hello");
+    };
+    assert_eq!(hello.agent_id, agent_id);
+    assert_eq!(hello.capabilities, vec!["runtime:process".to_string()]);
+    shared.record(Event::Hello { agent_id: agent_id.clone(), last_generation: hello.last_generation });
+    let welcome = Welcome {
+        protocol_version: 1,
+        agent_id: agent_id.clone(),
+        heartbeat_interval_ms: HEARTBEAT_MS,
+        server_time_ms: 0,
+    };
+    let mut pushes = shared.pushes.subscribe();
+    ferry_transport::write_frame(&mut send, &ServerMessage::Welcome(welcome)).await.unwrap();
+    ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(shared.assignment())).await.unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = ferry_transport::read_frame::<AgentMessage>(&mut recv).await {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            Ok(a) = pushes.recv() => {
+                let _ = ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(a)).await;
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        let reply = match msg {
+            AgentMessage::Heartbeat(hb) => {
+                shared.record(Event::Heartbeat);
+                ServerMessage::HeartbeatAck(HeartbeatAck { seq: hb.seq, server_time_ms: 0 })
+            }
+            AgentMessage::Ack(ack) => {
+                shared.record(Event::Ack(ack));
+                continue;
+            }
+            AgentMessage::RenewCertificate(req) => {
+                let issued =
+                    ca.sign_agent_csr(&req.csr_pem, &agent_id, Validity::from_now(shared.cert_lifetime)).unwrap();
+                shared.record(Event::Renewed(issued.serial));
+                let not_after_ms = (issued.not_after.unix_timestamp_nanos() / 1_000_000) as u64;
+                ServerMessage::CertificateRenewed(CertificateRenewed { certificate_pem: issued.cert_pem, not_after_ms })
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        if ferry_transport::write_frame(&mut send, &reply).await.is_err() {
+            break;
+        }
+    }
+    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+        shared.record(Event::AgentClosed(c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into()));
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    state: watch::Receiver<AgentState>,
+    task: tokio::task::JoinHandle<Exit>,
+}
+
+fn start(config: AgentConfig) -> Running {
+    let (stop, shutdown) = watch::channel(false);
+    let (tx, state) = watch::channel(AgentState::default());
+    Running { stop, state, task: tokio::spawn(ferry_agent::run(config, shutdown, tx)) }
+}
+
+impl Running {
+    async fn wait(&mut self, what: &str, f: impl FnMut(&AgentState) -> bool) -> AgentState {
+        let found = match tokio::time::timeout(Duration::from_secs(20), self.state.wait_for(f)).await {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        found.unwrap_or_else(|| panic!("timed out waiting for {what}; state: {:?}", *self.state.borrow()))
+    }
+
+    async fn stop(self) -> Exit {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.expect("agent stops promptly").unwrap()
+    }
+
+    async fn exit(self) -> Exit {
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("agent exits").unwrap()
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enroll_session_assignments_renewal_restart() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+
+    let s = agent.wait("first session", |s| s.sessions == 1 && s.last_generation == 1).await;
+    assert_eq!(s.agent_id.as_deref(), Some("agent-1"));
+    assert!(s.connected && s.cert_serial.is_some() && s.cert_not_after.is_some());
+    assert_eq!(s.renewals, 0, "a fresh 1 h certificate is not renewed");
+    let applied = |g| Event::Ack(Ack { generation: g, outcome: AckOutcome::Applied });
+    eventually("ack of generation 1", || fake.events().contains(&applied(1))).await;
+
+    // Pushes: newer applied, older or equal stale.
+    fake.push(3);
+    agent.wait("generation 3", |s| s.last_generation == 3).await;
+    fake.push(2);
+    let stale = Event::Ack(Ack { generation: 2, outcome: AckOutcome::Stale { current: 3 } });
+    eventually("stale ack", || fake.events().contains(&stale)).await;
+    eventually("heartbeats", || fake.events().iter().filter(|e| **e == Event::Heartbeat).count() >= 2).await;
+
+    // State dir contents.
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let identity: serde_json::Value = serde_json::from_str(&read("identity.json")).unwrap();
+    assert_eq!(identity["agentId"], "agent-1");
+    let saved: Assignment = serde_json::from_str(&read("assignment.json")).unwrap();
+    assert_eq!(saved.generation, 3);
+    assert_eq!(read("ca.crt"), fake.ca.cert_pem());
+    let client = read("client.pem");
+    assert!(client.contains("BEGIN CERTIFICATE") && client.contains("PRIVATE KEY"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("client.pem"), 0o600);
+        assert_eq!(mode(""), 0o700);
+    }
+
+    // A graceful stop closes with Normal.
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    let normal = Event::AgentClosed(CloseCode::Normal as u64, "agent stopping".into());
+    eventually("agent close", || fake.events().contains(&normal)).await;
+
+    // Restart without a token: the stored identity and generation are used.
+    let mut config = fake.config(dir.path());
+    config.token = None;
+    let mut agent = start(config);
+    agent.wait("second run", |s| s.sessions == 1).await;
+    let hello = Event::Hello { agent_id: "agent-1".into(), last_generation: 3 };
+    eventually("hello with generation 3", || fake.events().contains(&hello)).await;
+    // The server re-sends generation 2 (its current): stale.
+    let stale_again = Event::Ack(Ack { generation: 2, outcome: AckOutcome::Stale { current: 3 } });
+    eventually("stale ack after restart", || fake.events().iter().filter(|e| **e == stale_again).count() >= 2).await;
+
+    // Superseded: the agent reconnects.
+    fake.close_all(CloseCode::Superseded, "a newer session replaced this one");
+    let s = agent.wait("reconnect", |s| s.sessions == 2 && s.connected).await;
+    assert!(s.last_error.is_none());
+
+    // Revoked: the agent stops for good.
+    fake.revoke("agent-1");
+    let exit = agent.exit().await;
+    assert_eq!(exit, Exit::Fatal("agent agent-1 was revoked by the control plane; re-enroll with a new token".into()));
+    assert_eq!(fake.events().iter().filter(|e| matches!(e, Event::Enrolled(_))).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renews_over_the_live_session() {
+    // 4 s certificates (backdated 60 s by the CA): renewed right away, then every ~2 s.
+    let fake = Fake::start(Duration::from_secs(4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+    let first = agent.wait("session", |s| s.sessions == 1).await;
+    let s = agent.wait("three renewals", |s| s.renewals >= 3).await;
+    assert_eq!(s.sessions, 1, "renewals must not interrupt the session");
+    assert!(s.connected);
+    assert_ne!(s.cert_serial, first.cert_serial);
+    // The persisted certificate is the latest one.
+    let renewed: Vec<String> =
+        fake.events().into_iter().filter_map(|e| if let Event::Renewed(s) = e { Some(s) } else { None }).collect();
+    assert!(renewed.len() >= 3 && renewed.len() <= 6, "{renewed:?}");
+    assert!(renewed.contains(s.cert_serial.as_ref().unwrap()));
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    let client = std::fs::read_to_string(dir.path().join("client.pem")).unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let stored = ferry_agent::credentials::Credentials::from_client_pem("agent-1", &ca, &client).unwrap();
+    assert!(renewed.contains(&stored.info.serial));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_token_is_fatal() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fake.config(dir.path());
+    config.token = Some(format!("ferry1.ffff.eeee.{}", fake.ca.fingerprint()));
+    let exit = start(config).exit().await;
+    let Exit::Fatal(msg) = exit else { panic!("{exit:?}") };
+    assert!(msg.contains("enrollment refused") && msg.contains("unknown bootstrap token"), "{msg}");
+    assert!(!dir.path().join("client.pem").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_pin_is_retried_not_fatal() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    let other = Ca::generate("other").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fake.config(dir.path());
+    config.token = Some(format!("ferry1.id.secret.{}", other.fingerprint()));
+    let mut agent = start(config);
+    let s = agent.wait("an error", |s| s.last_error.is_some()).await;
+    assert!(!s.connected && s.agent_id.is_none());
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert!(fake.events().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_from_another_ca_is_rejected_and_retried() {
+    // A state dir enrolled with another control plane: the server refuses the certificate
+    // during the handshake; the agent reports it and keeps retrying.
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    let other = Fake::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(other.config(dir.path()));
+    agent.wait("enrolled elsewhere", |s| s.sessions == 1).await;
+    agent.stop().await;
+
+    // Trust this control plane's CA, but keep the certificate the other one issued.
+    std::fs::write(dir.path().join("ca.crt"), fake.ca.cert_pem()).unwrap();
+
+    let mut config = fake.config(dir.path());
+    config.token = None;
+    let mut agent = start(config);
+    let s = agent.wait("an error", |s| s.last_error.is_some()).await;
+    let err = s.last_error.unwrap();
+    assert!(err.contains("rejected our client certificate"), "{err}");
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}

@@ -1,0 +1,132 @@
+//! The REST shell: authentication, the seed's error format, and bad input answered with a
+//! precise 4xx that changes nothing.
+
+use ferry_tests::ControlPlane;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{body}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["details"].is_object(), "{body}");
+    assert!(e["requestId"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    assert!(e["documentation"].as_str().is_some_and(|d| d.ends_with(&code.to_ascii_lowercase())), "{body}");
+}
+
+#[tokio::test]
+async fn health_is_public_everything_else_needs_the_admin_token() {
+    let cp = ControlPlane::spawn().await;
+    let (status, body) = cp.request(Method::GET, "/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "healthy");
+    for (method, path) in [
+        (Method::GET, "/v1/agents"),
+        (Method::GET, "/v1/agents/agent-x"),
+        (Method::DELETE, "/v1/agents/agent-x"),
+        (Method::GET, "/v1/agents/tokens"),
+        (Method::POST, "/v1/agents/tokens"),
+    ] {
+        let (status, body) = cp.request(method.clone(), path, None, None).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "AUTH_001");
+        let (status, body) = cp.request(method, path, None, Some("ferry_admin_wrong")).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "AUTH_001");
+    }
+    // The plaintext was written once, 0600; only a hash is stored.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cp.data_dir.join("admin.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
+    let cp = ControlPlane::spawn().await;
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({ "ttlSeconds": 0 }), "VALIDATION_001", "ttlSeconds"),
+        (json!({ "ttlSeconds": 99_999_999 }), "VALIDATION_001", "ttlSeconds"),
+        (json!({ "ttlSeconds": "soon" }), "VALIDATION_001", "ttlSeconds"),
+        (json!({ "ttl": 60 }), "VALIDATION_001", "unknown field"),
+        (json!({ "labels": { "bad key!": "x" } }), "VALIDATION_001", "label"),
+        (json!({ "labels": { "k": "v/w" } }), "VALIDATION_001", "label"),
+        (json!({ "description": "x".repeat(300) }), "VALIDATION_001", "description"),
+        (json!([1, 2]), "VALIDATION_001", "invalid type"),
+    ];
+    for (body, code, needle) in cases {
+        let (status, res) = cp.api(Method::POST, "/v1/agents/tokens", Some(body.clone())).await;
+        assert_error(status, &res, StatusCode::BAD_REQUEST, code);
+        let msg = res["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body} -> {msg}");
+    }
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/agents/tokens", cp.base_url);
+    let send = |body: Vec<u8>, ct: Option<&'static str>| {
+        let mut req = client.post(&url).bearer_auth(&cp.admin_token).body(body);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, res) = send(b"{\"ttlSeconds\": ".to_vec(), Some("application/json")).await;
+    assert_error(status, &res, StatusCode::BAD_REQUEST, "VALIDATION_002");
+    let (status, res) = send(b"{}".to_vec(), None).await;
+    assert_error(status, &res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "VALIDATION_004");
+    let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let (status, res) = send(huge.into_bytes(), Some("application/json")).await;
+    assert_error(status, &res, StatusCode::PAYLOAD_TOO_LARGE, "VALIDATION_003");
+
+    // None of it created a token.
+    let (_, tokens) = cp.api(Method::GET, "/v1/agents/tokens", None).await;
+    assert_eq!(tokens["pagination"]["totalCount"], 0, "{tokens}");
+
+    for (path, status, code) in [
+        ("/v1/agents?page=0", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?pageSize=1000", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?status=sleeping", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?page=x", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?colour=red", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents/agent-missing", StatusCode::NOT_FOUND, "AGENT_001"),
+        ("/v1/nothing-here", StatusCode::NOT_FOUND, "ROUTE_001"),
+    ] {
+        let (s, res) = cp.api(Method::GET, path, None).await;
+        assert_error(s, &res, status, code);
+    }
+    let (s, res) = cp.api(Method::DELETE, "/v1/agents/tokens/0000000000000000", None).await;
+    assert_error(s, &res, StatusCode::NOT_FOUND, "AGENT_002");
+    let (s, res) = cp.api(Method::PATCH, "/v1/agents", None).await;
+    assert_error(s, &res, StatusCode::METHOD_NOT_ALLOWED, "ROUTE_002");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_pagination_has_the_seed_shape() {
+    let cp = ControlPlane::spawn().await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/agents/agent-x", cp.base_url))
+        .bearer_auth(&cp.admin_token)
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-123");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["requestId"], "trace-123");
+
+    let fp = cp.ca().fingerprint();
+    for _ in 0..3 {
+        ferry_tests::raw::enroll(cp.quic_addr(), &cp.token(600, &[]).await, &fp).await.unwrap();
+    }
+    let (_, page1) = cp.api(Method::GET, "/v1/agents?page=1&pageSize=2", None).await;
+    assert_eq!(page1["pagination"], json!({ "page": 1, "pageSize": 2, "totalCount": 3, "hasNext": true }));
+    assert_eq!(page1["data"].as_array().unwrap().len(), 2);
+    let (_, page2) = cp.api(Method::GET, "/v1/agents?page=2&pageSize=2", None).await;
+    assert_eq!(page2["pagination"]["hasNext"], false);
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+    assert_ne!(page1["data"][0]["id"], page2["data"][0]["id"]);
+}
