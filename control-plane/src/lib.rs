@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod ids;
+pub mod logs;
 pub mod planner;
 pub mod quic;
 pub mod store;
@@ -48,6 +49,7 @@ pub struct AppState {
     pub ca: Arc<Ca>,
     pub config: Arc<ServerConfig>,
     pub sessions: quic::Sessions,
+    pub logs: logs::LogHub,
     /// `host:port` agents should dial (the advertise address, or the bound QUIC address).
     pub advertise_addr: Arc<str>,
 }
@@ -125,6 +127,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         ca: Arc::new(ca),
         config: Arc::new(config),
         sessions: quic::Sessions::default(),
+        logs: logs::LogHub::default(),
         advertise_addr: advertise,
     };
     let (shutdown, rx) = watch::channel(false);

@@ -6,7 +6,22 @@
 
 use super::{Backend, Result, Store, StoreError};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "agents", include_str!("../../migrations/0001_agents.sql"))];
+/// `(version, name, SQLite SQL, PostgreSQL SQL)`; most migrations share one text.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (1, "agents", include_str!("../../migrations/0001_agents.sql"), include_str!("../../migrations/0001_agents.sql")),
+    (
+        2,
+        "deployments",
+        include_str!("../../migrations/0002_deployments.sql"),
+        include_str!("../../migrations/0002_deployments.sql"),
+    ),
+    (
+        3,
+        "logs",
+        include_str!("../../migrations/0003_logs.sqlite.sql"),
+        include_str!("../../migrations/0003_logs.postgres.sql"),
+    ),
+];
 
 /// Arbitrary constant identifying Ferry's migration lock.
 const PG_LOCK_KEY: i64 = 0x46_65_72_72_79; // "Ferry" in ASCII
@@ -30,11 +45,12 @@ pub(super) async fn run(store: &Store) -> Result<()> {
     {
         return Err(StoreError::SchemaTooNew { found, known });
     }
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sqlite_sql, pg_sql) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
-        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        let sql = if store.backend == Backend::Postgres { *pg_sql } else { *sqlite_sql };
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO ferry_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(*version)
             .bind(*name)

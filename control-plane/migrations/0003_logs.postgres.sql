@@ -1,0 +1,14 @@
+-- Ferry schema, version 3 (PostgreSQL): workload log lines. `id` is the SSE event id: it only grows.
+CREATE TABLE log_lines (
+    id             BIGSERIAL PRIMARY KEY,
+    deployment_id  TEXT NOT NULL,
+    agent_id       TEXT NOT NULL,
+    replica        BIGINT NOT NULL,
+    source         TEXT NOT NULL,
+    seq            BIGINT NOT NULL,
+    ts_ms          BIGINT NOT NULL,
+    stream         TEXT NOT NULL,
+    line           TEXT NOT NULL,
+    UNIQUE (source, seq)
+);
+CREATE INDEX log_lines_deployment ON log_lines (deployment_id, id);
