@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use crate::token::parse_token;
 pub const DEFAULT_STATE_DIR: &str = "ferry-agent-state";
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Ports handed to workload replicas, END excluded.
+pub const DEFAULT_PORT_RANGE: Range<u16> = 20000..30000;
+/// The runtime's directory under the state directory, unless `--run-dir` says otherwise.
+pub const DEFAULT_RUN_SUBDIR: &str = "run";
 
 /// An invalid configuration, as one human-readable line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +47,10 @@ pub struct AgentConfig {
     pub server_name: String,
     /// Upper bound of the reconnect backoff.
     pub max_backoff: Duration,
+    /// Where the process runtime keeps its pidfiles; `None` means `<state_dir>/run`.
+    pub run_dir: Option<PathBuf>,
+    /// Ports handed to workload replicas as `PORT` (END excluded).
+    pub port_range: Range<u16>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -54,6 +63,8 @@ impl fmt::Debug for AgentConfig {
             .field("labels", &self.labels)
             .field("server_name", &self.server_name)
             .field("max_backoff", &self.max_backoff)
+            .field("run_dir", &self.run_dir)
+            .field("port_range", &self.port_range)
             .finish()
     }
 }
@@ -69,7 +80,19 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             server_name: ferry_certs::CONTROL_PLANE_NAME.to_string(),
             max_backoff: DEFAULT_MAX_BACKOFF,
+            run_dir: None,
+            port_range: DEFAULT_PORT_RANGE,
         }
+    }
+
+    /// The runtime directory in effect: `run_dir`, else `<state_dir>/run`.
+    pub fn effective_run_dir(&self) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(|| self.state_dir.join(DEFAULT_RUN_SUBDIR))
+    }
+
+    /// What the process runtime is created with.
+    pub fn runtime_config(&self) -> ferry_runtime::RuntimeConfig {
+        ferry_runtime::RuntimeConfig { port_range: self.port_range.clone(), run_dir: self.effective_run_dir() }
     }
 
     /// Checks every field; the error names the offending setting.
@@ -93,6 +116,15 @@ impl AgentConfig {
         }
         if self.max_backoff.is_zero() || self.max_backoff > MAX_MAX_BACKOFF {
             return Err(ConfigError::new(format!("invalid --max-backoff {:?}: between 1ms and 1h", self.max_backoff)));
+        }
+        if self.run_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(ConfigError::new("invalid --run-dir: empty path"));
+        }
+        if self.port_range.start == 0 || self.port_range.start >= self.port_range.end {
+            return Err(ConfigError::new(format!(
+                "invalid --port-range {}-{}: expected START-END with 1 <= START < END <= 65535",
+                self.port_range.start, self.port_range.end
+            )));
         }
         Ok(())
     }
@@ -181,6 +213,12 @@ pub struct Args {
     /// Longest wait between reconnect attempts, in seconds (or 500ms, 2m) [default: 30].
     #[arg(long, env = "FERRY_MAX_BACKOFF")]
     pub max_backoff: Option<String>,
+    /// Directory for the workloads' pidfiles [default: <state-dir>/run].
+    #[arg(long, env = "FERRY_RUN_DIR", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Ports handed to workloads as PORT, START-END with END excluded [default: 20000-30000].
+    #[arg(long, env = "FERRY_PORT_RANGE", value_name = "START-END")]
+    pub port_range: Option<String>,
 }
 
 /// The validated configuration `main` runs with.
@@ -235,10 +273,24 @@ impl Settings {
                 return Err(ConfigError::new(format!("invalid --log-format {other:?}: text or json")));
             }
         };
-        let agent = AgentConfig { server, token, state_dir, name, labels, server_name, max_backoff };
+        let run_dir = args.run_dir.or(file.run_dir);
+        let port_range = match args.port_range.or(file.port_range) {
+            Some(s) => parse_port_range(&s).ok_or_else(|| {
+                ConfigError::new(format!("invalid --port-range {s:?}: expected START-END, e.g. 20000-30000"))
+            })?,
+            None => DEFAULT_PORT_RANGE,
+        };
+        let agent =
+            AgentConfig { server, token, state_dir, name, labels, server_name, max_backoff, run_dir, port_range };
         agent.validate()?;
         Ok(Self { agent, json_logs })
     }
+}
+
+/// `START-END` (END excluded); the bounds are checked by [`AgentConfig::validate`].
+pub fn parse_port_range(s: &str) -> Option<Range<u16>> {
+    let (start, end) = s.trim().split_once('-')?;
+    Some(start.trim().parse().ok()?..end.trim().parse().ok()?)
 }
 
 fn parse_backoff(s: &str) -> Result<Duration, ConfigError> {
@@ -285,6 +337,8 @@ struct FileConfig {
     server_name: Option<String>,
     log_format: Option<String>,
     max_backoff: Option<FileDuration>,
+    run_dir: Option<PathBuf>,
+    port_range: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +382,10 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.server_name, ferry_certs::CONTROL_PLANE_NAME);
         assert_eq!(c.max_backoff, DEFAULT_MAX_BACKOFF);
+        assert_eq!(c.run_dir, None);
+        assert_eq!(c.effective_run_dir(), PathBuf::from(DEFAULT_STATE_DIR).join("run"));
+        assert_eq!(c.port_range, 20000..30000);
+        assert_eq!(c.runtime_config().port_range, 20000..30000);
         assert!(c.labels.is_empty());
         assert!(!c.name.is_empty());
         assert!(!s.json_logs);
@@ -356,6 +414,10 @@ mod tests {
             "json",
             "--max-backoff",
             "5",
+            "--run-dir",
+            "/run/ferry",
+            "--port-range",
+            "4000-4100",
         ])
         .unwrap();
         let c = s.agent;
@@ -366,6 +428,9 @@ mod tests {
         assert_eq!(c.labels.get("team/app").map(String::as_str), Some("shop"));
         assert_eq!(c.server_name, "cp.internal");
         assert_eq!(c.max_backoff, Duration::from_secs(5));
+        assert_eq!(c.run_dir.as_deref(), Some(Path::new("/run/ferry")));
+        assert_eq!(c.runtime_config().run_dir, PathBuf::from("/run/ferry"));
+        assert_eq!(c.port_range, 4000..4100);
         assert!(s.json_logs);
         assert!(!format!("{c:?}").contains("00112233445566778899aabbccddeeff"), "token leaked in Debug");
     }
@@ -400,6 +465,13 @@ mod tests {
             (vec!["--server", "h:1", "--log-format", "xml"], "--log-format"),
             (vec!["--server", "h:1", "--max-backoff", "soon"], "--max-backoff"),
             (vec!["--server", "h:1", "--max-backoff", "0"], "--max-backoff"),
+            (vec!["--server", "h:1", "--run-dir", ""], "--run-dir"),
+            (vec!["--server", "h:1", "--port-range", "20000"], "--port-range"),
+            (vec!["--server", "h:1", "--port-range", "a-b"], "--port-range"),
+            (vec!["--server", "h:1", "--port-range", "30000-20000"], "--port-range"),
+            (vec!["--server", "h:1", "--port-range", "5-5"], "--port-range"),
+            (vec!["--server", "h:1", "--port-range", "0-100"], "--port-range"),
+            (vec!["--server", "h:1", "--port-range", "1-70000"], "--port-range"),
             (vec!["--server", "h:1", "--bogus"], "--bogus"),
             (vec!["--server", "h:1", "--config", "/nonexistent/ferry.toml"], "cannot read config"),
         ];
@@ -432,6 +504,12 @@ mod tests {
 
         std::fs::write(&path, "server = \"h:1\"\nmax_backoff = \"750ms\"\n").unwrap();
         assert_eq!(parse(&["--config", p]).unwrap().agent.max_backoff, Duration::from_millis(750));
+
+        std::fs::write(&path, "server = \"h:1\"\nrun_dir = \"/srv/run\"\nport_range = \"7000-7010\"\n").unwrap();
+        let c = parse(&["--config", p]).unwrap().agent;
+        assert_eq!((c.run_dir.as_deref(), c.port_range), (Some(Path::new("/srv/run")), 7000..7010));
+        let c = parse(&["--config", p, "--port-range", "8000-8001"]).unwrap().agent;
+        assert_eq!(c.port_range, 8000..8001);
 
         std::fs::write(&path, "sever = \"x\"\n").unwrap();
         let err = parse(&["--config", p]).unwrap_err().to_string();

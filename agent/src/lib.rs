@@ -1,12 +1,42 @@
 //! Ferry's agent: enrolls with a bootstrap token, then dials the control plane over mutually
 //! authenticated QUIC, keeps its session alive with heartbeats, renews its certificate over the
-//! live connection and persists the assignments it receives.
+//! live connection, persists the assignments it receives and runs their workloads with the
+//! process runtime (`ferry_runtime`), reporting their status and shipping their logs.
+//!
+//! # Workloads
+//!
+//! * At start-up, before connecting, the agent applies the assignment stored in the state
+//!   directory: it converges on its last assignment even while the control plane is
+//!   unreachable. Every newer assignment received is persisted, handed to the runtime and
+//!   acknowledged `Applied` (the runtime applies it on a task of its own; only the newest
+//!   pending one is applied).
+//! * Status: `AgentMessage::Status { generation, workloads }` on the control stream right after
+//!   Welcome, 100 ms after the runtime observes a change (changes within that window are
+//!   coalesced), and at least once per heartbeat interval. `generation` is the last one the
+//!   runtime finished applying (0 before the first); `workloads` lists every assigned workload.
+//! * Logs: each replica's output lines are numbered per source `<workload id>/<replica>/<boot
+//!   id>` (the boot id is random per run) and sent as `LogBatch` frames on a bidirectional
+//!   telemetry stream opened after Welcome; `TelemetryAck`s come back on the same stream.
+//!   Unacknowledged lines are kept **in memory** and resent first after a reconnect; beyond
+//!   100,000 lines (64 MiB) the oldest are dropped and counted in
+//!   [`AgentState::dropped_log_lines`]. Lines not yet acknowledged are lost if the agent process
+//!   itself dies.
+//! * **Agent restarts restart workloads; control-plane restarts do not.** Sessions come and go
+//!   around the runtime, so a lost connection, a reconnect or a control-plane restart leaves
+//!   every process running (re-applying the same assignment is a no-op). When the agent exits
+//!   (shutdown requested, or a terminal error such as revocation) it stops every workload —
+//!   SIGTERM to each process group, SIGKILL after the grace period — so none outlives it. If the
+//!   agent process dies without that (crash, SIGKILL, a second SIGINT), the next start kills
+//!   the process groups the previous run left behind (pidfiles in `--run-dir`) and starts the
+//!   workloads afresh.
 //!
 //! * [`config`] — flags, `FERRY_*` variables and an optional TOML file, validated up front.
 //! * [`token`] — the `ferry1.<id>.<secret>.<ca-fingerprint>` bootstrap token.
 //! * [`state`] — the state directory (`client.pem`, `ca.crt`, `identity.json`, `assignment.json`).
 //! * [`backoff`], [`assignment`], [`renewal`] — the pure decisions, unit-tested in isolation.
 //! * [`run`] — the supervisor loop: enroll if needed, run a session, back off, reconnect.
+//! * `workloads` — the runtime host: applier, observer, log collector; `logs` — the log
+//!   buffer and telemetry stream.
 
 pub mod assignment;
 pub mod backoff;
@@ -18,9 +48,13 @@ pub mod state;
 pub mod token;
 
 mod enroll;
+mod logs;
 mod net;
+mod report;
 mod run;
 mod session;
+mod task;
+mod workloads;
 
 pub use config::{AgentConfig, ConfigError, Settings};
 pub use error::AgentError;
@@ -28,7 +62,7 @@ pub use run::run;
 pub use token::{ParsedToken, TokenError, parse_token};
 
 /// What the agent is doing, published through a `watch` channel for tests and supervisors.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentState {
     /// The identity the control plane assigned (known once enrolled).
     pub agent_id: Option<String>,
@@ -45,6 +79,14 @@ pub struct AgentState {
     pub last_generation: u64,
     /// The last error that interrupted enrollment or a session.
     pub last_error: Option<String>,
+    /// What the runtime observes of every assigned workload, updated on every change (and,
+    /// after the agent stopped them, showing them `Stopped`).
+    pub workloads: Vec<ferry_protocol::WorkloadStatus>,
+    /// Workload log lines lost before they could be acknowledged by the control plane: dropped
+    /// by the runtime because the agent fell behind, or by the agent's full log buffer.
+    pub dropped_log_lines: u64,
+    /// Workload log lines held in memory until the control plane acknowledges them.
+    pub unacked_log_lines: u64,
 }
 
 /// Why [`run`] returned.

@@ -64,11 +64,18 @@ impl Link {
         tokio::time::timeout(CLOSE_CAUSE_WAIT, self.conn.closed()).await.ok().map(TransportError::Connection)
     }
 
-    /// Closes the connection with `code` (unless the peer already did) and gives the endpoint
-    /// a moment to deliver the close frame.
-    pub async fn close(self, code: CloseCode, reason: &str) {
+    /// Closes the connection with `code` unless it is closed already (by either side).
+    pub fn close_now(&self, code: CloseCode, reason: &str) {
         if self.conn.close_reason().is_none() {
             ferry_transport::close(&self.conn, code, reason);
+        }
+    }
+
+    /// Closes the connection like [`Self::close_now`] and, when this side closed it, gives the
+    /// endpoint a moment to deliver the close frame.
+    pub async fn close(self, code: CloseCode, reason: &str) {
+        self.close_now(code, reason);
+        if matches!(self.conn.close_reason(), Some(quinn::ConnectionError::LocallyClosed)) {
             let _ = tokio::time::timeout(CLOSE_LINGER, self.endpoint.wait_idle()).await;
         }
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_protocol::Assignment;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -14,6 +15,7 @@ use crate::error::AgentError;
 use crate::net::shutdown_requested;
 use crate::session::{self, Session};
 use crate::state::StateDir;
+use crate::workloads::Workloads;
 use crate::{AgentState, Exit};
 
 /// What to do before connecting, given the stored certificate (if any).
@@ -40,36 +42,19 @@ pub(crate) fn plan(stored_not_after: Option<OffsetDateTime>, has_token: bool, no
 }
 
 /// Runs the agent until `shutdown` turns true (→ [`Exit::Stopped`]) or a terminal error
-/// (→ [`Exit::Fatal`]), publishing its state through `state`.
+/// (→ [`Exit::Fatal`]), publishing its state through `state`. Either way, every workload is
+/// stopped before it returns.
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>, state: watch::Sender<AgentState>) -> Exit {
     let mut agent = match Agent::new(config, &state) {
         Ok(agent) => agent,
         Err(e) => return fatal(&state, e),
     };
-    loop {
-        if *shutdown.borrow() {
-            return Exit::Stopped;
-        }
-        let (lasted, result) = agent.attempt(&mut shutdown).await;
-        let e = match result {
-            Ok(()) => {
-                tracing::info!("agent stopped");
-                return Exit::Stopped;
-            }
-            Err(e) if e.is_terminal() => return fatal(&state, e),
-            Err(e) => e,
-        };
-        if lasted >= RESET_AFTER {
-            agent.backoff.reset();
-        }
-        let delay = agent.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no session with the control plane; will retry");
-        state.send_modify(|st| st.last_error = Some(e.to_string()));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown_requested(&mut shutdown) => return Exit::Stopped,
-        }
+    let exit = agent.supervise(&mut shutdown).await;
+    agent.workloads.shutdown().await;
+    if exit == Exit::Stopped {
+        tracing::info!("agent stopped");
     }
+    exit
 }
 
 fn fatal(state: &watch::Sender<AgentState>, e: AgentError) -> Exit {
@@ -89,6 +74,7 @@ struct Agent<'s> {
     last_generation: u64,
     backoff: Backoff,
     state: &'s watch::Sender<AgentState>,
+    workloads: Workloads,
 }
 
 impl<'s> Agent<'s> {
@@ -98,7 +84,8 @@ impl<'s> Agent<'s> {
         let _ = ferry_certs::tls::provider();
         let store = StateDir::open(&config.state_dir)?;
         let creds = store.load_credentials()?;
-        let last_generation = store.load_assignment()?.map_or(0, |a| a.generation);
+        let stored = store.load_assignment()?;
+        let last_generation = stored.as_ref().map_or(0, |a| a.generation);
         state.send_modify(|st| {
             st.agent_id = creds.as_ref().map(|c| c.agent_id.clone());
             st.cert_serial = creds.as_ref().map(|c| c.info.serial.clone());
@@ -116,7 +103,43 @@ impl<'s> Agent<'s> {
             None => tracing::info!(state_dir = %store.path().display(), "not enrolled yet"),
         }
         let backoff = Backoff::new(BASE_DELAY, config.max_backoff);
-        Ok(Self { config, store, creds, last_generation, backoff, state })
+        let workloads = Workloads::start(&config, state);
+        // Converge on the last assignment now, whether or not the control plane answers. (One
+        // stored without credentials belongs to an identity that is gone.)
+        if let Some(assignment) = stored.filter(|_| creds.is_some()) {
+            tracing::info!(
+                generation = assignment.generation,
+                workloads = assignment.workloads.len(),
+                "applying the stored assignment"
+            );
+            workloads.assign(assignment);
+        }
+        Ok(Self { config, store, creds, last_generation, backoff, state, workloads })
+    }
+
+    /// Sessions, backoff and reconnects until shutdown or a terminal error.
+    async fn supervise(&mut self, shutdown: &mut watch::Receiver<bool>) -> Exit {
+        loop {
+            if *shutdown.borrow() {
+                return Exit::Stopped;
+            }
+            let (lasted, result) = self.attempt(shutdown).await;
+            let e = match result {
+                Ok(()) => return Exit::Stopped,
+                Err(e) if e.is_terminal() => return fatal(self.state, e),
+                Err(e) => e,
+            };
+            if lasted >= RESET_AFTER {
+                self.backoff.reset();
+            }
+            let delay = self.backoff.next_delay();
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no session with the control plane; will retry");
+            self.state.send_modify(|st| st.last_error = Some(e.to_string()));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown_requested(shutdown) => return Exit::Stopped,
+            }
+        }
     }
 
     /// One attempt: enroll if needed, then a session. Returns how long the session lasted and
@@ -159,6 +182,7 @@ impl<'s> Agent<'s> {
                 creds,
                 last_generation: &mut self.last_generation,
                 state: self.state,
+                workloads: &self.workloads,
             },
             shutdown,
         )
@@ -166,9 +190,10 @@ impl<'s> Agent<'s> {
         (outcome.lasted, outcome.result)
     }
 
-    /// A new identity: assignments of the previous one no longer apply.
+    /// A new identity: assignments of the previous one no longer apply, and its workloads stop.
     fn adopt(&mut self, creds: Credentials) {
         self.last_generation = 0;
+        self.workloads.assign(Assignment { generation: 0, workloads: Vec::new() });
         self.state.send_modify(|st| {
             st.agent_id = Some(creds.agent_id.clone());
             st.cert_serial = Some(creds.info.serial.clone());

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Welcome, WireError,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AgentState;
@@ -19,9 +18,13 @@ use crate::assignment::{Decision, decide};
 use crate::config::AgentConfig;
 use crate::credentials::{Credentials, fmt_time};
 use crate::error::AgentError;
+use crate::logs;
 use crate::net::{self, Link, REPLY_TIMEOUT, now_ms, shutdown_requested};
 use crate::renewal::Renewer;
+use crate::report::StatusSchedule;
 use crate::state::StateDir;
+use crate::task::AbortOnDrop;
+use crate::workloads::Workloads;
 
 /// Capabilities announced in Hello.
 const CAPABILITIES: &[&str] = &["runtime:process"];
@@ -38,6 +41,7 @@ pub(crate) struct Session<'a> {
     pub creds: &'a mut Credentials,
     pub last_generation: &'a mut u64,
     pub state: &'a watch::Sender<AgentState>,
+    pub workloads: &'a Workloads,
 }
 
 /// How a session ended.
@@ -67,14 +71,19 @@ async fn connect_and_converse(
         () = shutdown_requested(shutdown) => return Ok(()),
     };
     let result = converse(&link, s, shutdown, established).await;
-    let (code, reason) = match &result {
+    let (code, reason) = close_code(&result);
+    link.close(code, reason).await;
+    result
+}
+
+/// How the agent closes a connection after a session ended this way.
+fn close_code(result: &Result<(), AgentError>) -> (CloseCode, &'static str) {
+    match result {
         Ok(()) => (CloseCode::Normal, "agent stopping"),
         Err(AgentError::Protocol(_)) => (CloseCode::ProtocolError, "protocol error"),
         Err(AgentError::ServerSilent(_)) => (CloseCode::HeartbeatTimeout, "control plane silent"),
         Err(_) => (CloseCode::Normal, "agent reconnecting"),
-    };
-    link.close(code, reason).await;
-    result
+    }
 }
 
 async fn converse(
@@ -107,6 +116,9 @@ async fn converse(
         "session established"
     );
     let (inbound, reader) = spawn_reader(recv);
+    // Logs go on their own stream and task, so they never hold up the control stream.
+    let shipper = AbortOnDrop(tokio::spawn(logs::ship(link.conn.clone(), s.workloads.logs())));
+    let observed = s.workloads.observed();
     let mut control = Control {
         renewer: Renewer::new(&creds.info, OffsetDateTime::now_utc()),
         s,
@@ -114,11 +126,19 @@ async fn converse(
         send,
         inbound,
         _reader: reader,
+        _shipper: shipper,
         heartbeat_every,
         seq: 0,
         last_heard: Instant::now(),
+        observed,
+        report: StatusSchedule::new(Instant::now(), heartbeat_every),
     };
-    control.run(shutdown).await
+    let result = control.run(shutdown).await;
+    // Close while the streams are still open: dropping them finishes them, and the control
+    // plane must learn why the session ended (the close code), not merely that a stream did.
+    let (code, reason) = close_code(&result);
+    link.close_now(code, reason);
+    result
 }
 
 /// Sends Hello and waits for Welcome.
@@ -201,17 +221,9 @@ enum Inbound {
     Failed(TransportError),
 }
 
-/// Aborts the task when the session ends, whichever way.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// `read_frame` is not cancel-safe, so one task owns the receive side and forwards messages.
-fn spawn_reader(mut recv: RecvStream) -> (mpsc::Receiver<Inbound>, AbortOnDrop) {
+/// The task is aborted when the session ends, whichever way.
+fn spawn_reader(mut recv: RecvStream) -> (mpsc::Receiver<Inbound>, AbortOnDrop<()>) {
     let (tx, rx) = mpsc::channel(16);
     let task = tokio::spawn(async move {
         loop {
@@ -235,11 +247,15 @@ struct Control<'c, 'a> {
     link: &'c Link,
     send: SendStream,
     inbound: mpsc::Receiver<Inbound>,
-    _reader: AbortOnDrop,
+    _reader: AbortOnDrop<()>,
+    _shipper: AbortOnDrop<()>,
     heartbeat_every: Duration,
     seq: u64,
     renewer: Renewer,
     last_heard: Instant,
+    /// The runtime's observed state, reported as `Status`.
+    observed: watch::Receiver<Status>,
+    report: StatusSchedule,
 }
 
 impl Control<'_, '_> {
@@ -275,12 +291,22 @@ impl Control<'_, '_> {
                     self.write("send heartbeat", AgentMessage::Heartbeat(hb)).await?;
                 }
                 () = tokio::time::sleep(renew_in) => self.renew().await?,
+                Ok(()) = self.observed.changed() => self.report.changed(Instant::now()),
+                () = tokio::time::sleep_until(self.report.due()) => self.send_status().await?,
             }
         }
     }
 
     fn id(&self) -> &str {
         &self.s.creds.agent_id
+    }
+
+    /// Reports the generation the runtime applied last and every assigned workload's status.
+    async fn send_status(&mut self) -> Result<(), AgentError> {
+        let status = self.observed.borrow_and_update().clone();
+        self.report.sent(Instant::now());
+        tracing::trace!(generation = status.generation, workloads = status.workloads.len(), "sending status");
+        self.write("send status", AgentMessage::Status(status)).await
     }
 
     async fn write(&mut self, context: &'static str, msg: AgentMessage) -> Result<(), AgentError> {
@@ -301,7 +327,8 @@ impl Control<'_, '_> {
                 Ok(())
             }
             ServerMessage::TelemetryAck(ack) => {
-                tracing::debug!(source = %ack.source, last_seq = ack.last_seq, "telemetry acknowledged");
+                // Acknowledgements belong on the telemetry stream, where the shipper reads them.
+                tracing::debug!(source = %ack.source, last_seq = ack.last_seq, "ignoring a telemetry ack on the control stream");
                 Ok(())
             }
             ServerMessage::Error(e) => {
@@ -315,28 +342,31 @@ impl Control<'_, '_> {
         }
     }
 
-    /// Persists a newer assignment, then acknowledges; an older or equal one is stale.
+    /// Persists a newer assignment and hands it to the runtime (which applies it on its own
+    /// task), then acknowledges; an older or equal one is stale.
     async fn assignment(&mut self, a: Assignment) -> Result<(), AgentError> {
-        let decision = decide(*self.s.last_generation, a.generation);
+        let generation = a.generation;
+        let decision = decide(*self.s.last_generation, generation);
         let outcome = match decision {
             Decision::Apply => match self.s.store.save_assignment(&a) {
                 Ok(()) => {
-                    *self.s.last_generation = a.generation;
-                    self.s.state.send_modify(|st| st.last_generation = a.generation);
-                    tracing::info!(generation = a.generation, workloads = a.workloads.len(), "assignment applied");
+                    *self.s.last_generation = generation;
+                    self.s.state.send_modify(|st| st.last_generation = generation);
+                    tracing::info!(generation, workloads = a.workloads.len(), "assignment accepted");
+                    self.s.workloads.assign(a);
                     decision.outcome()
                 }
                 Err(e) => {
-                    tracing::warn!(generation = a.generation, error = %e, "cannot persist the assignment");
+                    tracing::warn!(generation, error = %e, "cannot persist the assignment");
                     AckOutcome::Rejected { reason: format!("cannot persist the assignment: {e}") }
                 }
             },
             Decision::Stale { current } => {
-                tracing::debug!(generation = a.generation, current, "stale assignment");
+                tracing::debug!(generation, current, "stale assignment");
                 decision.outcome()
             }
         };
-        self.write("send ack", AgentMessage::Ack(Ack { generation: a.generation, outcome })).await
+        self.write("send ack", AgentMessage::Ack(Ack { generation, outcome })).await
     }
 
     /// Sends (or re-sends) a renewal request when one is due.

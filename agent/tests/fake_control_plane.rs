@@ -1,19 +1,21 @@
 //! The agent against a small in-process control plane speaking the real protocol over real
 //! QUIC + mutual TLS (ferry-certs, ferry-transport): enrollment, Hello/Welcome, assignments,
-//! heartbeats, renewal over the live connection, close codes, restart from the state dir.
+//! heartbeats, renewal over the live connection, close codes, restart from the state dir,
+//! workloads run by the process runtime, status reports and log shipping.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::{AgentConfig, AgentState, Exit};
 use ferry_certs::{Ca, Validity};
 use ferry_protocol::{
-    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, Enrolled, ErrorCode, HeartbeatAck,
-    ServerMessage, Welcome, WireError,
+    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, Enrolled, ErrorCode, HeartbeatAck, Phase,
+    ProcessSpec, RestartPolicy, ServerMessage, Status, TelemetryAck, Welcome, WireError, Workload, WorkloadStatus,
 };
-use quinn::Connection;
+use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{broadcast, watch};
 
 const HEARTBEAT_MS: u32 = 200;
@@ -38,6 +40,15 @@ struct Fake {
     shared: Arc<Shared>,
 }
 
+/// One `LogBatch` received, on the n-th session (counting from 1).
+#[derive(Debug, Clone, PartialEq)]
+struct Batch {
+    session: u32,
+    source: String,
+    first_seq: u64,
+    lines: Vec<String>,
+}
+
 struct Shared {
     token: String,
     cert_lifetime: Duration,
@@ -45,8 +56,17 @@ struct Shared {
     conns: Mutex<Vec<Connection>>,
     events: Mutex<Vec<Event>>,
     generation: Mutex<u64>,
+    workloads: Mutex<Vec<Workload>>,
     pushes: broadcast::Sender<Assignment>,
     next_id: Mutex<u32>,
+    sessions: Mutex<u32>,
+    /// Status reports, tagged with their session.
+    statuses: Mutex<Vec<(u32, Status)>>,
+    batches: Mutex<Vec<Batch>>,
+    /// Whether log batches are acknowledged.
+    ack_logs: AtomicBool,
+    /// Anything the agent did against the protocol.
+    violations: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -54,7 +74,10 @@ impl Shared {
         self.events.lock().unwrap().push(e);
     }
     fn assignment(&self) -> Assignment {
-        Assignment { generation: *self.generation.lock().unwrap(), workloads: vec![] }
+        Assignment { generation: *self.generation.lock().unwrap(), workloads: self.workloads.lock().unwrap().clone() }
+    }
+    fn violation(&self, what: String) {
+        self.violations.lock().unwrap().push(what);
     }
 }
 
@@ -75,8 +98,14 @@ impl Fake {
             conns: Mutex::default(),
             events: Mutex::default(),
             generation: Mutex::new(1),
+            workloads: Mutex::default(),
             pushes: broadcast::channel(16).0,
             next_id: Mutex::new(0),
+            sessions: Mutex::new(0),
+            statuses: Mutex::default(),
+            batches: Mutex::default(),
+            ack_logs: AtomicBool::new(true),
+            violations: Mutex::default(),
         });
         let (ca2, shared2) = (ca.clone(), shared.clone());
         tokio::spawn(async move {
@@ -109,6 +138,25 @@ impl Fake {
     fn push(&self, generation: u64) {
         *self.shared.generation.lock().unwrap() = generation;
         let _ = self.shared.pushes.send(self.shared.assignment());
+    }
+
+    fn statuses(&self) -> Vec<(u32, Status)> {
+        self.shared.statuses.lock().unwrap().clone()
+    }
+
+    fn batches(&self) -> Vec<Batch> {
+        self.shared.batches.lock().unwrap().clone()
+    }
+
+    /// Waits for a status report matching `f(session, status)`.
+    async fn wait_status(&self, what: &str, mut f: impl FnMut(u32, &Status) -> bool) -> Status {
+        let mut found = None;
+        eventually(what, || {
+            found = self.statuses().into_iter().find(|(session, s)| f(*session, s)).map(|(_, s)| s);
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
     }
 
     fn close_all(&self, code: CloseCode, reason: &str) {
@@ -149,7 +197,7 @@ async fn enroll(conn: Connection, ca: &Ca, shared: &Shared) {
     ferry_transport::close(&conn, code, "enrollment finished");
 }
 
-async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Shared) {
+async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) {
     let agent_id = ferry_certs::agent_id_from_cert(&der).unwrap();
     if shared.revoked.lock().unwrap().contains(&agent_id) {
         return ferry_transport::close(&conn, CloseCode::Revoked, "agent revoked");
@@ -162,6 +210,20 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Shared) {
     assert_eq!(hello.agent_id, agent_id);
     assert_eq!(hello.capabilities, vec!["runtime:process".to_string()]);
     shared.record(Event::Hello { agent_id: agent_id.clone(), last_generation: hello.last_generation });
+    let number = {
+        let mut n = shared.sessions.lock().unwrap();
+        *n += 1;
+        *n
+    };
+    // Any further bidirectional stream is a telemetry stream.
+    let telemetry = {
+        let (conn, shared) = (conn.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(telemetry(number, send, recv, shared.clone()));
+            }
+        })
+    };
     let welcome = Welcome {
         protocol_version: 1,
         agent_id: agent_id.clone(),
@@ -198,6 +260,10 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Shared) {
                 shared.record(Event::Ack(ack));
                 continue;
             }
+            AgentMessage::Status(status) => {
+                shared.statuses.lock().unwrap().push((number, status));
+                continue;
+            }
             AgentMessage::RenewCertificate(req) => {
                 let issued =
                     ca.sign_agent_csr(&req.csr_pem, &agent_id, Validity::from_now(shared.cert_lifetime)).unwrap();
@@ -213,6 +279,28 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Shared) {
     }
     if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
         shared.record(Event::AgentClosed(c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into()));
+    }
+    telemetry.abort();
+}
+
+/// Records the log batches of one telemetry stream and acknowledges them (unless told not to).
+async fn telemetry(session: u32, mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+    while let Ok(Some(msg)) = ferry_transport::read_frame::<AgentMessage>(&mut recv).await {
+        let AgentMessage::LogBatch(b) = msg else {
+            return shared.violation(format!("unexpected {msg:?} on a telemetry stream"));
+        };
+        if b.lines.is_empty() || b.lines.len() > 500 || b.first_seq == 0 {
+            shared.violation(format!("bad batch: {} lines from seq {}", b.lines.len(), b.first_seq));
+        }
+        let last_seq = b.first_seq + b.lines.len() as u64 - 1;
+        let lines = b.lines.iter().map(|l| l.line.clone()).collect();
+        shared.batches.lock().unwrap().push(Batch { session, source: b.source.clone(), first_seq: b.first_seq, lines });
+        if shared.ack_logs.load(Ordering::SeqCst) {
+            let ack = ServerMessage::TelemetryAck(TelemetryAck { source: b.source, last_seq });
+            if ferry_transport::write_frame(&mut send, &ack).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -393,4 +481,144 @@ async fn certificate_from_another_ca_is_rejected_and_retried() {
     let err = s.last_error.unwrap();
     assert!(err.contains("rejected our client certificate"), "{err}");
     assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
+fn sh_workload(id: &str, script: &str, replicas: u32) -> Workload {
+    Workload {
+        id: id.into(),
+        name: id.into(),
+        version: "v1".into(),
+        spec: ProcessSpec {
+            command: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: BTreeMap::new(),
+            working_dir: None,
+            replicas,
+            restart_policy: RestartPolicy::Always,
+            liveness: None,
+            readiness: None,
+            startup: None,
+            stop_grace_ms: 2000,
+        },
+        restart_nonce: 0,
+    }
+}
+
+/// The pids of `id`'s replicas when exactly `replicas` of them are Running.
+fn running_pids(workloads: &[WorkloadStatus], id: &str, replicas: usize) -> Option<Vec<u32>> {
+    let w = workloads.iter().find(|w| w.id == id)?;
+    let pids: Vec<u32> = w.replicas.iter().filter(|r| r.phase == Phase::Running).filter_map(|r| r.pid).collect();
+    (w.replicas.len() == replicas && pids.len() == replicas).then_some(pids)
+}
+
+/// Lines received on session `session`: source → seq → line.
+fn received(batches: &[Batch], session: u32) -> BTreeMap<String, BTreeMap<u64, String>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    for b in batches.iter().filter(|b| b.session == session) {
+        let lines = out.entry(b.source.clone()).or_default();
+        lines.extend(b.lines.iter().enumerate().map(|(i, l)| (b.first_seq + i as u64, l.clone())));
+    }
+    out
+}
+
+/// Both replicas' `hello` and `oops`, numbered 1 and 2 in either order.
+fn has_all_lines(lines: &BTreeMap<String, BTreeMap<u64, String>>) -> bool {
+    lines.len() == 2
+        && lines.values().all(|by_seq| {
+            let mut texts: Vec<&str> = by_seq.values().map(String::as_str).collect();
+            texts.sort_unstable();
+            by_seq.keys().copied().eq([1, 2]) && texts == ["hello", "oops"]
+        })
+}
+
+/// Whether a process of group `pgid` is alive (zombies do not count).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).any(|pid| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first().is_some_and(|s| *s != "Z" && *s != "X")
+    })
+}
+
+fn assert_gone(pids: &[u32]) {
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the agent");
+        assert!(!group_alive(*pid), "process group {pid} outlived the agent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_workloads_reports_status_and_ships_logs() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    *fake.shared.workloads.lock().unwrap() = vec![sh_workload("web", "echo hello; echo oops >&2; sleep 1000", 2)];
+    // The first session's logs are not acknowledged: the agent must send them again.
+    fake.shared.ack_logs.store(false, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+
+    // Status reports: both replicas Running under generation 1; AgentState says the same.
+    let status = fake
+        .wait_status("two running replicas", |n, s| {
+            n == 1 && s.generation == 1 && running_pids(&s.workloads, "web", 2).is_some()
+        })
+        .await;
+    let pids = running_pids(&status.workloads, "web", 2).unwrap();
+    agent.wait("workloads in the agent state", |s| running_pids(&s.workloads, "web", 2).as_ref() == Some(&pids)).await;
+
+    // Logs: one source per replica, `web/<replica>/<boot id>`, lines numbered from 1.
+    eventually("both replicas' lines", || has_all_lines(&received(&fake.batches(), 1))).await;
+    let first = received(&fake.batches(), 1);
+    let boots: HashSet<&str> = first.keys().map(|s| s.rsplit('/').next().unwrap()).collect();
+    assert_eq!(boots.len(), 1, "{first:?}");
+    let boot = *boots.iter().next().unwrap();
+    assert!(boot.len() == 16 && boot.bytes().all(|b| b.is_ascii_hexdigit()), "{boot}");
+    let sources: Vec<String> = first.keys().cloned().collect();
+    assert_eq!(sources, [format!("web/0/{boot}"), format!("web/1/{boot}")]);
+    agent.wait("four unacknowledged lines", |s| s.unacked_log_lines == 4).await;
+
+    // A reconnect restarts nothing, and the unacknowledged lines are sent again, in order.
+    fake.shared.ack_logs.store(true, Ordering::SeqCst);
+    fake.close_all(CloseCode::Superseded, "test: reconnect");
+    agent.wait("second session", |s| s.sessions == 2 && s.connected).await;
+    let status = fake.wait_status("a status on the second session", |n, _| n == 2).await;
+    assert_eq!(status.generation, 1);
+    assert_eq!(running_pids(&status.workloads, "web", 2), Some(pids.clone()), "{status:?}");
+    eventually("the lines sent again", || received(&fake.batches(), 2) == first).await;
+    for source in &sources {
+        let resent: Vec<u64> =
+            fake.batches().iter().filter(|b| b.session == 2 && b.source == *source).map(|b| b.first_seq).collect();
+        assert_eq!(resent.first(), Some(&1), "{source}: {resent:?}");
+    }
+    agent.wait("everything acknowledged", |s| s.unacked_log_lines == 0).await;
+
+    // Once acknowledged, nothing is sent again.
+    fake.close_all(CloseCode::Superseded, "test: reconnect");
+    agent.wait("third session", |s| s.sessions == 3 && s.connected).await;
+    let on_third = || fake.statuses().into_iter().filter(|(n, _)| *n == 3).map(|(_, s)| s).collect::<Vec<_>>();
+    eventually("two status reports on the third session", || on_third().len() >= 2).await;
+    for s in on_third() {
+        assert_eq!(running_pids(&s.workloads, "web", 2), Some(pids.clone()), "{s:?}");
+    }
+    assert!(received(&fake.batches(), 3).is_empty(), "{:?}", fake.batches());
+    assert_eq!(agent.state.borrow().dropped_log_lines, 0);
+
+    // Stopping the agent stops its workloads.
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert_gone(&pids);
+
+    // Offline: a restarted agent runs its stored assignment before reaching any control plane.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = fake.config(dir.path());
+    config.token = None;
+    config.server = silent.local_addr().unwrap().to_string();
+    let mut agent = start(config);
+    let s = agent.wait("the stored workloads running", |s| running_pids(&s.workloads, "web", 2).is_some()).await;
+    assert_eq!((s.connected, s.sessions), (false, 0));
+    let offline_pids = running_pids(&s.workloads, "web", 2).unwrap();
+    assert!(offline_pids.iter().all(|p| !pids.contains(p)), "an agent restart starts the workloads afresh");
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert_gone(&offline_pids);
+    assert!(fake.shared.violations.lock().unwrap().is_empty(), "{:?}", fake.shared.violations.lock().unwrap());
 }

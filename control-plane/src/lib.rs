@@ -8,8 +8,11 @@ pub mod api;
 pub mod config;
 pub mod ids;
 pub mod logs;
+pub mod model;
 pub mod planner;
 pub mod quic;
+pub mod reconcile;
+pub mod status;
 pub mod store;
 pub mod tokens;
 
@@ -50,6 +53,9 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub sessions: quic::Sessions,
     pub logs: logs::LogHub,
+    /// Turns true when the control plane stops; long-lived responses (SSE) end on it.
+    pub shutdown: watch::Receiver<bool>,
+    pub reconciler: reconcile::Reconciler,
     /// `host:port` agents should dial (the advertise address, or the bound QUIC address).
     pub advertise_addr: Arc<str>,
 }
@@ -107,6 +113,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let ca = Ca::load_or_create(&config.data_dir, "Ferry CA")?;
     let admin_token_path = config.data_dir.join("admin.token");
     ensure_admin_token(&store, &admin_token_path).await?;
+    store.seed_environments(ids::now_ms()).await?;
 
     let server = ca.issue_server(&config.sans, SERVER_CERT_LIFETIME)?;
     let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
@@ -122,16 +129,19 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_addr, source })?;
 
     let advertise: Arc<str> = config.advertise_addr.clone().unwrap_or_else(|| quic_addr.to_string()).into();
+    let (shutdown, rx) = watch::channel(false);
     let state = AppState {
         store,
         ca: Arc::new(ca),
         config: Arc::new(config),
         sessions: quic::Sessions::default(),
         logs: logs::LogHub::default(),
+        shutdown: rx.clone(),
+        reconciler: reconcile::Reconciler::default(),
         advertise_addr: advertise,
     };
-    let (shutdown, rx) = watch::channel(false);
     let quic_task = tokio::spawn(quic::serve(endpoint, state.clone(), rx.clone()));
+    let reconcile_task = tokio::spawn(reconcile::run(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -150,7 +160,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task],
+        tasks: vec![quic_task, http_task, reconcile_task],
     })
 }
 

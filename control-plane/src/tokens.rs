@@ -40,6 +40,37 @@ impl std::fmt::Display for BootstrapToken {
     }
 }
 
+/// Issues a bootstrap token: stores only the secret's hash (and the audit record) and returns
+/// the token, whose string form is shown once. Used by the REST API and by dev mode.
+pub async fn issue(
+    state: &crate::AppState,
+    ttl_seconds: i64,
+    labels: std::collections::BTreeMap<String, String>,
+    description: String,
+    actor: &str,
+    request_id: &str,
+) -> Result<(BootstrapToken, crate::store::NewBootstrapToken), crate::store::StoreError> {
+    let token = BootstrapToken::generate(&state.ca.fingerprint());
+    let now = crate::ids::now_ms();
+    let record = crate::store::NewBootstrapToken {
+        id: token.id.clone(),
+        secret_hash: crate::ids::hash_secret(&token.secret),
+        description,
+        labels,
+        created_at: now,
+        expires_at: now + ttl_seconds * 1000,
+    };
+    let audit = crate::store::Audit {
+        actor: actor.to_string(),
+        action: "token.create",
+        target: token.id.clone(),
+        request_id: request_id.to_string(),
+        details: serde_json::json!({ "labels": record.labels, "expiresAt": crate::ids::rfc3339(record.expires_at) }),
+    };
+    state.store.create_bootstrap_token(&record, &audit).await?;
+    Ok((token, record))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

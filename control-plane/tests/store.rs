@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
-    AgentFilter, AgentStatus, Audit, EnrollRefusal, NewAgent, NewBootstrapToken, Store, StoreOptions,
+    AgentFilter, AgentStatus, Audit, EnrollRefusal, LogRow, NewAgent, NewBootstrapToken, Store, StoreOptions,
 };
+use ferry_protocol::{LogLine, LogStream};
 
 struct Db {
     store: Store,
@@ -64,6 +65,10 @@ conformance!(
     revocation_is_idempotent_and_audited,
     listing_filters_and_paginates,
     admin_tokens_are_found_by_hash,
+    log_batches_are_stored_once_even_when_resent,
+    log_queries_are_ordered_and_filtered,
+    log_retention_keeps_the_newest_lines,
+    concurrent_ingest_never_lets_a_cursor_skip_a_line,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -228,4 +233,142 @@ async fn admin_tokens_are_found_by_hash(store: &Store) {
     assert_eq!(store.admin_token_count().await.unwrap(), 1);
     assert_eq!(store.admin_token_by_hash("hash-1").await.unwrap().as_deref(), Some("admin-1"));
     assert_eq!(store.admin_token_by_hash("hash-2").await.unwrap(), None);
+}
+
+// ---- log lines ------------------------------------------------------------------------------
+
+fn lines(n: usize, stream: LogStream, ts_ms: u64, tag: &str) -> Vec<LogLine> {
+    (0..n).map(|i| LogLine { ts_ms: ts_ms + i as u64, stream, line: format!("{tag} {i}") }).collect()
+}
+
+async fn all_logs(store: &Store, deployment: &str) -> Vec<LogRow> {
+    store.query_logs(deployment, None, None, None, 100_000).await.unwrap()
+}
+
+async fn log_batches_are_stored_once_even_when_resent(store: &Store) {
+    store.insert_test_deployment("dep-a").await.unwrap();
+    let src = "dep-a/0/boot1";
+    let batch = lines(3, LogStream::Stdout, 1_000, "a");
+    assert_eq!(store.insert_log_batch("agent-1", "dep-a", 0, src, 1, &batch, 0).await.unwrap(), 3);
+    // The ack was lost: the agent resends the same batch, then an overlapping one.
+    assert_eq!(store.insert_log_batch("agent-1", "dep-a", 0, src, 1, &batch, 0).await.unwrap(), 3);
+    let overlap = lines(4, LogStream::Stdout, 1_001, "b");
+    assert_eq!(store.insert_log_batch("agent-1", "dep-a", 0, src, 2, &overlap, 0).await.unwrap(), 5);
+    let got: Vec<String> = all_logs(store, "dep-a").await.into_iter().map(|r| r.line).collect();
+    assert_eq!(got, ["a 0", "a 1", "a 2", "b 2", "b 3"], "seq 2 and 3 kept their first version");
+    // Another boot of the same replica is another source: its seq 1 is new.
+    store
+        .insert_log_batch("agent-1", "dep-a", 0, "dep-a/0/boot2", 1, &lines(1, LogStream::Stdout, 9, "c"), 0)
+        .await
+        .unwrap();
+    assert_eq!(all_logs(store, "dep-a").await.len(), 6);
+    // Empty batches store nothing; a NUL (which PostgreSQL refuses in TEXT) is replaced.
+    assert_eq!(store.insert_log_batch("agent-1", "dep-a", 0, src, 6, &[], 0).await.unwrap(), 5);
+    let nul = vec![LogLine { ts_ms: 1, stream: LogStream::Stderr, line: "x\0y".into() }];
+    store.insert_log_batch("agent-1", "dep-a", 0, src, 6, &nul, 0).await.unwrap();
+    assert_eq!(all_logs(store, "dep-a").await.last().unwrap().line, "x\u{FFFD}y");
+    assert!(store.insert_log_batch("agent-1", "dep-a", 0, src, 0, &nul, 0).await.is_err(), "seq 0");
+    assert!(store.insert_log_batch("agent-1", "dep-a", 0, src, u64::MAX, &nul, 0).await.is_err());
+}
+
+async fn log_queries_are_ordered_and_filtered(store: &Store) {
+    assert!(!store.deployment_exists("dep-q").await.unwrap());
+    store.insert_test_deployment("dep-q").await.unwrap();
+    store.insert_test_deployment("dep-other").await.unwrap();
+    assert!(store.deployment_exists("dep-q").await.unwrap());
+    assert_eq!(store.latest_log_id("dep-q").await.unwrap(), None);
+    let out = lines(5, LogStream::Stdout, 10_000, "out");
+    let err = lines(5, LogStream::Stderr, 20_000, "err");
+    store.insert_log_batch("agent-1", "dep-q", 0, "dep-q/0/b", 1, &out, 0).await.unwrap();
+    store.insert_log_batch("agent-2", "dep-other", 0, "dep-other/0/b", 1, &out, 0).await.unwrap();
+    store.insert_log_batch("agent-2", "dep-q", 1, "dep-q/1/b", 1, &err, 0).await.unwrap();
+    let all = all_logs(store, "dep-q").await;
+    assert_eq!(all.len(), 10, "other deployments' lines are not included");
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    assert_eq!((all[0].agent_id.as_str(), all[0].replica, all[0].ts_ms), ("agent-1", 0, 10_000));
+    assert_eq!((all[9].agent_id.as_str(), all[9].replica, all[9].stream.as_str()), ("agent-2", 1, "stderr"));
+    assert_eq!(store.latest_log_id("dep-q").await.unwrap(), Some(all[9].id));
+    let q = |after, since, stream, limit| store.query_logs("dep-q", after, since, stream, limit);
+    let texts = |rows: Vec<LogRow>| rows.into_iter().map(|r| r.line).collect::<Vec<_>>();
+    assert_eq!(texts(q(None, None, None, 2).await.unwrap()), ["out 0", "out 1"]);
+    assert_eq!(texts(q(Some(all[3].id), None, None, 3).await.unwrap()), ["out 4", "err 0", "err 1"]);
+    assert_eq!(texts(q(None, None, Some("stderr"), 2).await.unwrap()), ["err 0", "err 1"]);
+    assert_eq!(texts(q(None, Some(10_003), Some("stdout"), 100).await.unwrap()), ["out 3", "out 4"]);
+    assert_eq!(texts(q(None, Some(20_004), None, 100).await.unwrap()), ["err 4"]);
+    assert!(q(Some(all[9].id), None, None, 100).await.unwrap().is_empty());
+    assert_eq!(texts(store.tail_logs("dep-q", None, 3).await.unwrap()), ["err 2", "err 3", "err 4"]);
+    assert_eq!(texts(store.tail_logs("dep-q", Some("stdout"), 2).await.unwrap()), ["out 3", "out 4"]);
+    assert_eq!(store.tail_logs("dep-q", None, 100).await.unwrap().len(), 10);
+}
+
+async fn log_retention_keeps_the_newest_lines(store: &Store) {
+    store.insert_test_deployment("dep-r").await.unwrap();
+    store.insert_test_deployment("dep-keep").await.unwrap();
+    store
+        .insert_log_batch("a", "dep-keep", 0, "dep-keep/0/b", 1, &lines(30, LogStream::Stdout, 0, "k"), 100)
+        .await
+        .unwrap();
+    let retention = 100;
+    let mut seq = 1;
+    let mut max_seen = 0;
+    for _ in 0..60 {
+        let batch = lines(7, LogStream::Stdout, 0, "r");
+        store.insert_log_batch("a", "dep-r", 0, "dep-r/0/b", seq, &batch, retention).await.unwrap();
+        seq += 7;
+        let n = all_logs(store, "dep-r").await.len();
+        max_seen = max_seen.max(n);
+        assert!(n <= (seq - 1) as usize);
+    }
+    let rows = all_logs(store, "dep-r").await;
+    // At least the newest `retention` lines, at most ~10% (plus one batch) more.
+    assert!(rows.len() >= retention as usize, "{}", rows.len());
+    assert!(max_seen <= retention as usize + retention as usize / 10 + 7, "{max_seen}");
+    let newest: Vec<i64> = rows.iter().rev().take(retention as usize).map(|r| r.id).collect();
+    assert!(newest.windows(2).all(|w| w[0] > w[1]), "the newest lines survive, in order");
+    assert_eq!(all_logs(store, "dep-keep").await.len(), 30, "other deployments are not pruned");
+}
+
+async fn concurrent_ingest_never_lets_a_cursor_skip_a_line(store: &Store) {
+    store.insert_test_deployment("dep-c").await.unwrap();
+    let (writers, batches, per_batch) = (6, 25, 8);
+    let total = writers * batches * per_batch;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let source = format!("dep-c/{w}/boot");
+            for b in 0..batches {
+                let batch = lines(per_batch, LogStream::Stdout, 0, &format!("w{w}"));
+                let first = (b * per_batch + 1) as u64;
+                store.insert_log_batch("a", "dep-c", w as u32, &source, first, &batch, 0).await.unwrap();
+            }
+        }));
+    }
+    // A follower reading "after the last id it saw" while writers commit concurrently, until the
+    // writers are done and it has caught up.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let writers_done = tasks.iter().all(|t| t.is_finished());
+        let rows = store.query_logs("dep-c", seen.last().copied(), None, None, 50).await.unwrap();
+        seen.extend(rows.iter().map(|r| r.id));
+        if writers_done && rows.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "writers did not finish");
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored: Vec<i64> = all_logs(store, "dep-c").await.into_iter().map(|r| r.id).collect();
+    assert_eq!(stored.len(), total);
+    let seen_set: std::collections::HashSet<i64> = seen.iter().copied().collect();
+    let skipped: Vec<i64> = stored.iter().filter(|id| !seen_set.contains(id)).copied().collect();
+    assert!(
+        skipped.is_empty(),
+        "the follower skipped {} of {total} lines: {:?}…",
+        skipped.len(),
+        &skipped[..skipped.len().min(8)]
+    );
+    assert_eq!(seen, stored, "the follower saw every line once, in order");
 }

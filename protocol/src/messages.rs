@@ -7,9 +7,10 @@
 //!   [`AgentMessage::Hello`] and the server answers [`ServerMessage::Welcome`]; after that the
 //!   server pushes [`ServerMessage::Assignment`]s and the agent sends acks, status, heartbeats and
 //!   renewal requests.
-//! * **telemetry streams** — unidirectional streams the agent opens for [`LogBatch`] and
-//!   [`MetricBatch`] so that a log flood never delays a status report; the server acknowledges
-//!   on the control stream with [`ServerMessage::TelemetryAck`].
+//! * **telemetry streams** — bidirectional streams the agent opens after the control stream and
+//!   the Welcome, for [`LogBatch`] and [`MetricBatch`], so that a log flood never delays a status
+//!   report; the server answers each batch on the same stream with
+//!   [`ServerMessage::TelemetryAck`] once it is durably stored.
 //!
 //! postcard is not self-describing: a message layout change is a protocol version change.
 

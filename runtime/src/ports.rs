@@ -49,7 +49,8 @@ impl PortPool {
     }
 }
 
-fn bindable(port: u16) -> bool {
+/// Whether nothing listens on the port (on 127.0.0.1) right now.
+pub(crate) fn bindable(port: u16) -> bool {
     port != 0 && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 

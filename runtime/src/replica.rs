@@ -106,14 +106,11 @@ struct Replica {
 impl Replica {
     async fn supervise(mut self) {
         let mut backoff = BACKOFF_START;
-        let Some(lease) = self.lease_port().await else {
+        let Some(mut lease) = self.lease_port().await else {
             self.slot.set(Phase::Stopped, false, None);
             return;
         };
-        let port = lease.port();
-        self.slot.update(|s| s.port = Some(port));
-        let target =
-            Arc::new(ProbeTarget { port, env: Arc::new(self.environment(port)), cwd: self.spec.working_dir.clone() });
+        let mut target = self.target(lease.port());
         let mut last_exit: Option<String> = None;
         loop {
             let (failed, reason, healthy_for) = match self.run_once(&target, last_exit.clone()).await {
@@ -152,6 +149,15 @@ impl Replica {
                 break;
             }
             self.slot.update(|s| s.restarts = s.restarts.saturating_add(1));
+            // A replica keeps its port across restarts, unless something else took it meanwhile
+            // (then it would crash-loop on bind forever): lease another one.
+            if failed && !crate::ports::bindable(lease.port()) {
+                let Some(fresh) = self.lease_port().await else { break };
+                tracing::info!(workload = %self.workload_id, replica = self.index, old = lease.port(),
+                    new = fresh.port(), "port taken by another process; moving the replica");
+                lease = fresh;
+                target = self.target(lease.port());
+            }
         }
         drop(lease);
         self.slot.update(|s| {
@@ -160,6 +166,12 @@ impl Replica {
             s.ready = false;
             s.reason = None;
         });
+    }
+
+    /// What probes need to reach this replica on `port` (and records the port in its status).
+    fn target(&self, port: u16) -> Arc<ProbeTarget> {
+        self.slot.update(|s| s.port = Some(port));
+        Arc::new(ProbeTarget { port, env: Arc::new(self.environment(port)), cwd: self.spec.working_dir.clone() })
     }
 
     /// Leases a port, retrying with backoff while the range is exhausted. `None` if stopped first.

@@ -249,6 +249,7 @@ impl Agent {
         config.name = "test-agent".into();
         config.labels = BTreeMap::from([("role".into(), "web".into())]);
         config.max_backoff = Duration::from_millis(500);
+        config.port_range = port_slice();
         Self::spawn_with(config, Some(dir))
     }
 
@@ -306,6 +307,15 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+/// A slice of the port range of its own for each agent of this test process, so agents running
+/// in parallel never hand the same port to two replicas.
+fn port_slice() -> std::ops::Range<u16> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200;
+    let start = 20_000 + n * 50;
+    start..start + 50
 }
 
 /// The CA certificate an enrolled agent stored.

@@ -11,9 +11,8 @@ use serde_json::json;
 
 use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
 use crate::AppState;
-use crate::ids::{hash_secret, now_ms, rfc3339};
-use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord, NewBootstrapToken};
-use crate::tokens::BootstrapToken;
+use crate::ids::{now_ms, rfc3339};
+use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord};
 
 const MAX_TOKEN_TTL_SECONDS: i64 = 7 * 24 * 3600;
 const MAX_DESCRIPTION_LEN: usize = 256;
@@ -121,18 +120,7 @@ pub async fn create_token(
             format!("description is limited to {MAX_DESCRIPTION_LEN} bytes"),
         ));
     }
-    let token = BootstrapToken::generate(&state.ca.fingerprint());
-    let now = now_ms();
-    let record = NewBootstrapToken {
-        id: token.id.clone(),
-        secret_hash: hash_secret(&token.secret),
-        description: req.description,
-        labels: req.labels,
-        created_at: now,
-        expires_at: now + ttl * 1000,
-    };
-    let details = json!({ "labels": record.labels, "expiresAt": rfc3339(record.expires_at) });
-    state.store.create_bootstrap_token(&record, &audit(&actor, &rid, "token.create", &token.id, details)).await?;
+    let (token, record) = crate::tokens::issue(&state, ttl, req.labels, req.description, &actor.0, &rid.0).await?;
     let server: &str = &state.advertise_addr;
     let body = json!({
         "id": token.id,

@@ -3,7 +3,10 @@
 //! section and call the store / services; they hold no state of their own.
 
 mod agents;
+mod deployments;
+mod environments;
 pub mod error;
+mod logs;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -12,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
@@ -36,6 +39,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/tokens", get(agents::list_tokens).post(agents::create_token))
         .route("/v1/agents/tokens/{id}", axum::routing::delete(agents::delete_token))
         .route("/v1/agents/{id}", get(agents::get).delete(agents::revoke))
+        .route("/v1/deployments", get(deployments::list).post(deployments::create))
+        .route("/v1/deployments/{id}", get(deployments::get).put(deployments::update).delete(deployments::delete))
+        .route("/v1/deployments/{id}/status", get(deployments::status))
+        .route("/v1/deployments/{id}/start", post(deployments::start))
+        .route("/v1/deployments/{id}/stop", post(deployments::stop))
+        .route("/v1/deployments/{id}/restart", post(deployments::restart))
+        .route("/v1/deployments/{id}/scale", post(deployments::scale))
+        .route("/v1/operations/{id}", get(deployments::get_operation))
+        .route("/v1/environments", get(environments::list).post(environments::create))
+        .route("/v1/environments/{id}", get(environments::get))
+        .route("/v1/logs/deployments/{id}", get(logs::list))
+        .route("/v1/logs/stream/{id}", get(logs::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/v1/health", get(health))

@@ -6,6 +6,7 @@
 
 mod enroll;
 mod session;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,33 +21,51 @@ use crate::AppState;
 /// How long a client may take to complete the handshake or send its first frame.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A live session as the registry knows it.
+struct Live {
+    session_id: String,
+    conn: Connection,
+    /// Woken when the agent's intent changes.
+    intent: Arc<tokio::sync::Notify>,
+}
+
 /// Live sessions held by this replica, by agent id.
 #[derive(Clone, Default)]
 pub struct Sessions {
-    inner: Arc<Mutex<HashMap<String, (String, Connection)>>>,
+    inner: Arc<Mutex<HashMap<String, Live>>>,
 }
 
 impl Sessions {
-    /// Registers a session, closing the one it supersedes.
-    fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) {
-        let old = self.inner.lock().expect("sessions lock").insert(agent_id.into(), (session_id.into(), conn));
-        if let Some((_, old)) = old {
-            ferry_transport::close(&old, CloseCode::Superseded, "a newer session replaced this one");
+    /// Registers a session, closing the one it supersedes. Returns what wakes it on new intent.
+    fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) -> Arc<tokio::sync::Notify> {
+        let intent = Arc::new(tokio::sync::Notify::new());
+        let live = Live { session_id: session_id.into(), conn, intent: intent.clone() };
+        let old = self.inner.lock().expect("sessions lock").insert(agent_id.into(), live);
+        if let Some(old) = old {
+            ferry_transport::close(&old.conn, CloseCode::Superseded, "a newer session replaced this one");
+        }
+        intent
+    }
+
+    /// Tells the agent's session (if this replica holds it) that its intent changed.
+    pub fn notify_intent(&self, agent_id: &str) {
+        if let Some(live) = self.inner.lock().expect("sessions lock").get(agent_id) {
+            live.intent.notify_one();
         }
     }
 
     /// Forgets a session if it is still the registered one.
     fn remove(&self, agent_id: &str, session_id: &str) {
         let mut map = self.inner.lock().expect("sessions lock");
-        if map.get(agent_id).is_some_and(|(s, _)| s == session_id) {
+        if map.get(agent_id).is_some_and(|l| l.session_id == session_id) {
             map.remove(agent_id);
         }
     }
 
     /// Closes the agent's live session on this replica, if any.
     pub fn close(&self, agent_id: &str, code: CloseCode, reason: &str) {
-        if let Some((_, conn)) = self.inner.lock().expect("sessions lock").remove(agent_id) {
-            ferry_transport::close(&conn, code, reason);
+        if let Some(live) = self.inner.lock().expect("sessions lock").remove(agent_id) {
+            ferry_transport::close(&live.conn, code, reason);
         }
     }
 

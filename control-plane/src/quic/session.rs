@@ -139,7 +139,7 @@ impl Session {
                 return End::new(CloseCode::InternalError, "try again later");
             }
         }
-        self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
+        let intent_changed = self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
         let interval = self.state.config.heartbeat_interval;
         let welcome = ServerMessage::Welcome(Welcome {
             protocol_version: version,
@@ -150,19 +150,38 @@ impl Session {
         if let Err(e) = ferry_transport::write_frame_timeout(&mut send, &welcome, WRITE_TIMEOUT).await {
             return transport_end(&e);
         }
+        // Telemetry (log batches) arrives on further streams of this connection, off this task.
+        let telemetry = tokio::spawn(super::telemetry::serve(
+            self.conn.clone(),
+            self.agent_id.clone(),
+            self.state.clone(),
+            shutdown.clone(),
+        ));
+        let _abort_telemetry = AbortOnDrop(telemetry);
         tracing::info!(agent_id = %self.agent_id, session_id = %self.session_id, name = %hello.name,
             last_generation = hello.last_generation, "session started");
-        self.serve(send, recv, &mut shutdown).await
+        let mut sent = 0;
+        if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+            return transport_end(&e);
+        }
+        self.serve(send, recv, &mut shutdown, &intent_changed, sent).await
     }
 
-    async fn serve(&self, mut send: SendStream, recv: RecvStream, shutdown: &mut watch::Receiver<bool>) -> End {
+    async fn serve(
+        &self,
+        mut send: SendStream,
+        recv: RecvStream,
+        shutdown: &mut watch::Receiver<bool>,
+        intent_changed: &tokio::sync::Notify,
+        mut sent: u64,
+    ) -> End {
         let mut frames = spawn_reader(recv);
         let silence_limit = self.state.config.heartbeat_timeout();
         let mut deadline = Instant::now() + silence_limit;
         let mut cert_expiry = expiry_instant(self.cert_not_after_ms);
         loop {
             let msg = tokio::select! {
-                msg = frames.recv() => msg,
+                msg = frames.recv() => Some(msg),
                 _ = tokio::time::sleep_until(deadline) => {
                     return End::new(CloseCode::HeartbeatTimeout, format!("no heartbeat for {silence_limit:?}"));
                 }
@@ -170,7 +189,14 @@ impl Session {
                     return End::new(CloseCode::CertificateExpired, "client certificate expired without renewal");
                 }
                 _ = shutdown.wait_for(|s| *s) => return End::new(CloseCode::Normal, "control plane stopping"),
+                _ = intent_changed.notified() => None,
                 e = self.conn.closed() => return End::new(CloseCode::Normal, format!("connection closed: {e}")),
+            };
+            let Some(msg) = msg else {
+                if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+                    return transport_end(&e);
+                }
+                continue;
             };
             let msg = match msg {
                 Some(Ok(msg)) => msg,
@@ -187,6 +213,10 @@ impl Session {
                             tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record heartbeat")
                         }
                     }
+                    // Intent changed by another control-plane replica reaches the agent here.
+                    if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+                        return transport_end(&e);
+                    }
                     Some(ServerMessage::HeartbeatAck(HeartbeatAck { seq: hb.seq, server_time_ms: now_ms() as u64 }))
                 }
                 AgentMessage::RenewCertificate(req) => match self.renew(&req.csr_pem).await {
@@ -197,11 +227,23 @@ impl Session {
                     Err(err) => Some(ServerMessage::Error(err)),
                 },
                 AgentMessage::Ack(ack) => {
-                    tracing::debug!(agent_id = %self.agent_id, generation = ack.generation, outcome = ?ack.outcome, "ack");
+                    let error = match &ack.outcome {
+                        ferry_protocol::AckOutcome::Rejected { reason } => {
+                            tracing::warn!(agent_id = %self.agent_id, generation = ack.generation, %reason, "assignment rejected");
+                            Some(reason.as_str())
+                        }
+                        _ => None,
+                    };
+                    if let Err(e) = self.state.store.record_ack(&self.agent_id, ack.generation, error).await {
+                        tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record ack");
+                    }
                     None
                 }
                 AgentMessage::Status(status) => {
-                    tracing::debug!(agent_id = %self.agent_id, generation = status.generation, "status");
+                    if let Err(e) = self.state.store.record_status(&self.agent_id, &status, now_ms()).await {
+                        tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record status");
+                    }
+                    self.state.reconciler.poke();
                     None
                 }
                 AgentMessage::LogBatch(_) | AgentMessage::MetricBatch(_) => {
@@ -221,6 +263,23 @@ impl Session {
                 return transport_end(&e);
             }
         }
+    }
+
+    /// Sends the agent's current intent if it is newer than what this session already sent.
+    async fn push_intent(&self, send: &mut SendStream, sent: &mut u64) -> Result<(), TransportError> {
+        let intent = match self.state.store.intent(&self.agent_id).await {
+            Ok(Some(a)) if a.generation > *sent => a,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read intent");
+                return Ok(());
+            }
+        };
+        let generation = intent.generation;
+        ferry_transport::write_frame_timeout(send, &ServerMessage::Assignment(intent), WRITE_TIMEOUT).await?;
+        *sent = generation;
+        tracing::debug!(agent_id = %self.agent_id, generation, "assignment sent");
+        Ok(())
     }
 
     /// The heartbeat no longer matched our session: revoked, or replaced by a newer session.
@@ -258,6 +317,15 @@ impl Session {
         // Give the agent a moment to read the reason before the connection is closed.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.conn.closed()).await;
         Ok(())
+    }
+}
+
+/// Aborts a task when the session that spawned it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

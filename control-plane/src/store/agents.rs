@@ -152,7 +152,7 @@ impl Store {
     // ---- bootstrap tokens ---------------------------------------------------------------
 
     pub async fn create_bootstrap_token(&self, t: &NewBootstrapToken, audit: &Audit) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO bootstrap_tokens (id, secret_hash, description, labels, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -182,7 +182,7 @@ impl Store {
 
     /// Deletes a token that has not been used. Returns false if there is no such unused token.
     pub async fn delete_bootstrap_token(&self, id: &str, audit: &Audit, now_ms: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n =
             sqlx::query("DELETE FROM bootstrap_tokens WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         if n == 0 {
@@ -202,7 +202,7 @@ impl Store {
         agent: &NewAgent,
         now_ms: i64,
     ) -> Result<Result<AgentRecord, EnrollRefusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let consumed = sqlx::query(
             "UPDATE bootstrap_tokens SET used_at = $1, used_by = $2 \
              WHERE id = $3 AND secret_hash = $4 AND used_at IS NULL AND expires_at > $1",
@@ -266,6 +266,13 @@ impl Store {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(agent_from_row).transpose()
+    }
+
+    /// Every agent, revoked ones included (the planner's and status derivation's input).
+    pub async fn all_agents(&self) -> Result<Vec<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(agent_from_row).collect()
     }
 
     /// A page of agents (ordered by enrollment) and the total matching the filter.
@@ -366,7 +373,7 @@ impl Store {
 
     /// Revokes the agent (idempotent: the first revocation time is kept). `None` if unknown.
     pub async fn revoke_agent(&self, id: &str, audit: &Audit, now_ms: i64) -> Result<Option<AgentRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query("UPDATE agents SET revoked_at = COALESCE(revoked_at, $1), session_id = NULL WHERE id = $2")
             .bind(now_ms)
             .bind(id)

@@ -33,7 +33,7 @@ pub(super) async fn run(store: &Store) -> Result<()> {
     )
     .execute(&store.pool)
     .await?;
-    let mut tx = store.pool.begin().await?;
+    let mut tx = store.write_tx().await?;
     if store.backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)::TEXT").bind(PG_LOCK_KEY).execute(&mut *tx).await?;
     }

@@ -10,12 +10,17 @@
 //! * a bootstrap token is consumed by a single conditional `UPDATE`, so two concurrent
 //!   enrollments with one token cannot both succeed, on either backend;
 //! * session ownership is a `session_id` compare-and-set: a stale session can neither refresh nor
-//!   clear the row of the session that replaced it.
+//!   clear the row of the session that replaced it;
+//! * log lines are stored once per `(source, seq)`, and the ids of one deployment's lines
+//!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`).
 
 mod agents;
+mod deployments;
+mod logs;
 mod migrate;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -24,6 +29,8 @@ use sqlx::{AnyPool, AssertSqlSafe};
 pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
+pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, Write};
+pub use logs::LogRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +42,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("corrupt stored document in {table}.{column}: {message}")]
     Corrupt { table: &'static str, column: &'static str, message: String },
+    #[error("invalid input: {0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -67,6 +76,7 @@ pub struct Audit {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    log_prune: Arc<logs::PruneCounters>,
 }
 
 impl std::fmt::Debug for Store {
@@ -123,7 +133,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        let store = Self { pool, backend };
+        let store = Self { pool, backend, log_prune: Arc::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -155,6 +165,16 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot wait
+    /// for the lock in WAL mode and fails with "database is locked" under concurrent writers.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Cheap liveness probe for `/v1/health`.

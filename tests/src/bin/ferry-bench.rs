@@ -9,11 +9,18 @@
 //! * enrollment (token → CSR → signed certificate over QUIC) and first mTLS session
 //!   (handshake + Hello/Welcome) latency against an in-process control plane on loopback,
 //!   as p50/p90/p99/max over N runs.
+//! * SSE log throughput: a raw agent pushes 50,000 lines in batches of 500 over one telemetry
+//!   stream (acks awaited in a pipeline) into the default SQLite store, once with nobody
+//!   watching (ingest: first send → last ack) and once followed by an SSE client (first send →
+//!   last event received).
 
 use std::time::{Duration, Instant};
 
 use ferry_protocol::*;
 use ferry_tests::{ControlPlane, raw};
+
+const LOG_LINES: u64 = 50_000;
+const LOG_BATCH: u64 = 500;
 
 fn status_message() -> AgentMessage {
     AgentMessage::Status(Status {
@@ -126,4 +133,96 @@ async fn main() {
     percentiles("enrollment", enroll);
     percentiles("first mTLS session", session);
     percentiles("enrollment + first session", total);
+
+    log_throughput().await;
+}
+
+/// Pushes `LOG_LINES` lines for `deployment` over a new telemetry stream, writing batches
+/// back to back while the acks are read; returns the time from first send to last ack.
+async fn push_logs(conn: &quinn::Connection, deployment: &str) -> Duration {
+    let (mut send, mut recv) = conn.open_bi().await.expect("telemetry stream");
+    let source = format!("{deployment}/0/bench");
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        for first in (1..=LOG_LINES).step_by(LOG_BATCH as usize) {
+            let lines = (first..first + LOG_BATCH)
+                .map(|i| LogLine {
+                    ts_ms: 1_763_900_000_000 + i,
+                    stream: LogStream::Stdout,
+                    line: format!("127.0.0.1 - - \"GET /api/v1/items/{i} HTTP/1.1\" 200 512 \"-\" \"curl/8.5\""),
+                })
+                .collect();
+            let msg = AgentMessage::LogBatch(LogBatch { source: source.clone(), first_seq: first, lines });
+            ferry_transport::write_frame(&mut send, &msg).await.expect("batch sent");
+        }
+        send
+    });
+    loop {
+        match ferry_transport::read_frame_timeout::<ServerMessage>(&mut recv, Duration::from_secs(20)).await {
+            Ok(Some(ServerMessage::TelemetryAck(ack))) if ack.last_seq == LOG_LINES => break,
+            Ok(Some(ServerMessage::TelemetryAck(_))) => {}
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = writer.await.expect("writer").finish();
+    elapsed
+}
+
+/// Counts SSE `log` events until `LOG_LINES` arrived; returns when the last one did.
+async fn follow(mut res: reqwest::Response) -> Instant {
+    let (mut seen, mut partial) = (0u64, String::new());
+    while seen < LOG_LINES {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), res.chunk())
+            .await
+            .expect("SSE events keep coming")
+            .expect("SSE body")
+            .expect("SSE stream open");
+        partial.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+        seen += partial[..complete].lines().filter(|l| l.starts_with("id:")).count() as u64;
+        partial.drain(..complete);
+    }
+    Instant::now()
+}
+
+async fn log_throughput() {
+    let cp = ControlPlane::builder().heartbeat(Duration::from_secs(30)).spawn().await;
+    let token = cp.token(600, &[]).await;
+    let id = raw::enroll(cp.quic_addr(), &token, &cp.ca().fingerprint()).await.expect("enrolls");
+    let (c, _control_send, _control_recv, _) = raw::session(cp.quic_addr(), &id).await.expect("session");
+    let rate = |d: Duration| LOG_LINES as f64 / d.as_secs_f64();
+
+    cp.running_store().insert_test_deployment("bench-ingest").await.expect("deployment");
+    let ingest = push_logs(&c.conn, "bench-ingest").await;
+    println!(
+        "log ingest (no watcher)      {LOG_LINES} lines in batches of {LOG_BATCH}: {:>7.0} ms  {:>9.0} lines/s",
+        ingest.as_secs_f64() * 1000.0,
+        rate(ingest)
+    );
+
+    cp.running_store().insert_test_deployment("bench-sse").await.expect("deployment");
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/logs/stream/bench-sse?tail=0", cp.base_url))
+        .bearer_auth(&cp.admin_token)
+        .send()
+        .await
+        .expect("SSE stream");
+    assert!(res.status().is_success(), "SSE: {}", res.status());
+    let follower = tokio::spawn(follow(res));
+    let start = Instant::now();
+    let ingest = push_logs(&c.conn, "bench-sse").await;
+    let last_event = follower.await.expect("follower");
+    println!(
+        "log ingest (SSE following)   {LOG_LINES} lines in batches of {LOG_BATCH}: {:>7.0} ms  {:>9.0} lines/s",
+        ingest.as_secs_f64() * 1000.0,
+        rate(ingest)
+    );
+    let e2e = last_event - start;
+    println!(
+        "SSE log throughput           first send → last event:          {:>7.0} ms  {:>9.0} lines/s",
+        e2e.as_secs_f64() * 1000.0,
+        rate(e2e)
+    );
+    ferry_transport::close(&c.conn, CloseCode::Normal, "bench");
 }

@@ -1,0 +1,451 @@
+//! `/v1/deployments` and `/v1/operations`: desired state in, 202 + an operation to poll out.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, RequestId, page_json};
+use crate::AppState;
+use crate::ids::{now_ms, random_id, rfc3339};
+use crate::model::{self, Configuration, Invalid, TargetJson};
+use crate::reconcile::{Context, Parsed};
+use crate::status::Derived;
+use crate::store::{Audit, DeploymentFilter, DeploymentRecord, OperationRecord, Write};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateDeployment {
+    deployment_name: String,
+    environment: String,
+    #[serde(default = "default_version")]
+    active_version: String,
+    #[serde(default = "any_agent")]
+    target: TargetJson,
+    configuration: Configuration,
+    /// Only `direct` (the process runtime) exists today.
+    #[serde(default)]
+    deployment_source: Option<String>,
+}
+
+fn default_version() -> String {
+    "v1".into()
+}
+
+fn any_agent() -> TargetJson {
+    TargetJson { agent_ids: None, selector: Some(Default::default()) }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateDeployment {
+    active_version: Option<String>,
+    target: Option<TargetJson>,
+    configuration: Option<Configuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scale {
+    replicas: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListParams {
+    page: Option<i64>,
+    page_size: Option<i64>,
+    status: Option<String>,
+    environment: Option<String>,
+    name: Option<String>,
+}
+
+fn bad(i: Invalid) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, i.code, i.message).with_details(json!({ "field": i.field }))
+}
+
+pub fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "DEPLOY_006", format!("deployment {id:?} not found"))
+        .with_details(json!({ "deploymentId": id }))
+}
+
+fn audit(actor: &Actor, rid: &RequestId, action: &'static str, target: &str, details: Value) -> Audit {
+    Audit { actor: actor.0.clone(), action, target: target.into(), request_id: rid.0.clone(), details }
+}
+
+fn operation(kind: &str, deployment_id: &str, rid: &RequestId, now: i64) -> OperationRecord {
+    OperationRecord {
+        id: random_id("op"),
+        kind: kind.into(),
+        deployment_id: deployment_id.into(),
+        status: "in_progress".into(),
+        message: String::new(),
+        request_id: rid.0.clone(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    }
+}
+
+pub fn operation_view(op: &OperationRecord) -> Value {
+    json!({
+        "id": op.id,
+        "type": op.kind,
+        "deploymentId": op.deployment_id,
+        "status": op.status,
+        "message": op.message,
+        "requestId": op.request_id,
+        "createdAt": rfc3339(op.created_at),
+        "updatedAt": rfc3339(op.updated_at),
+        "finishedAt": op.finished_at.map(rfc3339),
+        "href": format!("/v1/operations/{}", op.id),
+    })
+}
+
+fn deployment_view(p: &Parsed, d: &Derived) -> Value {
+    let r = &p.record;
+    json!({
+        "id": r.id,
+        "deploymentName": r.name,
+        "activeVersion": r.active_version,
+        "status": d.status,
+        "environment": r.environment,
+        "deploymentSource": "direct",
+        "target": p.target,
+        "configuration": p.config,
+        "created": rfc3339(r.created_at),
+        "updated": rfc3339(r.updated_at),
+        "lastDeployed": rfc3339(r.last_deployed_at),
+        "desiredState": r.desired_state,
+        "health": { "status": d.status.health(), "issues": d.reasons },
+        "replicas": { "desired": d.desired, "current": d.current, "ready": d.ready },
+        "resourceVersion": r.resource_version,
+    })
+}
+
+fn etag(r: &DeploymentRecord) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", r.resource_version)).expect("digits are a valid header")
+}
+
+/// `If-Match: "<resourceVersion>"` (or `*`, meaning any).
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().unwrap_or_default().trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    s.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::validation("If-Match", "If-Match must be a quoted resourceVersion, e.g. \"3\""))
+}
+
+/// A target must match at least one enrolled, non-revoked agent when it is set.
+async fn check_target(state: &AppState, target: &TargetJson) -> ApiResult<()> {
+    let t = target.validate().map_err(bad)?;
+    let agents = state.store.all_agents().await?;
+    let matched = agents.iter().any(|a| {
+        t.matches(&crate::planner::Candidate {
+            id: a.id.clone(),
+            labels: a.labels.clone(),
+            revoked: a.revoked_at.is_some(),
+        })
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "DEPLOY_007", "no enrolled agent matches the target")
+            .with_details(json!({ "target": target })))
+    }
+}
+
+async fn accepted(state: &AppState, record: DeploymentRecord, op: &OperationRecord) -> ApiResult<Response> {
+    state.store.supersede_operations(&record.id, &op.id, now_ms()).await?;
+    if let Err(e) = state.reconciler.run_once(state).await {
+        // The background loop retries; the desired state is safely stored.
+        tracing::warn!(error = %e, "reconcile after a change failed");
+    }
+    let tag = etag(&record);
+    let parsed = Parsed::from_record(record)?;
+    let derived = Context::load(state).await?.derive(state, parsed.record.clone()).await?;
+    let body = json!({ "deployment": deployment_view(&parsed, &derived), "operation": operation_view(op) });
+    let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("ids are valid header values");
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiJson(req): ApiJson<CreateDeployment>,
+) -> ApiResult<Response> {
+    model::validate_name("deploymentName", &req.deployment_name).map_err(bad)?;
+    model::validate_version(&req.active_version).map_err(bad)?;
+    if req.deployment_source.as_deref().is_some_and(|s| s != "direct") {
+        return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
+    }
+    req.configuration.validate().map_err(bad)?;
+    let env = state.store.get_environment(&req.environment).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "ENV_001", format!("environment {:?} not found", req.environment))
+            .with_details(json!({ "field": "environment" }))
+    })?;
+    if env.locked {
+        return Err(ApiError::new(StatusCode::CONFLICT, "ENV_002", format!("environment {:?} is locked", env.name)));
+    }
+    check_target(&state, &req.target).await?;
+    let now = now_ms();
+    let record = DeploymentRecord {
+        id: random_id("deploy"),
+        name: req.deployment_name,
+        environment: env.name,
+        active_version: req.active_version,
+        spec: serde_json::to_string(&req.configuration).expect("configuration serializes"),
+        target: serde_json::to_string(&req.target).expect("target serializes"),
+        desired_state: "running".into(),
+        restart_nonce: 0,
+        resource_version: 1,
+        created_at: now,
+        updated_at: now,
+        last_deployed_at: now,
+    };
+    let op = operation("create", &record.id, &rid, now);
+    let details = json!({ "name": record.name, "environment": record.environment, "version": record.active_version });
+    if !state
+        .store
+        .create_deployment(&record, &op, &audit(&actor, &rid, "deployment.create", &record.id, details))
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "DEPLOY_008",
+            format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
+        ));
+    }
+    accepted(&state, record, &op).await
+}
+
+pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
+    let (page, page_size) = super::PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
+    let filter = DeploymentFilter { environment: q.environment.as_deref(), name: q.name.as_deref() };
+    let ctx = Context::load(&state).await?;
+    let mut views = Vec::new();
+    for record in state.store.list_deployments(filter).await? {
+        let parsed = Parsed::from_record(record)?;
+        let derived = ctx.derive(&state, parsed.record.clone()).await?;
+        if q.status.as_deref().is_none_or(|s| s == derived.status.as_str()) {
+            views.push(deployment_view(&parsed, &derived));
+        }
+    }
+    let total = views.len() as i64;
+    let start = ((page - 1) * page_size).min(total) as usize;
+    let data: Vec<Value> = views.into_iter().skip(start).take(page_size as usize).collect();
+    Ok(Json(page_json(data, page, page_size, total)))
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<Parsed> {
+    let record = state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(Parsed::from_record(record)?)
+}
+
+pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
+    let parsed = load(&state, &id).await?;
+    let derived = Context::load(&state).await?.derive(&state, parsed.record.clone()).await?;
+    let tag = etag(&parsed.record);
+    Ok(([(header::ETAG, tag)], Json(deployment_view(&parsed, &derived))).into_response())
+}
+
+/// The seed's Deployment Status entity, with per-replica detail.
+pub async fn status(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+    let parsed = load(&state, &id).await?;
+    let d = Context::load(&state).await?.derive(&state, parsed.record.clone()).await?;
+    let r = &parsed.record;
+    let checks = &parsed.config.health_checks;
+    let check = |configured: bool, ok: bool| match (configured, ok) {
+        (false, _) => "not configured",
+        (true, true) => "passing",
+        (true, false) => "failing",
+    };
+    let all_ready = d.ready >= d.desired && d.desired > 0;
+    Ok(Json(json!({
+        "id": format!("status-{}", r.id),
+        "deploymentId": r.id,
+        "name": r.name,
+        "status": d.status,
+        "environment": r.environment,
+        "version": r.active_version,
+        "deployment": { "lastDeployed": rfc3339(r.last_deployed_at), "strategy": "rolling" },
+        "health": {
+            "status": d.status.health(),
+            "checks": {
+                "liveness": check(checks.liveness.is_some(), all_ready),
+                "readiness": check(checks.readiness.is_some(), all_ready),
+                "startup": check(checks.startup.is_some(), all_ready),
+            },
+            "issues": d.reasons,
+        },
+        "resources": { "pods": { "desired": d.desired, "current": d.current, "available": d.ready, "updated": d.ready } },
+        "replicas": d.replicas,
+    })))
+}
+
+/// Loads, changes and stores a deployment as one operation of `kind`.
+async fn mutate(
+    state: &AppState,
+    actor: &Actor,
+    rid: &RequestId,
+    id: &str,
+    headers: &HeaderMap,
+    kind: &'static str,
+    change: impl FnOnce(&mut Parsed) -> ApiResult<()>,
+) -> ApiResult<Response> {
+    let expected = if_match(headers)?;
+    let mut parsed = load(state, id).await?;
+    change(&mut parsed)?;
+    let now = now_ms();
+    let mut record = parsed.record.clone();
+    record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
+    record.target = serde_json::to_string(&parsed.target).expect("target serializes");
+    record.updated_at = now;
+    if kind != "stop" {
+        record.last_deployed_at = now;
+    }
+    let op = operation(kind, id, rid, now);
+    let details = json!({ "version": record.active_version, "desiredState": record.desired_state });
+    let action = match kind {
+        "update" => "deployment.update",
+        "start" => "deployment.start",
+        "stop" => "deployment.stop",
+        "restart" => "deployment.restart",
+        _ => "deployment.scale",
+    };
+    match state.store.update_deployment(&record, expected, &op, &audit(actor, rid, action, id, details)).await? {
+        Write::Done(updated) => accepted(state, updated, &op).await,
+        Write::NotFound => Err(not_found(id)),
+        Write::Conflict { current } => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "DEPLOY_009",
+            "the deployment changed since you read it; fetch it again and retry",
+        )
+        .with_details(json!({ "resourceVersion": current }))),
+    }
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<UpdateDeployment>,
+) -> ApiResult<Response> {
+    if let Some(v) = &req.active_version {
+        model::validate_version(v).map_err(bad)?;
+    }
+    if let Some(c) = &req.configuration {
+        c.validate().map_err(bad)?;
+    }
+    if let Some(t) = &req.target {
+        check_target(&state, t).await?;
+    }
+    mutate(&state, &actor, &rid, &id, &headers, "update", |p| {
+        if let Some(v) = req.active_version {
+            p.record.active_version = v;
+        }
+        if let Some(t) = req.target {
+            p.target = t;
+        }
+        if let Some(c) = req.configuration {
+            p.config = c;
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let now = now_ms();
+    let op = operation("delete", &id, &rid, now);
+    if !state.store.delete_deployment(&id, &op, &audit(&actor, &rid, "deployment.delete", &id, json!({})), now).await? {
+        return Err(not_found(&id));
+    }
+    state.store.supersede_operations(&id, &op.id, now).await?;
+    if let Err(e) = state.reconciler.run_once(&state).await {
+        tracing::warn!(error = %e, "reconcile after delete failed");
+    }
+    let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("valid header");
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({ "operation": operation_view(&op) })))
+        .into_response())
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    mutate(&state, &actor, &rid, &id, &headers, "start", |p| {
+        p.record.desired_state = "running".into();
+        Ok(())
+    })
+    .await
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    mutate(&state, &actor, &rid, &id, &headers, "stop", |p| {
+        p.record.desired_state = "stopped".into();
+        Ok(())
+    })
+    .await
+}
+
+pub async fn restart(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    mutate(&state, &actor, &rid, &id, &headers, "restart", |p| {
+        p.record.desired_state = "running".into();
+        p.record.restart_nonce += 1;
+        Ok(())
+    })
+    .await
+}
+
+pub async fn scale(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(rid): Extension<RequestId>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<Scale>,
+) -> ApiResult<Response> {
+    mutate(&state, &actor, &rid, &id, &headers, "scale", |p| {
+        p.config.replicas = req.replicas;
+        p.config.validate().map_err(bad)
+    })
+    .await
+}
+
+pub async fn get_operation(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+    let op = state.store.get_operation(&id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "OPERATION_001", format!("operation {id:?} not found"))
+            .with_details(json!({ "operationId": id }))
+    })?;
+    Ok(Json(operation_view(&op)))
+}

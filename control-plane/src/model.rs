@@ -1,0 +1,386 @@
+//! Deployment configuration as users write it (the seed's Deployment entity, `configuration`
+//! block, with the seed's health-check shape), its validation, and its translation to the wire
+//! `ProcessSpec` the agents run. The stored desired state is exactly this validated document.
+
+use std::collections::BTreeMap;
+
+use ferry_protocol::{HealthCheck, Probe, ProcessSpec, RestartPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::planner::Target;
+
+pub const MAX_REPLICAS: u32 = 100;
+const MAX_ARGS: usize = 256;
+const MAX_ARG_LEN: usize = 4096;
+const MAX_ENV: usize = 128;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+const MAX_TARGET_AGENTS: usize = 100;
+/// Variables the runtime sets for every replica.
+const RESERVED_ENV: &[&str] = &["PORT", "FERRY_WORKLOAD_ID", "FERRY_REPLICA"];
+
+/// A validation failure: which field, and why (rendered as VALIDATION_001 or a domain code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid { code: "VALIDATION_001", field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Configuration {
+    pub replicas: u32,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default = "default_restart")]
+    pub restart_policy: RestartPolicyJson,
+    #[serde(default = "default_grace")]
+    pub stop_grace_period_seconds: u32,
+    /// How long a rollout may take before its operation is marked failed.
+    #[serde(default = "default_deadline")]
+    pub progress_deadline_seconds: u32,
+    #[serde(default)]
+    pub health_checks: HealthChecks,
+}
+
+fn default_restart() -> RestartPolicyJson {
+    RestartPolicyJson::Always
+}
+fn default_grace() -> u32 {
+    10
+}
+fn default_deadline() -> u32 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartPolicyJson {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthChecks {
+    pub liveness: Option<HealthCheckJson>,
+    pub readiness: Option<HealthCheckJson>,
+    pub startup: Option<HealthCheckJson>,
+}
+
+/// The seed's health-check shape: exactly one of `httpGet`, `tcpSocket`, `exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheckJson {
+    pub http_get: Option<HttpGet>,
+    pub tcp_socket: Option<TcpSocket>,
+    pub exec: Option<ExecProbe>,
+    #[serde(default)]
+    pub initial_delay_seconds: u32,
+    #[serde(default = "default_period")]
+    pub period_seconds: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_period() -> u32 {
+    10
+}
+fn default_timeout() -> u32 {
+    1
+}
+fn one() -> u32 {
+    1
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGet {
+    pub path: String,
+    /// 0 or absent: the replica's own `PORT`.
+    #[serde(default)]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSocket {
+    #[serde(default)]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecProbe {
+    pub command: Vec<String>,
+}
+
+/// Where a deployment runs: `{"agentIds": [...]}` or `{"selector": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetJson {
+    pub agent_ids: Option<Vec<String>>,
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl TargetJson {
+    pub fn validate(&self) -> Result<Target, Invalid> {
+        match (&self.agent_ids, &self.selector) {
+            (Some(ids), None) => {
+                if ids.is_empty() || ids.len() > MAX_TARGET_AGENTS {
+                    return Err(invalid("target.agentIds", format!("between 1 and {MAX_TARGET_AGENTS} agent ids")));
+                }
+                for id in ids {
+                    ferry_certs::validate_agent_id(id)
+                        .map_err(|_| invalid("target.agentIds", format!("invalid agent id {id:?}")))?;
+                }
+                Ok(Target::Agents(ids.clone()))
+            }
+            (None, Some(sel)) => {
+                ferry_protocol::limits::validate_labels(sel).map_err(|m| invalid("target.selector", m))?;
+                Ok(Target::Selector(sel.clone()))
+            }
+            _ => Err(invalid("target", "give exactly one of agentIds or selector")),
+        }
+    }
+
+    pub fn from_target(t: &Target) -> Self {
+        match t {
+            Target::Agents(ids) => Self { agent_ids: Some(ids.clone()), selector: None },
+            Target::Selector(s) => Self { agent_ids: None, selector: Some(s.clone()) },
+        }
+    }
+}
+
+/// Names of deployments and environments: 1-63 of `[a-z0-9-]`, starting with a letter or digit.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok { Ok(()) } else { Err(invalid(field, format!("invalid {field} {name:?}: 1-63 characters of [a-z0-9-]"))) }
+}
+
+pub fn validate_version(v: &str) -> Result<(), Invalid> {
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+    if ok { Ok(()) } else { Err(invalid("activeVersion", "1-64 characters of [A-Za-z0-9._+-]")) }
+}
+
+impl Configuration {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.replicas > MAX_REPLICAS {
+            return Err(Invalid {
+                code: "DEPLOY_004",
+                field: "configuration.replicas".into(),
+                message: format!("replicas {} exceeds the limit of {MAX_REPLICAS}", self.replicas),
+            });
+        }
+        if self.command.trim().is_empty() || self.command.len() > MAX_ARG_LEN {
+            return Err(invalid("configuration.command", "command is required (at most 4096 bytes)"));
+        }
+        if self.args.len() > MAX_ARGS || self.args.iter().any(|a| a.len() > MAX_ARG_LEN) {
+            return Err(invalid("configuration.args", format!("at most {MAX_ARGS} arguments of {MAX_ARG_LEN} bytes")));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(invalid("configuration.env", format!("at most {MAX_ENV} variables")));
+        }
+        for (k, v) in &self.env {
+            let name_ok = !k.is_empty()
+                && k.len() <= 128
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(invalid("configuration.env", format!("invalid variable name {k:?}")));
+            }
+            if RESERVED_ENV.contains(&k.as_str()) {
+                return Err(invalid("configuration.env", format!("{k} is set by Ferry for every replica")));
+            }
+            if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+                return Err(invalid("configuration.env", format!("value of {k} too long or contains NUL")));
+            }
+        }
+        if let Some(dir) = &self.working_dir
+            && (dir.is_empty() || dir.len() > MAX_ARG_LEN || dir.contains('\0'))
+        {
+            return Err(invalid("configuration.workingDir", "invalid working directory"));
+        }
+        if self.stop_grace_period_seconds > 3600 {
+            return Err(invalid("configuration.stopGracePeriodSeconds", "at most 3600"));
+        }
+        if !(1..=86_400).contains(&self.progress_deadline_seconds) {
+            return Err(invalid("configuration.progressDeadlineSeconds", "between 1 and 86400"));
+        }
+        for (name, hc) in [
+            ("liveness", &self.health_checks.liveness),
+            ("readiness", &self.health_checks.readiness),
+            ("startup", &self.health_checks.startup),
+        ] {
+            if let Some(hc) = hc {
+                hc.validate(&format!("configuration.healthChecks.{name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The wire spec for `replicas` replicas (the planner sets each agent's share).
+    pub fn to_process_spec(&self) -> ProcessSpec {
+        ProcessSpec {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            replicas: self.replicas,
+            restart_policy: match self.restart_policy {
+                RestartPolicyJson::Always => RestartPolicy::Always,
+                RestartPolicyJson::OnFailure => RestartPolicy::OnFailure,
+                RestartPolicyJson::Never => RestartPolicy::Never,
+            },
+            liveness: self.health_checks.liveness.as_ref().map(HealthCheckJson::to_wire),
+            readiness: self.health_checks.readiness.as_ref().map(HealthCheckJson::to_wire),
+            startup: self.health_checks.startup.as_ref().map(HealthCheckJson::to_wire),
+            stop_grace_ms: self.stop_grace_period_seconds.saturating_mul(1000),
+        }
+    }
+}
+
+impl HealthCheckJson {
+    fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let kinds = [self.http_get.is_some(), self.tcp_socket.is_some(), self.exec.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(invalid(field, "give exactly one of httpGet, tcpSocket or exec"));
+        }
+        if let Some(h) = &self.http_get
+            && (!h.path.starts_with('/') || h.path.len() > 2048 || h.path.chars().any(char::is_whitespace))
+        {
+            return Err(invalid(&format!("{field}.httpGet.path"), "an absolute path without spaces"));
+        }
+        if let Some(e) = &self.exec
+            && (e.command.is_empty() || e.command.len() > MAX_ARGS || e.command.iter().any(|a| a.len() > MAX_ARG_LEN))
+        {
+            return Err(invalid(&format!("{field}.exec.command"), "a non-empty argument list"));
+        }
+        let ranges = [
+            ("initialDelaySeconds", self.initial_delay_seconds, 0, 3600),
+            ("periodSeconds", self.period_seconds, 1, 3600),
+            ("timeoutSeconds", self.timeout_seconds, 1, 3600),
+            ("successThreshold", self.success_threshold, 1, 100),
+            ("failureThreshold", self.failure_threshold, 1, 100),
+        ];
+        for (name, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return Err(invalid(&format!("{field}.{name}"), format!("{name} must be between {lo} and {hi}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn to_wire(&self) -> HealthCheck {
+        let probe = if let Some(h) = &self.http_get {
+            Probe::Http { path: h.path.clone(), port: h.port }
+        } else if let Some(t) = &self.tcp_socket {
+            Probe::Tcp { port: t.port }
+        } else {
+            Probe::Exec { command: self.exec.as_ref().map(|e| e.command.clone()).unwrap_or_default() }
+        };
+        HealthCheck {
+            probe,
+            initial_delay_ms: self.initial_delay_seconds * 1000,
+            period_ms: self.period_seconds * 1000,
+            timeout_ms: self.timeout_seconds * 1000,
+            success_threshold: self.success_threshold,
+            failure_threshold: self.failure_threshold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config(v: serde_json::Value) -> Result<Configuration, String> {
+        let c: Configuration = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| format!("{} {}: {}", e.code, e.field, e.message))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_and_translation() {
+        let c = config(json!({
+            "replicas": 2, "command": "python3", "args": ["-m", "http.server"],
+            "healthChecks": { "readiness": { "httpGet": { "path": "/" }, "periodSeconds": 1 } }
+        }))
+        .unwrap();
+        let spec = c.to_process_spec();
+        assert_eq!(spec.replicas, 2);
+        assert_eq!(spec.restart_policy, RestartPolicy::Always);
+        assert_eq!(spec.stop_grace_ms, 10_000);
+        let r = spec.readiness.unwrap();
+        assert_eq!(r.probe, Probe::Http { path: "/".into(), port: 0 });
+        assert_eq!((r.period_ms, r.timeout_ms, r.failure_threshold), (1000, 1000, 3));
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases = [
+            (json!({ "replicas": 1, "command": "" }), "configuration.command"),
+            (json!({ "replicas": 101, "command": "x" }), "DEPLOY_004"),
+            (json!({ "replicas": -1, "command": "x" }), "invalid value"),
+            (json!({ "replicas": 1 }), "missing field `command`"),
+            (json!({ "replicas": 1, "command": "x", "colour": 1 }), "unknown field"),
+            (json!({ "replicas": 1, "command": "x", "env": { "PORT": "1" } }), "configuration.env"),
+            (json!({ "replicas": 1, "command": "x", "env": { "1X": "1" } }), "configuration.env"),
+            (json!({ "replicas": 1, "command": "x", "restartPolicy": "sometimes" }), "unknown variant"),
+            (
+                json!({ "replicas": 1, "command": "x", "healthChecks": { "liveness": { "periodSeconds": 1 } } }),
+                "exactly one",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "healthChecks": { "liveness": { "httpGet": { "path": "x" } } } }),
+                "httpGet.path",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x",
+                        "healthChecks": { "readiness": { "tcpSocket": {}, "failureThreshold": 0 } } }),
+                "failureThreshold",
+            ),
+        ];
+        for (v, needle) in cases {
+            let err = config(v.clone()).unwrap_err();
+            assert!(err.contains(needle), "{v} -> {err}");
+        }
+    }
+
+    #[test]
+    fn targets_and_names() {
+        let t: TargetJson = serde_json::from_value(json!({ "selector": { "role": "web" } })).unwrap();
+        assert!(matches!(t.validate(), Ok(Target::Selector(_))));
+        let both: TargetJson = serde_json::from_value(json!({ "selector": {}, "agentIds": ["agent-1"] })).unwrap();
+        assert!(both.validate().is_err());
+        let bad: TargetJson = serde_json::from_value(json!({ "agentIds": ["Agent One"] })).unwrap();
+        assert!(bad.validate().is_err());
+        assert!(validate_name("deploymentName", "hello-web").is_ok());
+        for bad in ["", "-x", "Hello", "a_b", &"a".repeat(64)] {
+            assert!(validate_name("deploymentName", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_version("v1.2.3+build-4").is_ok() && validate_version("v 1").is_err());
+    }
+}

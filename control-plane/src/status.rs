@@ -1,0 +1,262 @@
+//! Deployment status, derived from intent and observed state — never written by hand.
+//!
+//! Pure code. For each agent the deployment is placed on we know the intent generation, what the
+//! agent last reported (and for which generation), and whether the agent is connected. A report
+//! older than the intent says nothing about the current spec, so those replicas count as not
+//! ready yet. The result is one of:
+//!
+//! | status | when |
+//! |---|---|
+//! | `running` | every desired replica is ready on an agent that applied the current intent |
+//! | `deploying` | agents have not applied the current intent yet, or replicas are still starting without failures |
+//! | `degraded` | some but not all replicas are ready (the seed's partial success) |
+//! | `failed` | no replica is ready and replicas are failing |
+//! | `unknown` | no replica is ready and the agents that should run them are disconnected |
+//! | `pending` | no agent matches the target |
+//! | `stopping` / `stopped` | the user stopped the deployment: replicas still alive / none left |
+
+use ferry_protocol::{Phase, ReplicaStatus};
+use serde::Serialize;
+
+/// What one agent contributes to a deployment.
+#[derive(Debug, Clone)]
+pub struct AgentSlice {
+    pub agent_id: String,
+    pub connected: bool,
+    /// Replicas of this deployment in the agent's current intent (0 if none).
+    pub desired: u32,
+    pub intent_generation: u64,
+    /// The agent's last report for this workload: generation acted on, and replicas.
+    pub observed: Option<(u64, Vec<ReplicaStatus>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    Running,
+    Deploying,
+    Degraded,
+    Failed,
+    Unknown,
+    Pending,
+    Stopping,
+    Stopped,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Deploying => "deploying",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+            Self::Pending => "pending",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// The seed's `health.status`.
+    pub fn health(self) -> &'static str {
+        match self {
+            Self::Running => "healthy",
+            Self::Degraded | Self::Deploying => "degraded",
+            Self::Failed => "unhealthy",
+            Self::Unknown | Self::Pending | Self::Stopping | Self::Stopped => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaView {
+    pub agent_id: String,
+    pub index: u32,
+    pub phase: &'static str,
+    pub ready: bool,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub reason: Option<String>,
+    /// False when the report predates the current intent or the agent is disconnected.
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Derived {
+    pub status: DeploymentStatus,
+    pub desired: u32,
+    pub current: u32,
+    pub ready: u32,
+    pub reasons: Vec<String>,
+    pub replicas: Vec<ReplicaView>,
+}
+
+pub fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Pending => "pending",
+        Phase::Starting => "starting",
+        Phase::Running => "running",
+        Phase::Degraded => "degraded",
+        Phase::Failed => "failed",
+        Phase::Stopped => "stopped",
+    }
+}
+
+fn alive(p: Phase) -> bool {
+    matches!(p, Phase::Starting | Phase::Running | Phase::Degraded)
+}
+
+/// Derives the status. `stopped` is the user's desired state; `desired_total` the replicas
+/// asked for (what the slices add up to when every share is placed).
+pub fn derive(stopped: bool, desired_total: u32, slices: &[AgentSlice]) -> Derived {
+    let mut reasons = Vec::new();
+    let mut replicas = Vec::new();
+    let (mut ready, mut current, mut alive_any, mut failing, mut lagging, mut disconnected) =
+        (0u32, 0u32, false, false, false, false);
+    for s in slices {
+        let synced = s.observed.as_ref().is_some_and(|(g, _)| *g >= s.intent_generation);
+        if !s.connected && s.desired > 0 {
+            disconnected = true;
+            reasons.push(format!("agent {} is disconnected", s.agent_id));
+        } else if !synced && (s.desired > 0 || s.observed.is_some()) {
+            lagging = true;
+            reasons.push(format!("agent {} has not applied generation {} yet", s.agent_id, s.intent_generation));
+        }
+        let trusted = synced && s.connected;
+        for r in s.observed.iter().flat_map(|(_, rs)| rs) {
+            alive_any |= alive(r.phase);
+            if trusted {
+                current += u32::from(alive(r.phase));
+                ready += u32::from(r.ready && alive(r.phase));
+                if matches!(r.phase, Phase::Failed | Phase::Degraded) || (!r.ready && r.restarts > 0) {
+                    failing = true;
+                    if let Some(why) = &r.reason {
+                        reasons.push(format!("replica {} on {}: {why}", r.index, s.agent_id));
+                    }
+                }
+            }
+            replicas.push(ReplicaView {
+                agent_id: s.agent_id.clone(),
+                index: r.index,
+                phase: phase_str(r.phase),
+                ready: r.ready,
+                restarts: r.restarts,
+                pid: r.pid,
+                port: r.port,
+                reason: r.reason.clone(),
+                current: trusted,
+            });
+        }
+    }
+    let status = if stopped {
+        reasons.retain(|r| r.contains("disconnected"));
+        if alive_any { DeploymentStatus::Stopping } else { DeploymentStatus::Stopped }
+    } else if desired_total > 0 && slices.iter().all(|s| s.desired == 0) {
+        reasons.push("no agent matches the target".into());
+        DeploymentStatus::Pending
+    } else if ready >= desired_total && !lagging && !disconnected {
+        DeploymentStatus::Running
+    } else if ready > 0 {
+        DeploymentStatus::Degraded
+    } else if failing {
+        DeploymentStatus::Failed
+    } else if disconnected && !lagging {
+        DeploymentStatus::Unknown
+    } else {
+        DeploymentStatus::Deploying
+    };
+    if status == DeploymentStatus::Running {
+        reasons.clear();
+    }
+    Derived { status, desired: if stopped { 0 } else { desired_total }, current, ready, reasons, replicas }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(index: u32, phase: Phase, ready: bool, restarts: u32, reason: Option<&str>) -> ReplicaStatus {
+        ReplicaStatus {
+            index,
+            phase,
+            pid: Some(100 + index),
+            port: Some(20_000 + index as u16),
+            ready,
+            restarts,
+            reason: reason.map(str::to_string),
+            since_ms: 0,
+        }
+    }
+
+    fn slice(connected: bool, desired: u32, intent: u64, observed: Option<(u64, Vec<ReplicaStatus>)>) -> AgentSlice {
+        AgentSlice { agent_id: "a1".into(), connected, desired, intent_generation: intent, observed }
+    }
+
+    use DeploymentStatus::*;
+    use Phase::{Failed as PFailed, Running as PRunning, Starting as PStarting, Stopped as PStopped};
+
+    #[test]
+    fn status_table() {
+        let up = |i| replica(i, PRunning, true, 0, None);
+        let starting = |i| replica(i, PStarting, false, 0, None);
+        let crashing = |i| replica(i, PFailed, false, 3, Some("exited with code 1; restarting in 800 ms"));
+        let not_ready = |i| replica(i, phase_degraded(), false, 0, Some("readiness probe failing: HTTP 500"));
+        // (stopped, desired, slices, expected)
+        let cases: Vec<(bool, u32, Vec<AgentSlice>, DeploymentStatus)> = vec![
+            (false, 2, vec![slice(true, 2, 3, Some((3, vec![up(0), up(1)])))], Running),
+            (false, 2, vec![slice(true, 2, 3, Some((2, vec![up(0), up(1)])))], Deploying),
+            (false, 2, vec![slice(true, 2, 3, None)], Deploying),
+            (false, 2, vec![slice(true, 2, 3, Some((3, vec![starting(0), starting(1)])))], Deploying),
+            (false, 2, vec![slice(true, 2, 3, Some((3, vec![up(0), crashing(1)])))], Degraded),
+            (false, 2, vec![slice(true, 2, 3, Some((3, vec![crashing(0), crashing(1)])))], Failed),
+            (false, 1, vec![slice(true, 1, 3, Some((3, vec![not_ready(0)])))], Failed),
+            (false, 2, vec![slice(false, 2, 3, Some((3, vec![up(0), up(1)])))], Unknown),
+            (false, 2, vec![slice(true, 0, 3, None)], Pending),
+            (false, 2, vec![], Pending),
+            (true, 2, vec![slice(true, 0, 4, Some((4, vec![])))], Stopped),
+            (true, 2, vec![slice(true, 0, 4, Some((3, vec![up(0)])))], Stopping),
+            (true, 2, vec![slice(true, 0, 4, Some((4, vec![replica(0, PStopped, false, 0, None)])))], Stopped),
+        ];
+        for (i, (stopped, desired, slices, want)) in cases.into_iter().enumerate() {
+            let d = derive(stopped, desired, &slices);
+            assert_eq!(d.status, want, "case {i}: {:?}", d.reasons);
+        }
+    }
+
+    fn phase_degraded() -> Phase {
+        Phase::Degraded
+    }
+
+    #[test]
+    fn partial_success_across_agents_and_reasons() {
+        let a = AgentSlice {
+            agent_id: "a1".into(),
+            connected: true,
+            desired: 1,
+            intent_generation: 1,
+            observed: Some((1, vec![replica(0, PRunning, true, 0, None)])),
+        };
+        let b = AgentSlice {
+            agent_id: "a2".into(),
+            connected: false,
+            desired: 1,
+            intent_generation: 1,
+            observed: Some((1, vec![replica(0, PRunning, true, 0, None)])),
+        };
+        let d = derive(false, 2, &[a, b]);
+        assert_eq!((d.status, d.ready, d.current), (Degraded, 1, 1));
+        assert_eq!(d.reasons, ["agent a2 is disconnected"]);
+        assert_eq!(d.replicas.len(), 2);
+        assert!(d.replicas[0].current && !d.replicas[1].current);
+        let failing = derive(
+            false,
+            1,
+            &[slice(true, 1, 1, Some((1, vec![replica(0, PFailed, false, 2, Some("exited with code 3"))])))],
+        );
+        assert_eq!(failing.reasons, ["replica 0 on a1: exited with code 3"]);
+        assert_eq!(failing.status.health(), "unhealthy");
+    }
+}
