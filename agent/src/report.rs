@@ -1,23 +1,26 @@
-//! When the session reports the observed state: at once after Welcome, shortly after a change
-//! (a burst of changes gives one report) and at least once per refresh period.
+//! When the session reports the observed state: at once after Welcome, at once after a change
+//! unless a report went out less than [`STATUS_MIN_GAP`] ago (then when that gap has passed, so a
+//! burst of changes gives one report), and at least once per refresh period.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How long after the first change of a burst the report goes out.
-pub(crate) const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Reports are at least this far apart (at most 40 a second, and only while things change):
+/// short enough that the last step of a start-up reaches the control plane promptly.
+pub(crate) const STATUS_MIN_GAP: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StatusSchedule {
     due: Instant,
+    last_sent: Option<Instant>,
     refresh: Duration,
 }
 
 impl StatusSchedule {
     /// The first report is due at once.
     pub(crate) fn new(now: Instant, refresh: Duration) -> Self {
-        Self { due: now, refresh }
+        Self { due: now, last_sent: None, refresh }
     }
 
     pub(crate) fn due(&self) -> Instant {
@@ -26,11 +29,13 @@ impl StatusSchedule {
 
     /// The observed state changed at `now`.
     pub(crate) fn changed(&mut self, now: Instant) {
-        self.due = self.due.min(now + STATUS_DEBOUNCE);
+        let earliest = self.last_sent.map_or(now, |t| (t + STATUS_MIN_GAP).max(now));
+        self.due = self.due.min(earliest);
     }
 
     /// A report went out at `now`.
     pub(crate) fn sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
         self.due = now + self.refresh;
     }
 }
@@ -40,25 +45,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn immediate_then_debounced_then_refreshed() {
+    fn immediate_then_rate_limited_then_refreshed() {
         let t0 = Instant::now();
         let ms = |n| Duration::from_millis(n);
         let mut s = StatusSchedule::new(t0, ms(5000));
         assert_eq!(s.due(), t0);
         s.sent(t0);
         assert_eq!(s.due(), t0 + ms(5000), "nothing changed: the refresh");
+        // A change soon after a report waits for the gap; more changes meanwhile coalesce.
+        s.changed(t0 + ms(5));
         s.changed(t0 + ms(10));
-        s.changed(t0 + ms(50));
-        s.changed(t0 + ms(90));
-        assert_eq!(s.due(), t0 + ms(110), "a burst coalesces into one report");
-        s.sent(t0 + ms(110));
-        s.changed(t0 + ms(4990));
-        s.changed(t0 + ms(5080));
-        assert_eq!(s.due(), t0 + ms(5090));
-        // A refresh due sooner than the debounce is not postponed.
-        let mut short = StatusSchedule::new(t0, ms(50));
+        s.changed(t0 + ms(20));
+        assert_eq!(s.due(), t0 + ms(25), "a burst coalesces into one report");
+        s.sent(t0 + ms(25));
+        // A change long after the last report goes out at once.
+        s.changed(t0 + ms(4000));
+        assert_eq!(s.due(), t0 + ms(4000));
+        s.sent(t0 + ms(4000));
+        s.changed(t0 + ms(4010));
+        assert_eq!(s.due(), t0 + ms(4025));
+        // A refresh due sooner than the gap is not postponed.
+        let mut short = StatusSchedule::new(t0, ms(20));
         short.sent(t0);
         short.changed(t0 + ms(10));
-        assert_eq!(short.due(), t0 + ms(50));
+        assert_eq!(short.due(), t0 + ms(20));
     }
 }

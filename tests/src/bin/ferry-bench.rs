@@ -8,7 +8,10 @@
 //!   100-line log batch;
 //! * enrollment (token → CSR → signed certificate over QUIC) and first mTLS session
 //!   (handshake + Hello/Welcome) latency against an in-process control plane on loopback,
-//!   as p50/p90/p99/max over N runs.
+//!   as p50/p90/p99/max over N runs;
+//! * log ingest and SSE log throughput (lines/s);
+//! * POST /v1/deployments → all replicas healthy, for a trivial process (p50/p99 over N runs, at
+//!   most 100).
 //! * SSE log throughput: a raw agent pushes 50,000 lines in batches of 500 over one telemetry
 //!   stream (acks awaited in a pipeline) into the default SQLite store, once with nobody
 //!   watching (ingest: first send → last ack) and once followed by an SSE client (first send →
@@ -135,6 +138,51 @@ async fn main() {
     percentiles("enrollment + first session", total);
 
     log_throughput().await;
+    deploy_latency(runs.min(100)).await;
+}
+
+/// POST /v1/deployments → every replica running and ready, as seen through the API, for a
+/// trivial process (`sleep`, no probes, 1 and 2 replicas) on an in-process agent that has been
+/// quiet for 150 ms. The status is polled every 2 ms, so figures carry up to 2 ms of polling
+/// granularity.
+async fn deploy_latency(runs: usize) {
+    let cp = ControlPlane::spawn().await;
+    let agent = ferry_tests::Agent::spawn(&cp, &cp.token(600, &[]).await);
+    agent.wait_connected().await;
+    for replicas in [1u32, 2] {
+        let mut samples = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let body = serde_json::json!({
+                "deploymentName": format!("bench-{replicas}-{i}"),
+                "environment": "development",
+                "configuration": { "replicas": replicas, "command": "/bin/sleep", "args": ["3600"] }
+            });
+            let t0 = Instant::now();
+            let (status, res) = cp.api(reqwest::Method::POST, "/v1/deployments", Some(body)).await;
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{res}");
+            let id = res["deployment"]["id"].as_str().expect("id").to_string();
+            loop {
+                let (_, st) = cp.api(reqwest::Method::GET, &format!("/v1/deployments/{id}/status"), None).await;
+                if st["status"] == "running" {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(20), "deployment never became healthy: {st}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            samples.push(t0.elapsed());
+            let (status, res) = cp.api(reqwest::Method::DELETE, &format!("/v1/deployments/{id}"), None).await;
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+            // Not measured: let the delete finish and the agent's status rate limit (one report
+            // per 25 ms) lapse, so that every run measures a POST to a quiet agent.
+            let op = res["operation"]["href"].as_str().expect("operation").to_string();
+            while cp.api(reqwest::Method::GET, &op, None).await.1["status"] != "succeeded" {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        percentiles(&format!("POST → {replicas} replica(s) healthy"), samples);
+    }
+    drop(agent);
 }
 
 /// Pushes `LOG_LINES` lines for `deployment` over a new telemetry stream, writing batches
