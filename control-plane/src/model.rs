@@ -40,6 +40,7 @@ pub struct Configuration {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default = "default_restart")]
     pub restart_policy: RestartPolicyJson,
@@ -73,8 +74,11 @@ pub enum RestartPolicyJson {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthChecks {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub liveness: Option<HealthCheckJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<HealthCheckJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub startup: Option<HealthCheckJson>,
 }
 
@@ -82,8 +86,11 @@ pub struct HealthChecks {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheckJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_get: Option<HttpGet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_socket: Option<TcpSocket>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecProbe>,
     #[serde(default)]
     pub initial_delay_seconds: u32,
@@ -136,7 +143,9 @@ pub struct ExecProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
 }
 
