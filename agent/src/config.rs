@@ -166,21 +166,7 @@ fn validate_server(server: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `30`, `30s`, `500ms`, `2m`, `1h`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
+pub use ferry_protocol::units::parse_duration;
 
 /// Command-line flags; each can also come from a `FERRY_*` variable.
 #[derive(Debug, Parser)]

@@ -131,22 +131,7 @@ fn default_db_url(data_dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", data_dir.join("ferry.db").display())
 }
 
-/// `30s`, `500ms`, `10m`, `12h`, `7d`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
+pub use ferry_protocol::units::parse_duration;
 
 /// Command-line flags (each also readable from a `FERRY_*` variable).
 #[derive(Debug, Parser)]
@@ -258,14 +243,5 @@ mod tests {
         assert_eq!(c.quic_addr.to_string(), "127.0.0.1:9101");
         std::fs::write(&path, "htp_addr = \"x\"\n").unwrap();
         assert!(parse(&["--config", p]).unwrap_err().contains("unknown field"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("h"), None);
-        assert_eq!(parse_duration("5y"), None);
     }
 }

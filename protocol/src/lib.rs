@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod limits;
 pub mod messages;
+pub mod units;
 pub mod version;
 
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN, decode_body, encode_frame};

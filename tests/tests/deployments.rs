@@ -270,6 +270,8 @@ async fn bad_deployment_input_gets_a_precise_4xx_and_stores_nothing() {
         let (s, err) = cp.api(method.clone(), path, None).await;
         assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("DEPLOY_006")), "{method} {path}");
     }
+    let (s, err) = cp.api(Method::POST, "/v1/deployments/deploy-nope/fly", None).await;
+    assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("ROUTE_001")));
     let (s, err) = cp.api(Method::GET, "/v1/operations/op-nope", None).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("OPERATION_001")));
 

@@ -384,44 +384,25 @@ pub async fn delete(
         .into_response())
 }
 
-pub async fn start(
+/// `POST /v1/deployments/{id}/start|stop|restart`: one desired-state change each.
+pub async fn lifecycle(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Extension(rid): Extension<RequestId>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    mutate(&state, &actor, &rid, &id, &headers, "start", |p| {
-        p.record.desired_state = "running".into();
-        Ok(())
-    })
-    .await
-}
-
-pub async fn stop(
-    State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    mutate(&state, &actor, &rid, &id, &headers, "stop", |p| {
-        p.record.desired_state = "stopped".into();
-        Ok(())
-    })
-    .await
-}
-
-pub async fn restart(
-    State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    mutate(&state, &actor, &rid, &id, &headers, "restart", |p| {
-        p.record.desired_state = "running".into();
-        p.record.restart_nonce += 1;
+    let kind = match action.as_str() {
+        "start" => "start",
+        "stop" => "stop",
+        "restart" => "restart",
+        _ => return Err(ApiError::route_not_found(&format!("/v1/deployments/{id}/{action}"))),
+    };
+    mutate(&state, &actor, &rid, &id, &headers, kind, |p| {
+        p.record.desired_state = if kind == "stop" { "stopped" } else { "running" }.into();
+        if kind == "restart" {
+            p.record.restart_nonce += 1;
+        }
         Ok(())
     })
     .await
