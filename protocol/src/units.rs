@@ -37,6 +37,8 @@ mod tests {
             ("h", None),
             ("5y", None),
             ("-1s", None),
+            ("", None),
+            ("1.5s", None),
             ("99999999999999999999s", None),
         ];
         for (s, want) in cases {
