@@ -252,3 +252,35 @@ async fn workload_logs_reach_the_api_and_the_live_stream() {
     let lines: Vec<&str> = page["data"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
     assert!(lines.iter().any(|l| l.contains("GET /from-the-test -> 404")), "{lines:?}");
 }
+
+/// The same loop with PostgreSQL as the store (a schema of its own, dropped afterwards).
+#[tokio::test]
+async fn the_loop_runs_on_postgresql() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipping: DATABASE_URL is not set");
+        return;
+    };
+    use ferry_control_plane::store::{Store, StoreOptions};
+    let schema = format!("ferry_e2e_{}", ferry_control_plane::ids::random_hex(6));
+    let setup = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
+    setup.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+
+    let mut cp = ControlPlane::builder().database_url(&scoped).spawn().await;
+    assert_eq!(cp.running_store().backend(), ferry_control_plane::store::Backend::Postgres);
+    let agent = Agent::spawn(&cp, &cp.token(600, &[]).await);
+    agent.wait_connected().await;
+    let (id, op) = create(&cp, hello("on-postgres", 2, json!({}))).await;
+    let before = running(&cp, &id, 2).await;
+    op_succeeds(&cp, &op).await;
+    cp.restart().await;
+    agent.wait_state("reconnected", |s| s.connected && s.sessions >= 2).await;
+    assert_eq!(pids(&running(&cp, &id, 2).await), pids(&before));
+    drop(agent);
+    cp.stop().await;
+
+    let cleanup = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    cleanup.drop_pg_schema(&schema).await.unwrap();
+    cleanup.close().await;
+}
