@@ -89,13 +89,21 @@ pub fn place(deployments: &[Desired], agents: &[Candidate]) -> BTreeMap<String, 
 }
 
 /// New assignments for the agents whose workload list differs from their current intent; each
-/// gets the next generation. Agents absent from `current` start at generation 1.
+/// gets the next generation. Agents absent from `current` start at generation 1. Agents that
+/// are no longer eligible (revoked) but still hold work get an empty list, so that nothing keeps
+/// counting their old share.
 pub fn plan(
     deployments: &[Desired],
     agents: &[Candidate],
     current: &BTreeMap<String, Assignment>,
 ) -> Vec<(String, Assignment)> {
-    place(deployments, agents)
+    let mut placed = place(deployments, agents);
+    for (agent, assignment) in current {
+        if !assignment.workloads.is_empty() {
+            placed.entry(agent.clone()).or_default();
+        }
+    }
+    placed
         .into_iter()
         .filter_map(|(agent, workloads)| {
             let now = current.get(&agent);
@@ -215,6 +223,19 @@ mod tests {
         let mut restarted = dep("d", 2, sel(&[]));
         restarted.restart_nonce = 1;
         assert_eq!(plan(&[restarted], &agents, &current).len(), 2);
+    }
+
+    #[test]
+    fn a_revoked_agent_loses_its_intent() {
+        let agents = [agent("a1", &[]), agent("a2", &[])];
+        let current: BTreeMap<_, _> = plan(&[dep("d", 2, sel(&[]))], &agents, &BTreeMap::new()).into_iter().collect();
+        let mut revoked = agents.clone();
+        revoked[1].revoked = true;
+        let next: BTreeMap<_, _> = plan(&[dep("d", 2, sel(&[]))], &revoked, &current).into_iter().collect();
+        assert_eq!(next["a1"].workloads[0].spec.replicas, 2, "a1 takes over the share");
+        assert!(next["a2"].workloads.is_empty() && next["a2"].generation == 2, "a2 is told to run nothing");
+        let settled: BTreeMap<_, _> = current.into_iter().chain(next).collect();
+        assert!(plan(&[dep("d", 2, sel(&[]))], &revoked, &settled).is_empty(), "and then nothing changes");
     }
 
     #[test]

@@ -17,7 +17,11 @@ use crate::ids::now_ms;
 use crate::model::{Configuration, TargetJson};
 use crate::planner::{self, Candidate, Desired};
 use crate::status::{AgentSlice, DeploymentStatus, Derived, derive};
-use crate::store::{AgentRecord, DeploymentRecord, StoreError};
+use crate::store::{AgentRecord, DeploymentRecord, OperationRecord, StoreError};
+
+/// How long a delete may take before its operation is marked failed (the deployment's own
+/// progress deadline is gone with it).
+const DELETE_DEADLINE_MS: i64 = 300_000;
 
 /// Wakes the background loop; serializes passes within this replica.
 #[derive(Clone, Default)]
@@ -67,6 +71,9 @@ impl Reconciler {
     /// One full pass: plan, write intents, wake the affected sessions, settle operations.
     pub async fn run_once(&self, state: &AppState) -> Result<(), StoreError> {
         let _pass = self.pass.lock().await;
+        // Operations are read before the desired state they are settled against, so an operation
+        // created during this pass is never judged by an intent planned before its change.
+        let ops = state.store.open_operations().await?;
         let deployments = state.store.all_deployments().await?;
         // A row that does not parse is reported and left out; it must not stall every other one.
         let parsed: Vec<Parsed> = deployments
@@ -93,11 +100,10 @@ impl Reconciler {
                 self.poke();
             }
         }
-        self.settle_operations(state).await
+        self.settle_operations(state, ops).await
     }
 
-    async fn settle_operations(&self, state: &AppState) -> Result<(), StoreError> {
-        let ops = state.store.open_operations().await?;
+    async fn settle_operations(&self, state: &AppState, ops: Vec<OperationRecord>) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -106,10 +112,26 @@ impl Reconciler {
         for op in ops {
             let (outcome, message) = match state.store.get_deployment(&op.deployment_id).await? {
                 None if op.kind == "delete" => {
-                    let alive = state.store.observed_for(&op.deployment_id).await?.values().any(|(_, rs)| {
-                        rs.iter().any(|r| r.pid.is_some() && !matches!(r.phase, ferry_protocol::Phase::Stopped))
-                    });
-                    if alive { (None, String::new()) } else { (Some("succeeded"), "all replicas removed".to_string()) }
+                    // Done once no agent reports the workload any more (an agent that still does
+                    // has not applied the intent without it).
+                    let reporting: Vec<String> = state
+                        .store
+                        .observed_for(&op.deployment_id)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, (_, rs))| !rs.is_empty())
+                        .map(|(agent, _)| agent)
+                        .collect();
+                    if reporting.is_empty() {
+                        (Some("succeeded"), "all replicas removed".to_string())
+                    } else if now - op.created_at > DELETE_DEADLINE_MS {
+                        (
+                            Some("failed"),
+                            format!("progress deadline exceeded: still running on {}", reporting.join(", ")),
+                        )
+                    } else {
+                        (None, String::new())
+                    }
                 }
                 None => (Some("failed"), "the deployment was deleted".to_string()),
                 Some(record) => {
@@ -163,7 +185,8 @@ impl Context {
         let now = now_ms();
         let mut slices = Vec::new();
         for (agent_id, intent) in &self.intents {
-            let share = intent.workloads.iter().find(|w| w.id == parsed.record.id).map(|w| w.spec.replicas);
+            let workload = intent.workloads.iter().find(|w| w.id == parsed.record.id);
+            let share = workload.map(|w| w.spec.replicas);
             let seen = observed.remove(agent_id);
             if share.is_none() && seen.is_none() {
                 continue;
@@ -177,11 +200,28 @@ impl Context {
                 connected,
                 desired: share.unwrap_or(0),
                 intent_generation: intent.generation,
+                planned: planned(&parsed, workload),
                 observed: seen,
             });
         }
         let desired = if parsed.stopped() { 0 } else { parsed.config.replicas };
         Ok(derive(parsed.stopped(), desired, &slices))
+    }
+}
+
+/// Whether the intent's copy of a workload matches the deployment's current desired state (all
+/// but the per-agent replica share).
+fn planned(parsed: &Parsed, workload: Option<&ferry_protocol::Workload>) -> bool {
+    match workload {
+        None => parsed.stopped(),
+        Some(_) if parsed.stopped() => false,
+        Some(w) => {
+            let mut want = parsed.config.to_process_spec();
+            want.replicas = w.spec.replicas;
+            w.version == parsed.record.active_version
+                && w.restart_nonce == parsed.record.restart_nonce as u64
+                && w.spec == want
+        }
     }
 }
 

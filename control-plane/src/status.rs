@@ -26,6 +26,9 @@ pub struct AgentSlice {
     /// Replicas of this deployment in the agent's current intent (0 if none).
     pub desired: u32,
     pub intent_generation: u64,
+    /// Whether this agent's intent already reflects the deployment's current desired state (the
+    /// planner may not have run since the last change). If not, its reports say nothing yet.
+    pub planned: bool,
     /// The agent's last report for this workload: generation acted on, and replicas.
     pub observed: Option<(u64, Vec<ReplicaStatus>)>,
 }
@@ -105,8 +108,10 @@ pub fn phase_str(p: Phase) -> &'static str {
     }
 }
 
+/// Whether a replica is, or may soon again be, a running process. `Failed` counts: it also
+/// means "in restart backoff".
 fn alive(p: Phase) -> bool {
-    matches!(p, Phase::Starting | Phase::Running | Phase::Degraded)
+    !matches!(p, Phase::Stopped | Phase::Pending)
 }
 
 /// Derives the status. `stopped` is the user's desired state; `desired_total` the replicas
@@ -117,7 +122,7 @@ pub fn derive(stopped: bool, desired_total: u32, slices: &[AgentSlice]) -> Deriv
     let (mut ready, mut current, mut alive_any, mut failing, mut lagging, mut disconnected) =
         (0u32, 0u32, false, false, false, false);
     for s in slices {
-        let synced = s.observed.as_ref().is_some_and(|(g, _)| *g >= s.intent_generation);
+        let synced = s.planned && s.observed.as_ref().is_some_and(|(g, _)| *g >= s.intent_generation);
         if !s.connected && s.desired > 0 {
             disconnected = true;
             reasons.push(format!("agent {} is disconnected", s.agent_id));
@@ -125,7 +130,9 @@ pub fn derive(stopped: bool, desired_total: u32, slices: &[AgentSlice]) -> Deriv
             lagging = true;
             reasons.push(format!("agent {} has not applied generation {} yet", s.agent_id, s.intent_generation));
         }
-        let trusted = synced && s.connected;
+        // Only the agents the intent gives a share count towards readiness: a report about a
+        // workload an agent was never assigned (or no longer is) cannot make it healthy.
+        let trusted = synced && s.connected && s.desired > 0;
         for r in s.observed.iter().flat_map(|(_, rs)| rs) {
             alive_any |= alive(r.phase);
             if trusted {
@@ -153,7 +160,7 @@ pub fn derive(stopped: bool, desired_total: u32, slices: &[AgentSlice]) -> Deriv
     }
     let status = if stopped {
         reasons.retain(|r| r.contains("disconnected"));
-        if alive_any { DeploymentStatus::Stopping } else { DeploymentStatus::Stopped }
+        if alive_any || lagging { DeploymentStatus::Stopping } else { DeploymentStatus::Stopped }
     } else if desired_total > 0 && slices.iter().all(|s| s.desired == 0) {
         reasons.push("no agent matches the target".into());
         DeploymentStatus::Pending
@@ -192,7 +199,7 @@ mod tests {
     }
 
     fn slice(connected: bool, desired: u32, intent: u64, observed: Option<(u64, Vec<ReplicaStatus>)>) -> AgentSlice {
-        AgentSlice { agent_id: "a1".into(), connected, desired, intent_generation: intent, observed }
+        AgentSlice { agent_id: "a1".into(), connected, desired, intent_generation: intent, planned: true, observed }
     }
 
     use DeploymentStatus::*;
@@ -219,6 +226,18 @@ mod tests {
             (true, 2, vec![slice(true, 0, 4, Some((4, vec![])))], Stopped),
             (true, 2, vec![slice(true, 0, 4, Some((3, vec![up(0)])))], Stopping),
             (true, 2, vec![slice(true, 0, 4, Some((4, vec![replica(0, PStopped, false, 0, None)])))], Stopped),
+            // A crash-looping replica in backoff is not "stopped" until the agent applied the stop.
+            (true, 2, vec![slice(true, 0, 4, Some((3, vec![crashing(0)])))], Stopping),
+            (true, 2, vec![slice(true, 0, 4, Some((3, vec![])))], Stopping),
+            // An intent planned before the latest change: the old replicas do not count.
+            (
+                false,
+                2,
+                vec![AgentSlice { planned: false, ..slice(true, 2, 3, Some((3, vec![up(0), up(1)]))) }],
+                Deploying,
+            ),
+            // A report from an agent without a share cannot make the deployment healthy.
+            (false, 1, vec![slice(true, 0, 3, Some((3, vec![up(0)]))), slice(true, 1, 3, None)], Deploying),
         ];
         for (i, (stopped, desired, slices, want)) in cases.into_iter().enumerate() {
             let d = derive(stopped, desired, &slices);
@@ -237,6 +256,7 @@ mod tests {
             connected: true,
             desired: 1,
             intent_generation: 1,
+            planned: true,
             observed: Some((1, vec![replica(0, PRunning, true, 0, None)])),
         };
         let b = AgentSlice {
@@ -244,6 +264,7 @@ mod tests {
             connected: false,
             desired: 1,
             intent_generation: 1,
+            planned: true,
             observed: Some((1, vec![replica(0, PRunning, true, 0, None)])),
         };
         let d = derive(false, 2, &[a, b]);

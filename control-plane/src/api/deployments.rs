@@ -162,7 +162,6 @@ async fn check_target(state: &AppState, target: &TargetJson) -> ApiResult<()> {
 }
 
 async fn accepted(state: &AppState, record: DeploymentRecord, op: &OperationRecord) -> ApiResult<Response> {
-    state.store.supersede_operations(&record.id, &op.id, now_ms()).await?;
     if let Err(e) = state.reconciler.run_once(state).await {
         // The background loop retries; the desired state is safely stored.
         tracing::warn!(error = %e, "reconcile after a change failed");
@@ -298,11 +297,43 @@ async fn mutate(
     id: &str,
     headers: &HeaderMap,
     kind: &'static str,
-    change: impl FnOnce(&mut Parsed) -> ApiResult<()>,
+    change: impl Fn(&mut Parsed) -> ApiResult<()>,
 ) -> ApiResult<Response> {
-    let expected = if_match(headers)?;
-    let mut parsed = load(state, id).await?;
-    change(&mut parsed)?;
+    let if_match = if_match(headers)?;
+    // Without If-Match the write is still a compare-and-set against the version this request
+    // read, retried a few times, so two concurrent changes never silently undo each other.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut parsed = load(state, id).await?;
+        let expected = if_match.unwrap_or(parsed.record.resource_version);
+        change(&mut parsed)?;
+        match write(state, actor, rid, id, kind, parsed, expected).await? {
+            Write::Conflict { .. } if if_match.is_none() && attempts < 5 => continue,
+            Write::Done(updated) => return Ok(updated),
+            Write::NotFound => return Err(not_found(id)),
+            Write::Conflict { current } => {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "DEPLOY_009",
+                    "the deployment changed since you read it; fetch it again and retry",
+                )
+                .with_details(json!({ "resourceVersion": current })));
+            }
+        }
+    }
+}
+
+/// Stores one changed deployment with its operation; answers 202 when it was written.
+async fn write(
+    state: &AppState,
+    actor: &Actor,
+    rid: &RequestId,
+    id: &str,
+    kind: &'static str,
+    parsed: Parsed,
+    expected: i64,
+) -> ApiResult<Write<Response>> {
     let now = now_ms();
     let mut record = parsed.record.clone();
     record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
@@ -320,16 +351,17 @@ async fn mutate(
         "restart" => "deployment.restart",
         _ => "deployment.scale",
     };
-    match state.store.update_deployment(&record, expected, &op, &audit(actor, rid, action, id, details)).await? {
-        Write::Done(updated) => accepted(state, updated, &op).await,
-        Write::NotFound => Err(not_found(id)),
-        Write::Conflict { current } => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "DEPLOY_009",
-            "the deployment changed since you read it; fetch it again and retry",
-        )
-        .with_details(json!({ "resourceVersion": current }))),
-    }
+    Ok(
+        match state
+            .store
+            .update_deployment(&record, Some(expected), &op, &audit(actor, rid, action, id, details))
+            .await?
+        {
+            Write::Done(updated) => Write::Done(accepted(state, updated, &op).await?),
+            Write::NotFound => Write::NotFound,
+            Write::Conflict { current } => Write::Conflict { current },
+        },
+    )
 }
 
 pub async fn update(
@@ -350,14 +382,14 @@ pub async fn update(
         check_target(&state, t).await?;
     }
     mutate(&state, &actor, &rid, &id, &headers, "update", |p| {
-        if let Some(v) = req.active_version {
-            p.record.active_version = v;
+        if let Some(v) = &req.active_version {
+            p.record.active_version.clone_from(v);
         }
-        if let Some(t) = req.target {
-            p.target = t;
+        if let Some(t) = &req.target {
+            p.target = t.clone();
         }
-        if let Some(c) = req.configuration {
-            p.config = c;
+        if let Some(c) = &req.configuration {
+            p.config = c.clone();
         }
         Ok(())
     })
@@ -375,7 +407,6 @@ pub async fn delete(
     if !state.store.delete_deployment(&id, &op, &audit(&actor, &rid, "deployment.delete", &id, json!({})), now).await? {
         return Err(not_found(&id));
     }
-    state.store.supersede_operations(&id, &op.id, now).await?;
     if let Err(e) = state.reconciler.run_once(&state).await {
         tracing::warn!(error = %e, "reconcile after delete failed");
     }

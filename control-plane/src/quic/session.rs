@@ -230,6 +230,8 @@ impl Session {
                     let error = match &ack.outcome {
                         ferry_protocol::AckOutcome::Rejected { reason } => {
                             tracing::warn!(agent_id = %self.agent_id, generation = ack.generation, %reason, "assignment rejected");
+                            // Offer it again at the next heartbeat (the cause may be transient).
+                            sent = sent.min(ack.generation.saturating_sub(1));
                             Some(reason.as_str())
                         }
                         _ => None,

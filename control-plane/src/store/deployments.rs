@@ -330,7 +330,18 @@ impl Store {
 
     // ---- operations ---------------------------------------------------------------------
 
+    /// Records a new desired-state change's operation; in the same transaction, the deployment's
+    /// earlier open operations end as superseded (so concurrent changes cannot supersede the one
+    /// that is actually in force).
     async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
+        sqlx::query(
+            "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
+             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress'",
+        )
+        .bind(op.created_at)
+        .bind(&op.deployment_id)
+        .execute(&mut *conn)
+        .await?;
         sqlx::query(
             "INSERT INTO operations (id, kind, deployment_id, status, message, request_id, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -373,20 +384,6 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n == 1)
-    }
-
-    /// Supersedes the deployment's earlier open operations: a newer desired state replaced them.
-    pub async fn supersede_operations(&self, deployment_id: &str, except: &str, now_ms: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
-             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress' AND id <> $3",
-        )
-        .bind(now_ms)
-        .bind(deployment_id)
-        .bind(except)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     // ---- intent -------------------------------------------------------------------------
