@@ -117,9 +117,16 @@ impl Publisher {
         self.log_counts();
     }
 
+    /// The runtime finished applying `generation`: publish it together with a fresh snapshot in
+    /// one update, so a report can never pair the new generation with pre-apply workloads.
     fn applied(&self, generation: u64) {
-        self.observed.send_if_modified(|s| replace_if_changed(&mut s.generation, &generation));
-        self.workloads();
+        let now = self.runtime.status();
+        self.observed.send_if_modified(|s| {
+            let g = replace_if_changed(&mut s.generation, &generation);
+            replace_if_changed(&mut s.workloads, &now) || g
+        });
+        self.state.send_if_modified(|st| replace_if_changed(&mut st.workloads, &now));
+        self.log_counts();
     }
 
     /// The log figures: lines waiting for an ack, and lines lost before shipping (dropped by
