@@ -73,6 +73,15 @@ pub async fn connect(addr: SocketAddr, ca_pem: &str, cert_pem: &str, key_pem: &s
 /// Opens the control stream, says Hello and reads the Welcome: the round trip that proves the
 /// server accepted the session.
 pub async fn hello(c: &Conn, agent_id: &str) -> Result<(SendStream, RecvStream, Welcome), TransportError> {
+    hello_at(c, agent_id, 0).await
+}
+
+/// [`hello`] from an agent that says it last applied `last_generation`.
+pub async fn hello_at(
+    c: &Conn,
+    agent_id: &str,
+    last_generation: u64,
+) -> Result<(SendStream, RecvStream, Welcome), TransportError> {
     let (mut send, mut recv) = c.conn.open_bi().await?;
     let msg = AgentMessage::Hello(Hello {
         protocol_min: ferry_protocol::PROTOCOL_VERSION_MIN,
@@ -82,7 +91,7 @@ pub async fn hello(c: &Conn, agent_id: &str) -> Result<(SendStream, RecvStream, 
         name: "raw".into(),
         labels: BTreeMap::new(),
         capabilities: vec![],
-        last_generation: 0,
+        last_generation,
     });
     ferry_transport::write_frame(&mut send, &msg).await?;
     match ferry_transport::read_frame_timeout::<ServerMessage>(&mut recv, TIMEOUT).await? {

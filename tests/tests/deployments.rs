@@ -316,3 +316,19 @@ async fn bad_deployment_input_gets_a_precise_4xx_and_stores_nothing() {
     let (s, err) = cp.api(Method::GET, "/v1/environments/nope", None).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("ENV_001")));
 }
+
+#[tokio::test]
+async fn an_agent_ahead_of_the_store_gets_a_generation_it_accepts() {
+    let cp = ControlPlane::builder().heartbeat(Duration::from_secs(5)).spawn().await;
+    let agent = raw::enroll(cp.quic_addr(), &cp.token(600, &[]).await, &cp.ca().fingerprint()).await.unwrap();
+    // As after a restore of the control plane's database from an older backup.
+    let c = raw::connect(cp.quic_addr(), &agent.ca_pem, &agent.cert_pem, &agent.key_pem).await.unwrap();
+    let (_send, mut recv, _) = raw::hello_at(&c, &agent.agent_id, 50).await.unwrap();
+    let first = next_assignment(&mut recv).await;
+    assert!(first.generation > 50, "generation {} would be refused as stale", first.generation);
+    let (status, _) = cp.api(Method::POST, "/v1/deployments", Some(web("hello", 1))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let next = next_assignment(&mut recv).await;
+    assert!(next.generation > first.generation);
+    assert_eq!(next.workloads.len(), 1);
+}

@@ -160,6 +160,15 @@ impl Session {
         let _abort_telemetry = AbortOnDrop(telemetry);
         tracing::info!(agent_id = %self.agent_id, session_id = %self.session_id, name = %hello.name,
             last_generation = hello.last_generation, "session started");
+        match self.state.store.lift_generation(&self.agent_id, hello.last_generation, now_ms()).await {
+            Ok(true) => {
+                tracing::warn!(agent_id = %self.agent_id, agent_generation = hello.last_generation,
+                    "the agent is ahead of the store (restored database?); its intent moves past it");
+                self.state.reconciler.poke();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(agent_id = %self.agent_id, error = %e, "could not compare generations"),
+        }
         let mut sent = 0;
         if let Err(e) = self.push_intent(&mut send, &mut sent).await {
             return transport_end(&e);

@@ -446,6 +446,37 @@ impl Store {
         Ok(n.rows_affected() == 1)
     }
 
+    /// Makes the agent's intent generation exceed `seen`, the last generation the agent says it
+    /// applied (the store can be behind it after a restore from backup or a database failover;
+    /// the agent would otherwise refuse every assignment as stale). The workloads are kept; the
+    /// planner corrects them on its next pass. Returns whether anything changed.
+    pub async fn lift_generation(&self, agent_id: &str, seen: u64, now_ms: i64) -> Result<bool> {
+        let seen = seen as i64;
+        let n = sqlx::query(
+            "UPDATE agent_intents SET generation = $1 + 1, updated_at = $2 WHERE agent_id = $3 AND generation <= $1",
+        )
+        .bind(seen)
+        .bind(now_ms)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 1 || seen == 0 {
+            return Ok(n == 1);
+        }
+        let n = sqlx::query(
+            "INSERT INTO agent_intents (agent_id, generation, workloads, updated_at) VALUES ($1, $2 + 1, '[]', $3) \
+             ON CONFLICT (agent_id) DO NOTHING",
+        )
+        .bind(agent_id)
+        .bind(seen)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     // ---- observed -----------------------------------------------------------------------
 
     /// Records an agent's report: replaces everything it reported before (a workload it no
