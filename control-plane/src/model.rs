@@ -169,13 +169,6 @@ impl TargetJson {
             _ => Err(invalid("target", "give exactly one of agentIds or selector")),
         }
     }
-
-    pub fn from_target(t: &Target) -> Self {
-        match t {
-            Target::Agents(ids) => Self { agent_ids: Some(ids.clone()), selector: None },
-            Target::Selector(s) => Self { agent_ids: None, selector: Some(s.clone()) },
-        }
-    }
 }
 
 /// Names of deployments and environments: 1-63 of `[a-z0-9-]`, starting with a letter or digit.

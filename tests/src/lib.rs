@@ -130,10 +130,6 @@ impl ControlPlane {
         &self.running.as_ref().expect("control plane running").state.store
     }
 
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
     /// Stops the control plane (agents see their sessions close) without removing its data.
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
@@ -278,10 +274,6 @@ impl Agent {
             Ok(Err(_)) => panic!("agent stopped while waiting for: {what}; last state {:?}", self.state()),
             Err(_) => panic!("timed out after {DEADLINE:?} waiting for: {what}; last state {:?}", self.state()),
         }
-    }
-
-    pub fn agent_id(&self) -> String {
-        self.state().agent_id.expect("agent enrolled")
     }
 
     /// Waits for the agent to stop on its own (a terminal error) and returns why.

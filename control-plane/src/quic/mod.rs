@@ -68,14 +68,6 @@ impl Sessions {
             ferry_transport::close(&live.conn, code, reason);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("sessions lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Accepts connections until `shutdown` turns true, then closes the endpoint and waits for the
