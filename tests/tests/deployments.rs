@@ -315,6 +315,14 @@ async fn bad_deployment_input_gets_a_precise_4xx_and_stores_nothing() {
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("ENV_006")));
     let (s, err) = cp.api(Method::GET, "/v1/environments/nope", None).await;
     assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("ENV_001")));
+    for bad in [json!({ "name": "Not Valid" }), json!({ "name": "ok", "colour": "red" }), json!({})] {
+        let (s, err) = cp.api(Method::POST, "/v1/environments", Some(bad.clone())).await;
+        assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("VALIDATION_001")), "{bad}");
+    }
+    let (s, err) = cp.api(Method::GET, "/v1/environments?pageSize=0", None).await;
+    assert_eq!((s, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("VALIDATION_001")));
+    let (_, envs) = cp.api(Method::GET, "/v1/environments", None).await;
+    assert_eq!(envs["pagination"]["totalCount"], 4, "refused creations stored nothing");
 }
 
 #[tokio::test]
