@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
+    PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AgentState;
+
+/// The newest protocol version this agent speaks (the control plane already speaks 2).
+const PROTOCOL_VERSION: u16 = 1;
 use crate::assignment::{Decision, decide};
 use crate::config::AgentConfig;
 use crate::credentials::{Credentials, fmt_time};
@@ -335,7 +338,7 @@ impl Control<'_, '_> {
                 tracing::warn!(code = ?e.code, message = %e.message, "control plane reported an error");
                 Ok(())
             }
-            other @ (ServerMessage::Welcome(_) | ServerMessage::Enrolled(_)) => {
+            other @ (ServerMessage::Welcome(_) | ServerMessage::Enrolled(_) | ServerMessage::Intent(_)) => {
                 tracing::warn!(kind = message_name(&other), "ignoring an unexpected message");
                 Ok(())
             }
@@ -431,6 +434,7 @@ pub(crate) fn message_name(msg: &ServerMessage) -> &'static str {
         ServerMessage::CertificateRenewed(_) => "CertificateRenewed",
         ServerMessage::TelemetryAck(_) => "TelemetryAck",
         ServerMessage::Error(_) => "Error",
+        ServerMessage::Intent(_) => "Intent",
     }
 }
 

@@ -140,8 +140,12 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         reconciler: reconcile::Reconciler::default(),
         advertise_addr: advertise,
     };
+    // Placement must know every agent before the first reconcile, or it would move work away
+    // from agents it has not loaded yet.
+    state.reconciler.directory.reload(&state.store).await?;
     let quic_task = tokio::spawn(quic::serve(endpoint, state.clone(), rx.clone()));
     let reconcile_task = tokio::spawn(reconcile::run(state.clone(), rx.clone()));
+    let liveness_task = tokio::spawn(quic::flush_liveness(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -160,7 +164,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task, reconcile_task],
+        tasks: vec![quic_task, http_task, reconcile_task, liveness_task],
     })
 }
 

@@ -49,6 +49,12 @@ pub struct Configuration {
     /// How long a rollout may take before its operation is marked failed.
     #[serde(default = "default_deadline")]
     pub progress_deadline_seconds: u32,
+    /// How long the deployment must have stayed running (every replica ready) before a change's
+    /// operation succeeds, like Kubernetes' `minReadySeconds` and Nomad's `min_healthy_time`: a
+    /// process that starts and exits at once must not report success in between. Default
+    /// [`DEFAULT_MIN_READY_SECONDS`] (at most half the progress deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<u32>,
     #[serde(default)]
     pub health_checks: HealthChecks,
 }
@@ -62,6 +68,8 @@ fn default_grace() -> u32 {
 fn default_deadline() -> u32 {
     300
 }
+/// See [`Configuration::min_ready_seconds`].
+pub const DEFAULT_MIN_READY_SECONDS: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -229,6 +237,12 @@ impl Configuration {
         if !(1..=86_400).contains(&self.progress_deadline_seconds) {
             return Err(invalid("configuration.progressDeadlineSeconds", "between 1 and 86400"));
         }
+        if self.min_ready_seconds.is_some_and(|m| m > 3600 || m >= self.progress_deadline_seconds) {
+            return Err(invalid(
+                "configuration.minReadySeconds",
+                "at most 3600, and less than progressDeadlineSeconds",
+            ));
+        }
         for (name, hc) in [
             ("liveness", &self.health_checks.liveness),
             ("readiness", &self.health_checks.readiness),
@@ -239,6 +253,11 @@ impl Configuration {
             }
         }
         Ok(())
+    }
+
+    /// Seconds every replica must stay ready before a change's operation succeeds.
+    pub fn min_ready(&self) -> u32 {
+        self.min_ready_seconds.unwrap_or(DEFAULT_MIN_READY_SECONDS.min(self.progress_deadline_seconds / 2))
     }
 
     /// The wire spec for `replicas` replicas (the planner sets each agent's share).

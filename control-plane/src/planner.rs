@@ -1,29 +1,35 @@
-//! The planner: desired deployments + known agents → per-agent intent.
+//! The planner: one deployment's desired state + the known agents + its current intent rows →
+//! the intent rows that must change.
 //!
-//! Pure code, no I/O. Given the same inputs it always produces the same placement, so running it
-//! again (after a restart, on another replica, every few seconds) is harmless: an agent's
-//! generation is bumped only when its workload list actually changes.
+//! Pure code, no I/O, table-tested. Given the same inputs it always produces the same placement,
+//! so running it again (after a restart, on another replica, on every agent report) is harmless:
+//! rows change, and agents' generations grow, only when a placement actually changes.
 //!
-//! Placement: a deployment targets agents by id or by label selector. Its replicas are spread
-//! over the matching, non-revoked agents in id order — agent k of m gets `r / m` replicas, plus
-//! one if `k < r % m` — so adding a replica never moves the existing ones. Agents that are merely
+//! Placement: a deployment targets agents by id or by label selector, and only agents that can
+//! run its kind (`runtime:<kind>` among their capabilities) qualify. Its replicas are spread over
+//! the qualifying, non-revoked agents in id order — agent k of m gets `r / m` replicas, plus one
+//! if `k < r % m` — so adding a replica never moves the existing ones. Agents that are merely
 //! disconnected keep their share (level-triggered: they converge when they come back, and the
-//! deployment reports itself degraded meanwhile instead of silently moving work).
+//! deployment reports itself degraded meanwhile instead of silently moving work). A workload is
+//! one revision of the deployment (`<id>@<revision>`): a new revision's rows replace the old
+//! revision's, which become tombstones until the agents acknowledge them.
 
 use std::collections::BTreeMap;
 
-use ferry_protocol::{Assignment, ProcessSpec, Workload};
+use ferry_protocol::WorkloadIntent;
+
+use crate::store::{IntentRow, RowChange};
 
 /// A deployment as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub id: String,
-    pub name: String,
-    pub version: String,
-    pub spec: ProcessSpec,
-    /// Total replicas wanted across agents; 0 when the deployment is stopped.
+    pub revision: u64,
+    /// Total replicas wanted across agents; 0 when the deployment is stopped or deleted.
     pub replicas: u32,
     pub target: Target,
+    /// The runtime kind its workloads need (`process`).
+    pub kind: &'static str,
     pub restart_nonce: u64,
 }
 
@@ -41,122 +47,102 @@ pub enum Target {
 pub struct Candidate {
     pub id: String,
     pub labels: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
     pub revoked: bool,
 }
 
-impl Target {
-    pub fn matches(&self, agent: &Candidate) -> bool {
-        !agent.revoked
-            && match self {
-                Target::Agents(ids) => ids.iter().any(|id| id == &agent.id),
-                Target::Selector(sel) => sel.iter().all(|(k, v)| agent.labels.get(k) == Some(v)),
-            }
+impl Candidate {
+    /// Whether the agent advertised `runtime:<kind>`.
+    pub fn can_run(&self, kind: &str) -> bool {
+        self.capabilities.iter().any(|c| c.strip_prefix("runtime:") == Some(kind))
     }
 }
 
-/// Agent id → its workloads (sorted by workload id), for every non-revoked agent (possibly empty).
-pub fn place(deployments: &[Desired], agents: &[Candidate]) -> BTreeMap<String, Vec<Workload>> {
-    let mut sorted: Vec<&Candidate> = agents.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut out: BTreeMap<String, Vec<Workload>> =
-        sorted.iter().filter(|a| !a.revoked).map(|a| (a.id.clone(), Vec::new())).collect();
-    for d in deployments {
-        let matching: Vec<&&Candidate> = sorted.iter().filter(|a| d.target.matches(a)).collect();
-        let m = matching.len() as u32;
-        if m == 0 {
-            continue;
-        }
-        for (k, agent) in matching.iter().enumerate() {
-            let share = d.replicas / m + u32::from((k as u32) < d.replicas % m);
-            if share == 0 {
-                continue;
-            }
-            let mut spec = d.spec.clone();
-            spec.replicas = share;
-            out.entry(agent.id.clone()).or_default().push(Workload {
-                id: d.id.clone(),
-                name: d.name.clone(),
-                version: d.version.clone(),
-                spec,
-                restart_nonce: d.restart_nonce,
-            });
+impl Target {
+    /// Whether the target names this agent (revocation and capabilities aside).
+    pub fn names(&self, agent: &Candidate) -> bool {
+        match self {
+            Target::Agents(ids) => ids.iter().any(|id| id == &agent.id),
+            Target::Selector(sel) => sel.iter().all(|(k, v)| agent.labels.get(k) == Some(v)),
         }
     }
-    for workloads in out.values_mut() {
-        workloads.sort_by(|a, b| a.id.cmp(&b.id));
+
+    pub fn matches(&self, agent: &Candidate) -> bool {
+        !agent.revoked && self.names(agent)
+    }
+}
+
+/// Replicas per agent (only agents with a share), `agents` in any order.
+pub fn shares<'a>(d: &Desired, agents: impl IntoIterator<Item = &'a Candidate>) -> BTreeMap<String, u32> {
+    let mut matching: Vec<&Candidate> =
+        agents.into_iter().filter(|a| d.target.matches(a) && a.can_run(d.kind)).collect();
+    matching.sort_by(|a, b| a.id.cmp(&b.id));
+    let m = matching.len() as u32;
+    let mut out = BTreeMap::new();
+    if m == 0 {
+        return out;
+    }
+    for (k, agent) in matching.iter().enumerate() {
+        let share = d.replicas / m + u32::from((k as u32) < d.replicas % m);
+        if share > 0 {
+            out.insert(agent.id.clone(), share);
+        }
     }
     out
 }
 
-/// New assignments for the agents whose workload list differs from their current intent; each
-/// gets the next generation. Agents absent from `current` start at generation 1. Agents that
-/// are no longer eligible (revoked) but still hold work get an empty list, so that nothing keeps
-/// counting their old share.
-pub fn plan(
-    deployments: &[Desired],
-    agents: &[Candidate],
-    current: &BTreeMap<String, Assignment>,
-) -> Vec<(String, Assignment)> {
-    let mut placed = place(deployments, agents);
-    for (agent, assignment) in current {
-        if !assignment.workloads.is_empty() {
-            placed.entry(agent.clone()).or_default();
+/// The rows of `d` that must change, given its current rows (live and tombstones): upserts for
+/// new or different shares of the current revision, tombstones for live rows no longer wanted.
+pub fn plan<'a>(d: &Desired, agents: impl IntoIterator<Item = &'a Candidate>, current: &[IntentRow]) -> Vec<RowChange> {
+    let workload_id = WorkloadIntent::id_for(&d.id, d.revision);
+    let wanted = shares(d, agents);
+    let existing: BTreeMap<(&str, &str), &IntentRow> =
+        current.iter().map(|r| ((r.agent_id.as_str(), r.workload_id.as_str()), r)).collect();
+    let mut changes = Vec::new();
+    for (agent, &replicas) in &wanted {
+        let same = existing.get(&(agent.as_str(), workload_id.as_str())).is_some_and(|r| {
+            !r.removed && r.replicas == replicas && r.restart_nonce == d.restart_nonce && r.revision == d.revision
+        });
+        if !same {
+            changes.push(RowChange {
+                agent_id: agent.clone(),
+                workload_id: workload_id.clone(),
+                revision: d.revision,
+                replicas,
+                restart_nonce: d.restart_nonce,
+                removed: false,
+            });
         }
     }
-    placed
-        .into_iter()
-        .filter_map(|(agent, workloads)| {
-            let now = current.get(&agent);
-            let unchanged = match now {
-                Some(a) => a.workloads == workloads,
-                None => workloads.is_empty(),
-            };
-            if unchanged {
-                return None;
-            }
-            let generation = now.map_or(0, |a| a.generation) + 1;
-            Some((agent, Assignment { generation, workloads }))
-        })
-        .collect()
+    for r in current {
+        let keep = r.workload_id == workload_id && wanted.contains_key(&r.agent_id);
+        if !r.removed && !keep {
+            changes.push(RowChange {
+                agent_id: r.agent_id.clone(),
+                workload_id: r.workload_id.clone(),
+                revision: r.revision,
+                replicas: 0,
+                restart_nonce: r.restart_nonce,
+                removed: true,
+            });
+        }
+    }
+    changes
 }
 
 #[cfg(test)]
 mod tests {
-    use ferry_protocol::RestartPolicy;
-
     use super::*;
 
-    fn spec() -> ProcessSpec {
-        ProcessSpec {
-            command: "web".into(),
-            args: vec![],
-            env: BTreeMap::new(),
-            working_dir: None,
-            replicas: 0,
-            restart_policy: RestartPolicy::Always,
-            liveness: None,
-            readiness: None,
-            startup: None,
-            stop_grace_ms: 1000,
-        }
-    }
-
-    fn dep(id: &str, replicas: u32, target: Target) -> Desired {
-        Desired {
-            id: id.into(),
-            name: id.into(),
-            version: "v1".into(),
-            spec: spec(),
-            replicas,
-            target,
-            restart_nonce: 0,
-        }
+    fn dep(replicas: u32, target: Target) -> Desired {
+        Desired { id: "d".into(), revision: 1, replicas, target, kind: "process", restart_nonce: 0 }
     }
 
     fn agent(id: &str, labels: &[(&str, &str)]) -> Candidate {
         Candidate {
             id: id.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            capabilities: vec!["runtime:process".into()],
             revoked: false,
         }
     }
@@ -165,84 +151,130 @@ mod tests {
         Target::Selector(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
-    /// Replica counts per agent for deployment `id`.
-    fn shares(placed: &BTreeMap<String, Vec<Workload>>, id: &str) -> Vec<(String, u32)> {
-        placed
-            .iter()
-            .filter_map(|(a, ws)| ws.iter().find(|w| w.id == id).map(|w| (a.clone(), w.spec.replicas)))
-            .collect()
+    /// Applies changes the way the store does (every changed row at generation `g`).
+    fn apply(rows: &mut Vec<IntentRow>, changes: &[RowChange], g: u64) {
+        for c in changes {
+            rows.retain(|r| !(r.agent_id == c.agent_id && r.workload_id == c.workload_id));
+            rows.push(IntentRow {
+                agent_id: c.agent_id.clone(),
+                workload_id: c.workload_id.clone(),
+                deployment_id: "d".into(),
+                revision: c.revision,
+                replicas: c.replicas,
+                restart_nonce: c.restart_nonce,
+                generation: g,
+                removed: c.removed,
+            });
+        }
+        rows.sort_by(|a, b| (&a.agent_id, &a.workload_id).cmp(&(&b.agent_id, &b.workload_id)));
+    }
+
+    fn live(rows: &[IntentRow]) -> Vec<(String, String, u32)> {
+        rows.iter().filter(|r| !r.removed).map(|r| (r.agent_id.clone(), r.workload_id.clone(), r.replicas)).collect()
     }
 
     #[test]
     fn placement_table() {
         let agents = [agent("a1", &[("zone", "eu")]), agent("a2", &[("zone", "eu")]), agent("a3", &[("zone", "us")])];
-        let s = |v: &[(&str, u32)]| v.iter().map(|(a, n)| (a.to_string(), *n)).collect::<Vec<_>>();
+        let s = |v: &[(&str, u32)]| v.iter().map(|(a, n)| (a.to_string(), *n)).collect::<BTreeMap<_, _>>();
         // (deployment, expected shares)
         let cases = [
-            (dep("d", 2, Target::Agents(vec!["a3".into()])), s(&[("a3", 2)])),
-            (dep("d", 3, sel(&[("zone", "eu")])), s(&[("a1", 2), ("a2", 1)])),
-            (dep("d", 1, sel(&[("zone", "eu")])), s(&[("a1", 1)])),
-            (dep("d", 4, sel(&[])), s(&[("a1", 2), ("a2", 1), ("a3", 1)])),
-            (dep("d", 0, sel(&[])), s(&[])),
-            (dep("d", 2, sel(&[("zone", "mars")])), s(&[])),
-            (dep("d", 2, Target::Agents(vec!["nope".into()])), s(&[])),
+            (dep(2, Target::Agents(vec!["a3".into()])), s(&[("a3", 2)])),
+            (dep(3, sel(&[("zone", "eu")])), s(&[("a1", 2), ("a2", 1)])),
+            (dep(1, sel(&[("zone", "eu")])), s(&[("a1", 1)])),
+            (dep(4, sel(&[])), s(&[("a1", 2), ("a2", 1), ("a3", 1)])),
+            (dep(0, sel(&[])), s(&[])),
+            (dep(2, sel(&[("zone", "mars")])), s(&[])),
+            (dep(2, Target::Agents(vec!["nope".into()])), s(&[])),
         ];
         for (d, want) in cases {
-            assert_eq!(shares(&place(std::slice::from_ref(&d), &agents), "d"), want, "{d:?}");
+            assert_eq!(shares(&d, &agents), want, "{d:?}");
         }
     }
 
     #[test]
-    fn revoked_agents_get_nothing_and_no_entry() {
-        let mut a2 = agent("a2", &[]);
-        a2.revoked = true;
-        let placed = place(&[dep("d", 2, sel(&[]))], &[agent("a1", &[]), a2]);
-        assert_eq!(shares(&placed, "d"), vec![("a1".to_string(), 2)]);
-        assert!(!placed.contains_key("a2"));
+    fn only_capable_and_unrevoked_agents_get_replicas() {
+        let mut k8s_only = agent("a0", &[]);
+        k8s_only.capabilities = vec!["runtime:kubernetes".into()];
+        let mut revoked = agent("a2", &[]);
+        revoked.revoked = true;
+        let agents = [k8s_only, agent("a1", &[]), revoked];
+        assert_eq!(shares(&dep(2, sel(&[])), &agents), BTreeMap::from([("a1".to_string(), 2)]));
+        let none = [agent("b", &[])].map(|mut a| {
+            a.capabilities.clear();
+            a
+        });
+        assert!(shares(&dep(2, sel(&[])), &none).is_empty(), "an agent that advertises nothing runs nothing");
     }
 
     #[test]
-    fn plan_bumps_generations_only_on_change() {
+    fn plans_are_idempotent_and_touch_only_what_changed() {
         let agents = [agent("a1", &[]), agent("a2", &[])];
-        let deps = [dep("d", 2, sel(&[]))];
-        let first = plan(&deps, &agents, &BTreeMap::new());
-        assert_eq!(first.iter().map(|(a, x)| (a.as_str(), x.generation)).collect::<Vec<_>>(), [("a1", 1), ("a2", 1)]);
-        let current: BTreeMap<_, _> = first.into_iter().collect();
-        // Same inputs: nothing to do (idempotent).
-        assert!(plan(&deps, &agents, &current).is_empty());
+        let mut rows = Vec::new();
+        let first = plan(&dep(2, sel(&[])), &agents, &rows);
+        assert_eq!(first.len(), 2);
+        apply(&mut rows, &first, 1);
+        // Same inputs: nothing to do.
+        assert!(plan(&dep(2, sel(&[])), &agents, &rows).is_empty());
         // Scale to 3: only a1's share changes.
-        let next = plan(&[dep("d", 3, sel(&[]))], &agents, &current);
-        assert_eq!(next.len(), 1);
-        assert_eq!((next[0].0.as_str(), next[0].1.generation, next[0].1.workloads[0].spec.replicas), ("a1", 2, 2));
-        // Stop: both agents get an empty list at the next generation.
-        let stopped = plan(&[dep("d", 0, sel(&[]))], &agents, &current);
-        assert!(stopped.iter().all(|(_, a)| a.workloads.is_empty() && a.generation == 2));
-        // A new agent with nothing to run needs no assignment yet.
-        assert!(plan(&[], &[agent("a9", &[])], &BTreeMap::new()).is_empty());
-        // A restart request changes the nonce, hence the workload, hence the generation.
-        let mut restarted = dep("d", 2, sel(&[]));
+        let scaled = plan(&dep(3, sel(&[])), &agents, &rows);
+        assert_eq!(scaled.len(), 1);
+        assert_eq!((scaled[0].agent_id.as_str(), scaled[0].replicas), ("a1", 2));
+        apply(&mut rows, &scaled, 2);
+        // Stop: both rows become tombstones; then nothing more changes.
+        let stopped = plan(&dep(0, sel(&[])), &agents, &rows);
+        assert!(stopped.iter().all(|c| c.removed) && stopped.len() == 2);
+        apply(&mut rows, &stopped, 3);
+        assert!(live(&rows).is_empty());
+        assert!(plan(&dep(0, sel(&[])), &agents, &rows).is_empty(), "tombstones are not removed twice");
+        // Start again: the tombstones come back to life.
+        let started = plan(&dep(2, sel(&[])), &agents, &rows);
+        apply(&mut rows, &started, 4);
+        assert_eq!(live(&rows), [("a1".into(), "d@1".into(), 1), ("a2".into(), "d@1".into(), 1)]);
+        // A restart request changes the nonce, hence both rows.
+        let mut restarted = dep(2, sel(&[]));
         restarted.restart_nonce = 1;
-        assert_eq!(plan(&[restarted], &agents, &current).len(), 2);
+        assert_eq!(plan(&restarted, &agents, &rows).len(), 2);
     }
 
     #[test]
-    fn a_revoked_agent_loses_its_intent() {
+    fn a_new_revision_replaces_the_old_one() {
+        let agents = [agent("a1", &[])];
+        let mut rows = Vec::new();
+        let first = plan(&dep(2, sel(&[])), &agents, &rows);
+        apply(&mut rows, &first, 1);
+        let mut next = dep(2, sel(&[]));
+        next.revision = 2;
+        let changes = plan(&next, &agents, &rows);
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().any(|c| c.workload_id == "d@2" && !c.removed && c.replicas == 2));
+        assert!(changes.iter().any(|c| c.workload_id == "d@1" && c.removed));
+        apply(&mut rows, &changes, 2);
+        assert_eq!(live(&rows), [("a1".into(), "d@2".into(), 2)]);
+    }
+
+    #[test]
+    fn a_revoked_agent_loses_its_rows_and_others_take_over() {
         let agents = [agent("a1", &[]), agent("a2", &[])];
-        let current: BTreeMap<_, _> = plan(&[dep("d", 2, sel(&[]))], &agents, &BTreeMap::new()).into_iter().collect();
+        let mut rows = Vec::new();
+        let first = plan(&dep(2, sel(&[])), &agents, &rows);
+        apply(&mut rows, &first, 1);
         let mut revoked = agents.clone();
         revoked[1].revoked = true;
-        let next: BTreeMap<_, _> = plan(&[dep("d", 2, sel(&[]))], &revoked, &current).into_iter().collect();
-        assert_eq!(next["a1"].workloads[0].spec.replicas, 2, "a1 takes over the share");
-        assert!(next["a2"].workloads.is_empty() && next["a2"].generation == 2, "a2 is told to run nothing");
-        let settled: BTreeMap<_, _> = current.into_iter().chain(next).collect();
-        assert!(plan(&[dep("d", 2, sel(&[]))], &revoked, &settled).is_empty(), "and then nothing changes");
+        let changes = plan(&dep(2, sel(&[])), &revoked, &rows);
+        apply(&mut rows, &changes, 2);
+        assert_eq!(live(&rows), [("a1".into(), "d@1".into(), 2)]);
+        assert!(rows.iter().any(|r| r.agent_id == "a2" && r.removed), "a2 is told to run nothing");
+        assert!(plan(&dep(2, sel(&[])), &revoked, &rows).is_empty(), "and then nothing changes");
     }
 
     #[test]
-    fn workloads_are_sorted_for_stable_comparison() {
-        let deps = [dep("z", 1, sel(&[])), dep("b", 1, sel(&[]))];
-        let placed = place(&deps, &[agent("a1", &[])]);
-        let ids: Vec<&str> = placed["a1"].iter().map(|w| w.id.as_str()).collect();
-        assert_eq!(ids, ["b", "z"]);
+    fn no_agent_yet_then_one_enrolls() {
+        let mut rows = Vec::new();
+        assert!(plan(&dep(2, sel(&[("role", "web")])), &[], &rows).is_empty());
+        let arrived = [agent("a9", &[("role", "web")])];
+        let changes = plan(&dep(2, sel(&[("role", "web")])), &arrived, &rows);
+        apply(&mut rows, &changes, 1);
+        assert_eq!(live(&rows), [("a9".into(), "d@1".into(), 2)]);
     }
 }

@@ -18,6 +18,67 @@
 use ferry_protocol::{Phase, ReplicaStatus};
 use serde::Serialize;
 
+use crate::store::{ObservedRow, PlacedRow};
+
+/// The parts of a deployment's desired state an intent row must reflect to count.
+#[derive(Debug, Clone, Copy)]
+pub struct DesiredTemplate {
+    pub revision: u64,
+    pub restart_nonce: u64,
+    pub stopped: bool,
+}
+
+/// One slice per intent row (live or tombstone) and per reported workload without a row.
+///
+/// A row's report counts once the agent says it acts on the row's generation or a newer one;
+/// an agent that does and reports nothing for the workload runs none of its replicas. An agent
+/// is connected while it holds a session with fresh heartbeats and is not revoked.
+pub fn slices(
+    want: &DesiredTemplate,
+    placed: &[PlacedRow],
+    observed: &[ObservedRow],
+    now_ms: i64,
+    heartbeat_timeout_ms: i64,
+) -> Vec<AgentSlice> {
+    let mut out = Vec::with_capacity(placed.len());
+    let find = |agent: &str, workload: &str| observed.iter().find(|o| o.agent_id == agent && o.workload_id == workload);
+    for p in placed {
+        let r = &p.row;
+        let connected = !p.agent_revoked
+            && p.agent_session.is_some()
+            && p.agent_last_heartbeat.is_some_and(|hb| hb > now_ms - heartbeat_timeout_ms);
+        let observed = match find(&r.agent_id, &r.workload_id) {
+            Some(o) => Some((o.agent_observed_generation, o.replicas.clone())),
+            None if p.agent_observed_generation >= r.generation => Some((p.agent_observed_generation, Vec::new())),
+            None => None,
+        };
+        out.push(AgentSlice {
+            agent_id: r.agent_id.clone(),
+            connected,
+            desired: if r.removed { 0 } else { r.replicas },
+            intent_generation: r.generation,
+            planned: r.removed
+                || (!want.stopped && r.revision == want.revision && r.restart_nonce == want.restart_nonce),
+            observed,
+        });
+    }
+    // Reports about workloads without a row (an agent still running what it no longer holds
+    // intent for): shown, never counted.
+    for o in observed {
+        if !placed.iter().any(|p| p.row.agent_id == o.agent_id && p.row.workload_id == o.workload_id) {
+            out.push(AgentSlice {
+                agent_id: o.agent_id.clone(),
+                connected: true,
+                desired: 0,
+                intent_generation: 0,
+                planned: true,
+                observed: Some((o.agent_observed_generation, o.replicas.clone())),
+            });
+        }
+    }
+    out
+}
+
 /// What one agent contributes to a deployment.
 #[derive(Debug, Clone)]
 pub struct AgentSlice {
@@ -47,6 +108,23 @@ pub enum DeploymentStatus {
 }
 
 impl DeploymentStatus {
+    pub const ALL: [&'static str; 8] =
+        ["running", "deploying", "degraded", "failed", "unknown", "pending", "stopping", "stopped"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "deploying" => Self::Deploying,
+            "degraded" => Self::Degraded,
+            "failed" => Self::Failed,
+            "unknown" => Self::Unknown,
+            "pending" => Self::Pending,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -184,6 +262,64 @@ pub fn derive(stopped: bool, desired_total: u32, slices: &[AgentSlice]) -> Deriv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::IntentRow;
+
+    fn placed(agent: &str, workload: &str, revision: u64, replicas: u32, generation: u64, removed: bool) -> PlacedRow {
+        PlacedRow {
+            row: IntentRow {
+                agent_id: agent.into(),
+                workload_id: workload.into(),
+                deployment_id: "d".into(),
+                revision,
+                replicas,
+                restart_nonce: 0,
+                generation,
+                removed,
+            },
+            agent_observed_generation: 0,
+            agent_session: Some("s".into()),
+            agent_last_heartbeat: Some(1_000),
+            agent_revoked: false,
+        }
+    }
+
+    #[test]
+    fn rows_become_slices() {
+        let want = DesiredTemplate { revision: 2, restart_nonce: 0, stopped: false };
+        let mut current = placed("a1", "d@2", 2, 2, 7, false);
+        current.agent_observed_generation = 7;
+        let mut old = placed("a1", "d@1", 1, 0, 7, true);
+        old.agent_observed_generation = 7;
+        let mut lagging = placed("a2", "d@2", 2, 1, 9, false);
+        lagging.agent_observed_generation = 8;
+        lagging.agent_last_heartbeat = Some(1);
+        let up = replica(0, PRunning, true, 0, None);
+        let observed = [
+            ObservedRow {
+                agent_id: "a1".into(),
+                workload_id: "d@2".into(),
+                agent_observed_generation: 7,
+                replicas: vec![up.clone()],
+            },
+            ObservedRow {
+                agent_id: "a3".into(),
+                workload_id: "d@1".into(),
+                agent_observed_generation: 4,
+                replicas: vec![up],
+            },
+        ];
+        let s = slices(&want, &[current, old, lagging], &observed, 1_500, 1_000);
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].desired, s[0].planned, s[0].observed.as_ref().map(|o| o.1.len())), (2, true, Some(1)));
+        assert_eq!((s[1].desired, s[1].planned, s[1].observed.as_ref().map(|o| o.1.len())), (0, true, Some(0)));
+        assert!(s[2].observed.is_none() && !s[2].connected, "not applied yet, heartbeat stale");
+        assert_eq!((s[3].agent_id.as_str(), s[3].desired), ("a3", 0));
+        let d = derive(false, 3, &s);
+        assert_eq!((d.status, d.ready), (Degraded, 1));
+        // A row of an older revision does not count as planned for the current one.
+        let stale = placed("a1", "d@1", 1, 2, 7, false);
+        assert!(!slices(&want, &[stale], &[], 1_500, 1_000)[0].planned);
+    }
 
     fn replica(index: u32, phase: Phase, ready: bool, restarts: u32, reason: Option<&str>) -> ReplicaStatus {
         ReplicaStatus {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
-    AgentFilter, AgentStatus, Audit, EnrollRefusal, LogRow, NewAgent, NewBootstrapToken, Store, StoreOptions,
+    AgentFilter, AgentStatus, Audit, DeploymentFilter, EnrollRefusal, IntentRow, LogRow, NewAgent, NewBootstrapToken,
+    Ownership, RowChange, StatusSummary, Store, StoreOptions,
 };
-use ferry_protocol::{LogLine, LogStream};
+use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
 struct Db {
     store: Store,
@@ -69,6 +70,10 @@ conformance!(
     log_queries_are_ordered_and_filtered,
     log_retention_keeps_the_newest_lines,
     concurrent_ingest_never_lets_a_cursor_skip_a_line,
+    intent_rows_carry_generations_and_deltas,
+    observed_rows_change_only_what_changed,
+    status_summaries_filter_the_listing,
+    liveness_is_flushed_in_batches,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -163,13 +168,13 @@ async fn sessions_are_owned_by_compare_and_set(store: &Store) {
     enrolled(store, "agent-s").await;
     let labels = BTreeMap::from([("zone".into(), "hello".into())]);
     let now = now_ms();
-    let a = store.start_session("agent-s", "sess-1", "renamed", "0.2.0", &labels, now).await.unwrap().unwrap();
+    let a = store.start_session("agent-s", "sess-1", "renamed", "0.2.0", &labels, &[], now).await.unwrap().unwrap();
     assert_eq!(a.name, "renamed");
     assert_eq!(a.version, "0.2.0");
     assert_eq!(a.status(now, 15_000), AgentStatus::Connected);
     assert!(store.heartbeat("agent-s", "sess-1", now + 1).await.unwrap());
     // A newer session takes over; the old one can neither heartbeat nor clear it.
-    store.start_session("agent-s", "sess-2", "renamed", "0.2.0", &labels, now + 2).await.unwrap().unwrap();
+    store.start_session("agent-s", "sess-2", "renamed", "0.2.0", &labels, &[], now + 2).await.unwrap().unwrap();
     assert!(!store.heartbeat("agent-s", "sess-1", now + 3).await.unwrap());
     store.end_session("agent-s", "sess-1").await.unwrap();
     let a = store.get_agent("agent-s").await.unwrap().unwrap();
@@ -181,13 +186,13 @@ async fn sessions_are_owned_by_compare_and_set(store: &Store) {
     store.update_certificate("agent-s", "abcd", 42).await.unwrap();
     let a = store.get_agent("agent-s").await.unwrap().unwrap();
     assert_eq!((a.cert_serial.as_str(), a.cert_not_after), ("abcd", 42));
-    assert!(store.start_session("agent-unknown", "s", "n", "v", &labels, now).await.unwrap().is_none());
+    assert!(store.start_session("agent-unknown", "s", "n", "v", &labels, &[], now).await.unwrap().is_none());
 }
 
 async fn revocation_is_idempotent_and_audited(store: &Store) {
     enrolled(store, "agent-r").await;
     let labels = BTreeMap::new();
-    store.start_session("agent-r", "sess-1", "n", "v", &labels, now_ms()).await.unwrap().unwrap();
+    store.start_session("agent-r", "sess-1", "n", "v", &labels, &[], now_ms()).await.unwrap().unwrap();
     let t = now_ms() + 1_000;
     let first = store.revoke_agent("agent-r", &audit("agent.revoke", "agent-r"), t).await.unwrap().unwrap();
     assert_eq!(first.revoked_at, Some(t));
@@ -195,7 +200,7 @@ async fn revocation_is_idempotent_and_audited(store: &Store) {
     let again = store.revoke_agent("agent-r", &audit("agent.revoke", "agent-r"), t + 1_000).await.unwrap().unwrap();
     assert_eq!(again.revoked_at, Some(t), "the first revocation time is kept");
     assert!(!store.heartbeat("agent-r", "sess-1", now_ms()).await.unwrap());
-    assert!(store.start_session("agent-r", "sess-2", "n", "v", &labels, now_ms()).await.unwrap().is_none());
+    assert!(store.start_session("agent-r", "sess-2", "n", "v", &labels, &[], now_ms()).await.unwrap().is_none());
     assert!(store.revoke_agent("agent-none", &audit("agent.revoke", "agent-none"), 1).await.unwrap().is_none());
     let actions: Vec<String> = store.audit_for("agent-r").await.unwrap().into_iter().map(|a| a.0).collect();
     assert_eq!(actions, ["agent.enroll", "agent.revoke", "agent.revoke"]);
@@ -208,8 +213,8 @@ async fn listing_filters_and_paginates(store: &Store) {
     }
     let now = now_ms();
     let labels = BTreeMap::new();
-    store.start_session("agent-l1", "s1", "n", "v", &labels, now).await.unwrap();
-    store.start_session("agent-l2", "s2", "n", "v", &labels, now - 60_000).await.unwrap();
+    store.start_session("agent-l1", "s1", "n", "v", &labels, &[], now).await.unwrap();
+    store.start_session("agent-l2", "s2", "n", "v", &labels, &[], now - 60_000).await.unwrap();
     store.revoke_agent("agent-l3", &audit("agent.revoke", "agent-l3"), now).await.unwrap();
     let f =
         |status, page, page_size| AgentFilter { status, now_ms: now, heartbeat_timeout_ms: 15_000, page, page_size };
@@ -371,4 +376,155 @@ async fn concurrent_ingest_never_lets_a_cursor_skip_a_line(store: &Store) {
         &skipped[..skipped.len().min(8)]
     );
     assert_eq!(seen, stored, "the follower saw every line once, in order");
+}
+
+fn change(agent: &str, replicas: u32, removed: bool) -> RowChange {
+    RowChange {
+        agent_id: agent.into(),
+        workload_id: "dep-i@1".into(),
+        revision: 1,
+        replicas,
+        restart_nonce: 0,
+        removed,
+    }
+}
+
+fn brief(rows: &[IntentRow]) -> Vec<(String, u32, u64, bool)> {
+    rows.iter().map(|r| (r.agent_id.clone(), r.replicas, r.generation, r.removed)).collect()
+}
+
+async fn intent_rows_carry_generations_and_deltas(store: &Store) {
+    for a in ["a1", "a2"] {
+        enrolled(store, a).await;
+    }
+    store.insert_test_deployment("dep-i").await.unwrap();
+    let now = now_ms();
+    let first = store
+        .reconcile_intent("dep-i", now, |rows| {
+            assert!(rows.is_empty());
+            vec![change("a1", 2, false), change("a2", 1, false)]
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, [("a1".to_string(), 1), ("a2".to_string(), 1)]);
+    // The planner sees the rows as they are inside the write transaction.
+    let second = store
+        .reconcile_intent("dep-i", now, |rows| {
+            assert_eq!(brief(rows), [("a1".into(), 2, 1, false), ("a2".into(), 1, 1, false)]);
+            vec![change("a1", 3, false)]
+        })
+        .await
+        .unwrap();
+    assert_eq!(second, [("a1".to_string(), 2)], "only the agent whose row changed moves on");
+    assert!(store.reconcile_intent("dep-i", now, |_| vec![]).await.unwrap().is_empty());
+    let (head, rows) = store.intent_snapshot("a1", None).await.unwrap();
+    assert_eq!((head.generation, brief(&rows)), (2, vec![("a1".into(), 3, 2, false)]));
+    assert!(store.intent_snapshot("a1", Some(2)).await.unwrap().1.is_empty());
+    assert_eq!(store.intent_snapshot("a1", Some(1)).await.unwrap().1.len(), 1);
+    assert_eq!(store.intent_head("a2").await.unwrap().generation, 1);
+    // A removal is a tombstone until acknowledged: full snapshots leave it out, deltas carry it.
+    store.reconcile_intent("dep-i", now, |_| vec![change("a2", 0, true)]).await.unwrap();
+    assert!(store.intent_snapshot("a2", None).await.unwrap().1.is_empty());
+    assert_eq!(brief(&store.intent_snapshot("a2", Some(1)).await.unwrap().1), [("a2".into(), 0, 2, true)]);
+    assert_eq!(store.deployments_changed_on_agent("a2", 1, 2).await.unwrap(), ["dep-i"]);
+    assert!(store.deployments_changed_on_agent("a2", 2, 9).await.unwrap().is_empty());
+    store.record_ack("a2", 2, None).await.unwrap();
+    let (head, rows) = store.intent_snapshot("a2", Some(1)).await.unwrap();
+    assert!(rows.is_empty() && head.floor == 2, "tombstone gone, a delta from 1 is no longer possible");
+    // Equal is not ahead; an agent ahead of the store lifts the generation past it.
+    assert_eq!(store.lift_generation("a1", 2, now).await.unwrap(), None);
+    let lifted = store.lift_generation("a1", 7, now).await.unwrap().unwrap();
+    assert_eq!((lifted.generation, store.intent_head("a1").await.unwrap().generation), (8, 8));
+    assert_eq!(store.lift_generation("fresh", 3, now).await.unwrap().map(|h| h.generation), Some(4));
+    assert_eq!(store.deployments_on_agent("a1").await.unwrap(), ["dep-i"]);
+    let placed = store.placed_rows_of("dep-i").await.unwrap();
+    assert_eq!(placed.len(), 1, "a2's acknowledged tombstone is gone");
+    assert!(placed.iter().all(|p| p.agent_session.is_none() && !p.agent_revoked));
+}
+
+fn up(index: u32) -> ReplicaStatus {
+    ReplicaStatus {
+        index,
+        phase: Phase::Running,
+        pid: Some(10),
+        port: Some(20_000),
+        ready: true,
+        restarts: 0,
+        reason: None,
+        since_ms: 0,
+    }
+}
+
+async fn observed_rows_change_only_what_changed(store: &Store) {
+    enrolled(store, "a1").await;
+    let now = now_ms();
+    let w = |id: &str, n: u32| (format!("{id}@1"), id.to_string(), (0..n).map(up).collect::<Vec<_>>());
+    store.record_observed("a1", 3, &[w("dep-o", 2), w("dep-p", 1)], &[], now).await.unwrap();
+    let o = store.observed_of("dep-o").await.unwrap();
+    assert_eq!((o.len(), o[0].agent_observed_generation, o[0].replicas.len()), (1, 3, 2));
+    assert_eq!(store.observed_of_agent("a1").await.unwrap().len(), 2);
+    // The next report: dep-p gone, generation moved on, dep-o untouched but still current.
+    store.record_observed("a1", 4, &[], &["dep-p@1".to_string()], now).await.unwrap();
+    assert!(store.observed_of("dep-p").await.unwrap().is_empty());
+    let o = store.observed_of("dep-o").await.unwrap();
+    assert_eq!((o[0].agent_observed_generation, o[0].replicas.len()), (4, 2));
+}
+
+async fn status_summaries_filter_the_listing(store: &Store) {
+    for i in 0..5 {
+        store.insert_test_deployment(&format!("dep-s{i}")).await.unwrap();
+    }
+    let summary = |status: &str| StatusSummary {
+        status: status.into(),
+        desired: 2,
+        current: 2,
+        ready: 2,
+        reasons: vec!["why".into()],
+        running_since: Some(5),
+    };
+    assert!(store.put_status_summary("dep-s0", &summary("running"), 1).await.unwrap());
+    assert!(!store.put_status_summary("dep-s0", &summary("running"), 2).await.unwrap(), "unchanged: no write");
+    store.put_status_summary("dep-s1", &summary("failed"), 1).await.unwrap();
+    store.put_status_summary("dep-s2", &summary("running"), 1).await.unwrap();
+    assert_eq!(store.status_summary("dep-s0").await.unwrap(), Some(summary("running")));
+    let f = |status: Option<&'static str>, page, page_size| DeploymentFilter {
+        status,
+        page,
+        page_size,
+        ..Default::default()
+    };
+    let ids = |rows: Vec<(ferry_control_plane::store::DeploymentRecord, Option<StatusSummary>)>| {
+        rows.into_iter().map(|(d, _)| d.id).collect::<Vec<_>>()
+    };
+    let (rows, total) = store.list_deployments(f(Some("running"), 1, 10)).await.unwrap();
+    assert_eq!((ids(rows), total), (vec!["dep-s0".to_string(), "dep-s2".to_string()], 2));
+    let (rows, total) = store.list_deployments(f(Some("deploying"), 1, 10)).await.unwrap();
+    assert_eq!((rows.len(), total), (2, 2), "no summary yet counts as deploying");
+    let (rows, total) = store.list_deployments(f(None, 2, 2)).await.unwrap();
+    assert_eq!((ids(rows), total), (vec!["dep-s2".to_string(), "dep-s3".to_string()], 5));
+    let (rows, _) = store.list_deployments(f(None, 1, 1)).await.unwrap();
+    assert_eq!(rows[0].1.as_ref().map(|s| s.reasons.clone()), Some(vec!["why".to_string()]));
+}
+
+async fn liveness_is_flushed_in_batches(store: &Store) {
+    for a in ["l1", "l2", "l3"] {
+        enrolled(store, a).await;
+        store.start_session(a, &format!("s-{a}"), "n", "v", &BTreeMap::new(), &[], 1).await.unwrap().unwrap();
+    }
+    store.revoke_agent("l3", &audit("agent.revoke", "l3"), now_ms()).await.unwrap();
+    let pairs: Vec<(String, String)> =
+        [("l1", "s-l1"), ("l2", "s-old"), ("l3", "s-l3"), ("ghost", "s-x")].map(|(a, s)| (a.into(), s.into())).into();
+    let found = store.flush_liveness(&pairs, 1_000).await.unwrap();
+    let got: Vec<(String, Ownership)> = found.into_iter().map(|(a, o, _)| (a, o)).collect();
+    assert_eq!(
+        got,
+        [
+            ("l1".to_string(), Ownership::Owned),
+            ("l2".to_string(), Ownership::Superseded),
+            ("l3".to_string(), Ownership::Revoked),
+            ("ghost".to_string(), Ownership::Unknown),
+        ]
+    );
+    assert_eq!(store.get_agent("l1").await.unwrap().unwrap().last_heartbeat, Some(1_000));
+    assert_eq!(store.get_agent("l2").await.unwrap().unwrap().last_heartbeat, Some(1), "not refreshed");
 }

@@ -230,8 +230,63 @@ mod tests {
             ServerMessage::CertificateRenewed(CertificateRenewed { certificate_pem: "c".into(), not_after_ms: 77 }),
             ServerMessage::TelemetryAck(TelemetryAck { source: "s".into(), last_seq: 11 }),
             ServerMessage::Error(WireError { code: ErrorCode::TokenUsed, message: "used".into() }),
+            ServerMessage::Intent(IntentUpdate {
+                generation: 12,
+                base: Some(10),
+                upserts: vec![WorkloadIntent {
+                    id: WorkloadIntent::id_for("dep-1", 3),
+                    deployment_id: "dep-1".into(),
+                    revision: 3,
+                    name: "web".into(),
+                    version: "v2".into(),
+                    restart_nonce: 0,
+                    spec: WorkloadSpec::Process(spec_for_intent()),
+                }],
+                removals: vec!["dep-1@2".into()],
+            }),
+            ServerMessage::Intent(IntentUpdate { generation: 13, base: None, upserts: vec![], removals: vec![] }),
         ];
+        let mut agent = agent;
+        agent.push(AgentMessage::Ack(Ack { generation: 12, outcome: AckOutcome::NeedFull { held: 9 } }));
         (agent, server)
+    }
+
+    fn spec_for_intent() -> ProcessSpec {
+        ProcessSpec {
+            command: "web".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            working_dir: None,
+            replicas: 1,
+            restart_policy: RestartPolicy::Always,
+            liveness: None,
+            readiness: None,
+            startup: None,
+            stop_grace_ms: 1000,
+        }
+    }
+
+    /// Protocol-1 frames must stay byte-for-byte what protocol-1 agents expect: new variants
+    /// are appended, never inserted.
+    #[test]
+    fn protocol_1_encodings_are_frozen() {
+        let assignment = ServerMessage::Assignment(Assignment {
+            generation: 5,
+            workloads: vec![Workload {
+                id: "d".into(),
+                name: "n".into(),
+                version: "v".into(),
+                spec: spec_for_intent(),
+                restart_nonce: 1,
+            }],
+        });
+        let ack = AgentMessage::Ack(Ack { generation: 3, outcome: AckOutcome::Rejected { reason: "r".into() } });
+        let hex = |m: &[u8]| m.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&encode_frame(&assignment).unwrap()),
+            "000000180205010164016e0176037765620000000100000000e80701"
+        );
+        assert_eq!(hex(&encode_frame(&ack).unwrap()), "000000050203020172");
     }
 
     #[test]

@@ -12,7 +12,12 @@
 //!   report; the server answers each batch on the same stream with
 //!   [`ServerMessage::TelemetryAck`] once it is durably stored.
 //!
-//! postcard is not self-describing: a message layout change is a protocol version change.
+//! postcard is not self-describing: a message layout change is a protocol version change. New
+//! variants are only ever appended to an enum and old payloads never change, so a frame of an
+//! older version still decodes the same: protocol 2 added [`ServerMessage::Intent`] (assignments
+//! as changes since a generation the agent holds, with workloads that are one revision of one
+//! deployment and a [`WorkloadSpec`] per runtime kind) and [`AckOutcome::NeedFull`]; protocol-1
+//! agents still get the whole [`Assignment`].
 
 use std::collections::BTreeMap;
 
@@ -42,6 +47,8 @@ pub enum ServerMessage {
     CertificateRenewed(CertificateRenewed),
     TelemetryAck(TelemetryAck),
     Error(WireError),
+    /// Protocol 2: the agent's intent, whole or as the changes since a generation it holds.
+    Intent(IntentUpdate),
 }
 
 /// First message of an agent that has no certificate yet. Sent over a TLS connection on which
@@ -95,15 +102,16 @@ pub struct Welcome {
     pub server_time_ms: u64,
 }
 
-/// The complete list of workloads one agent must run, stamped with a generation that only
-/// grows. Level-triggered: an agent that missed updates only needs the latest assignment.
+/// Protocol 1: the complete list of workloads one agent must run, stamped with a generation
+/// that only grows. Level-triggered: an agent that missed updates only needs the latest one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub generation: u64,
     pub workloads: Vec<Workload>,
 }
 
-/// One workload an agent owns: a deployment's process spec, to be run as `replicas` processes.
+/// Protocol 1: one workload an agent owns, a deployment's process spec to be run as `replicas`
+/// processes. Its id is the deployment id (one revision per deployment and agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     /// Stable id of the workload (the deployment id).
@@ -113,6 +121,68 @@ pub struct Workload {
     pub spec: ProcessSpec,
     /// Bumped when a user asks for a restart without changing the spec.
     pub restart_nonce: u64,
+}
+
+/// Protocol 2: an agent's intent at `generation`. With `base: None`, `upserts` is the complete
+/// list and replaces whatever the agent holds (a full resync). With `base: Some(g)`, the update
+/// applies on top of generation `g` exactly: upsert these workloads (by id), remove these ids.
+/// An agent that does not hold generation `g` answers [`AckOutcome::NeedFull`] and gets the
+/// whole intent. Either way the result is the complete, level-triggered list at `generation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentUpdate {
+    pub generation: u64,
+    pub base: Option<u64>,
+    pub upserts: Vec<WorkloadIntent>,
+    pub removals: Vec<String>,
+}
+
+/// Protocol 2: one workload, i.e. one revision of one deployment, so two revisions of a
+/// deployment can run side by side on one agent (canary, blue-green).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadIntent {
+    /// `<deployment id>@<revision>`; also the prefix of its log sources.
+    pub id: String,
+    pub deployment_id: String,
+    pub revision: u64,
+    /// The deployment's name (for humans and logs).
+    pub name: String,
+    /// The version label the user gave this revision.
+    pub version: String,
+    /// Bumped when a user asks for a restart without changing the spec.
+    pub restart_nonce: u64,
+    pub spec: WorkloadSpec,
+}
+
+/// What to run, by runtime kind. An agent advertises the kinds it can run in
+/// [`Hello::capabilities`] (`runtime:<kind>`); the control plane places a workload only on an
+/// agent that can run its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkloadSpec {
+    /// Supervised local processes (`runtime:process`).
+    Process(ProcessSpec),
+}
+
+impl WorkloadSpec {
+    /// The runtime kind, as in the `runtime:<kind>` capability.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkloadSpec::Process(_) => "process",
+        }
+    }
+
+    /// Replicas this agent runs.
+    pub fn replicas(&self) -> u32 {
+        match self {
+            WorkloadSpec::Process(p) => p.replicas,
+        }
+    }
+}
+
+impl WorkloadIntent {
+    /// The workload id for a deployment's revision.
+    pub fn id_for(deployment_id: &str, revision: u64) -> String {
+        format!("{deployment_id}@{revision}")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +247,11 @@ pub enum AckOutcome {
     },
     Rejected {
         reason: String,
+    },
+    /// Protocol 2: the update's base is not the generation the agent holds (it holds `held`);
+    /// the control plane answers with the whole intent.
+    NeedFull {
+        held: u64,
     },
 }
 

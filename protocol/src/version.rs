@@ -3,8 +3,9 @@
 /// The ALPN protocol both ends must agree on during the TLS handshake.
 pub const ALPN: &[u8] = b"ferry/1";
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 added intent deltas
+/// ([`crate::IntentUpdate`]); see [`crate::messages`].
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 
@@ -84,7 +85,8 @@ mod tests {
             (1, 1, Some(1)),
             (1, 5, Some(PROTOCOL_VERSION)),
             (0, 1, Some(1)),
-            (2, 9, None),
+            (2, 2, Some(2)),
+            (3, 9, None),
             (0, 0, None),
             (3, 1, None),
         ];

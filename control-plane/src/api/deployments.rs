@@ -11,9 +11,8 @@ use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, RequestId, p
 use crate::AppState;
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::model::{self, Configuration, Invalid, TargetJson};
-use crate::reconcile::{Context, Parsed};
-use crate::status::Derived;
-use crate::store::{Audit, DeploymentFilter, DeploymentRecord, OperationRecord, Write};
+use crate::reconcile::Parsed;
+use crate::store::{Audit, DeploymentFilter, DeploymentRecord, OperationRecord, StatusSummary, Write};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -104,13 +103,19 @@ pub fn operation_view(op: &OperationRecord) -> Value {
     })
 }
 
-fn deployment_view(p: &Parsed, d: &Derived) -> Value {
+/// A deployment with its stored status summary (a deployment not reconciled yet is
+/// `deploying`).
+fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
     let r = &p.record;
+    let status = summary.map_or("deploying", |s| s.status.as_str());
+    let health = crate::status::DeploymentStatus::parse(status).map_or("unknown", |s| s.health());
+    let (desired, current, ready) = summary.map_or((p.desired_replicas(), 0, 0), |s| (s.desired, s.current, s.ready));
+    let reasons: &[String] = summary.map_or(&[], |s| &s.reasons);
     json!({
         "id": r.id,
         "deploymentName": r.name,
         "activeVersion": r.active_version,
-        "status": d.status,
+        "status": status,
         "environment": r.environment,
         "deploymentSource": "direct",
         "target": p.target,
@@ -119,8 +124,9 @@ fn deployment_view(p: &Parsed, d: &Derived) -> Value {
         "updated": rfc3339(r.updated_at),
         "lastDeployed": rfc3339(r.last_deployed_at),
         "desiredState": r.desired_state,
-        "health": { "status": d.status.health(), "issues": d.reasons },
-        "replicas": { "desired": d.desired, "current": d.current, "ready": d.ready },
+        "health": { "status": health, "issues": reasons },
+        "replicas": { "desired": desired, "current": current, "ready": ready },
+        "revision": r.revision,
         "resourceVersion": r.resource_version,
     })
 }
@@ -142,34 +148,20 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
         .map_err(|_| ApiError::validation("If-Match", "If-Match must be a quoted resourceVersion, e.g. \"3\""))
 }
 
-/// A target must match at least one enrolled, non-revoked agent when it is set.
-async fn check_target(state: &AppState, target: &TargetJson) -> ApiResult<()> {
-    let t = target.validate().map_err(bad)?;
-    let agents = state.store.all_agents().await?;
-    let matched = agents.iter().any(|a| {
-        t.matches(&crate::planner::Candidate {
-            id: a.id.clone(),
-            labels: a.labels.clone(),
-            revoked: a.revoked_at.is_some(),
-        })
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "DEPLOY_007", "no enrolled agent matches the target")
-            .with_details(json!({ "target": target })))
-    }
+/// A target is checked for shape only: desired state is declarative, so a deployment whose
+/// target matches no agent yet is accepted and stays `pending` until one enrolls.
+fn check_target(target: &TargetJson) -> ApiResult<crate::planner::Target> {
+    target.validate().map_err(bad)
 }
 
+/// Reconciles the changed deployment at once (so the answer reflects its new intent) and
+/// answers 202 with the operation to poll.
 async fn accepted(state: &AppState, record: DeploymentRecord, op: &OperationRecord) -> ApiResult<Response> {
-    if let Err(e) = state.reconciler.run_once(state).await {
-        // The background loop retries; the desired state is safely stored.
-        tracing::warn!(error = %e, "reconcile after a change failed");
-    }
+    reconcile_now(state, &record.id).await;
     let tag = etag(&record);
     let parsed = Parsed::from_record(record)?;
-    let derived = Context::load(state).await?.derive(state, parsed.record.clone()).await?;
-    let body = json!({ "deployment": deployment_view(&parsed, &derived), "operation": operation_view(op) });
+    let summary = state.store.status_summary(&parsed.record.id).await?;
+    let body = json!({ "deployment": deployment_view(&parsed, summary.as_ref()), "operation": operation_view(op) });
     let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("ids are valid header values");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response())
 }
@@ -193,7 +185,7 @@ pub async fn create(
     if env.locked {
         return Err(ApiError::new(StatusCode::CONFLICT, "ENV_002", format!("environment {:?} is locked", env.name)));
     }
-    check_target(&state, &req.target).await?;
+    let target = check_target(&req.target)?;
     let now = now_ms();
     let record = DeploymentRecord {
         id: random_id("deploy"),
@@ -204,6 +196,7 @@ pub async fn create(
         target: serde_json::to_string(&req.target).expect("target serializes"),
         desired_state: "running".into(),
         restart_nonce: 0,
+        revision: 1,
         resource_version: 1,
         created_at: now,
         updated_at: now,
@@ -222,25 +215,42 @@ pub async fn create(
             format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
         ));
     }
+    state.reconciler.directory.deployment_changed(&record.id, Some(target));
     accepted(&state, record, &op).await
 }
 
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
     let (page, page_size) = super::PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
-    let filter = DeploymentFilter { environment: q.environment.as_deref(), name: q.name.as_deref() };
-    let ctx = Context::load(&state).await?;
-    let mut views = Vec::new();
-    for record in state.store.list_deployments(filter).await? {
-        let parsed = Parsed::from_record(record)?;
-        let derived = ctx.derive(&state, parsed.record.clone()).await?;
-        if q.status.as_deref().is_none_or(|s| s == derived.status.as_str()) {
-            views.push(deployment_view(&parsed, &derived));
-        }
+    if let Some(s) = q.status.as_deref()
+        && crate::status::DeploymentStatus::parse(s).is_none()
+    {
+        return Err(ApiError::validation(
+            "status",
+            format!("unknown status {s:?}: one of {}", crate::status::DeploymentStatus::ALL.join(", ")),
+        ));
     }
-    let total = views.len() as i64;
-    let start = ((page - 1) * page_size).min(total) as usize;
-    let data: Vec<Value> = views.into_iter().skip(start).take(page_size as usize).collect();
+    let filter = DeploymentFilter {
+        environment: q.environment.as_deref(),
+        name: q.name.as_deref(),
+        status: q.status.as_deref(),
+        page,
+        page_size,
+    };
+    let (rows, total) = state.store.list_deployments(filter).await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for (record, summary) in rows {
+        data.push(deployment_view(&Parsed::from_record(record)?, summary.as_ref()));
+    }
     Ok(Json(page_json(data, page, page_size, total)))
+}
+
+/// Reconciles one deployment now; a failure is logged (the queue retries, and the desired state
+/// is safely stored).
+async fn reconcile_now(state: &AppState, id: &str) {
+    if let Err(e) = state.reconciler.reconcile_now(state, id).await {
+        tracing::warn!(deployment = %id, error = %e, "reconcile after a change failed; it will be retried");
+        state.reconciler.enqueue(id);
+    }
 }
 
 async fn load(state: &AppState, id: &str) -> ApiResult<Parsed> {
@@ -250,15 +260,15 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Parsed> {
 
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
     let parsed = load(&state, &id).await?;
-    let derived = Context::load(&state).await?.derive(&state, parsed.record.clone()).await?;
+    let summary = state.store.status_summary(&id).await?;
     let tag = etag(&parsed.record);
-    Ok(([(header::ETAG, tag)], Json(deployment_view(&parsed, &derived))).into_response())
+    Ok(([(header::ETAG, tag)], Json(deployment_view(&parsed, summary.as_ref()))).into_response())
 }
 
 /// The seed's Deployment Status entity, with per-replica detail.
 pub async fn status(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
     let parsed = load(&state, &id).await?;
-    let d = Context::load(&state).await?.derive(&state, parsed.record.clone()).await?;
+    let d = crate::reconcile::derive(&state, &parsed).await?;
     let r = &parsed.record;
     let checks = &parsed.config.health_checks;
     let check = |configured: bool, ok: bool| match (configured, ok) {
@@ -336,6 +346,11 @@ async fn write(
 ) -> ApiResult<Write<Response>> {
     let now = now_ms();
     let mut record = parsed.record.clone();
+    // A new template (what the processes run, or the version label) is a new revision.
+    let before = Parsed::from_record(parsed.record.clone())?;
+    if before.record.active_version != parsed.record.active_version || template(&before) != template(&parsed) {
+        record.revision += 1;
+    }
     record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
     record.target = serde_json::to_string(&parsed.target).expect("target serializes");
     record.updated_at = now;
@@ -364,6 +379,13 @@ async fn write(
     )
 }
 
+/// What a revision pins: the process template, whatever the replica count.
+fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
+    let mut spec = p.config.to_process_spec();
+    spec.replicas = 0;
+    spec
+}
+
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -378,15 +400,16 @@ pub async fn update(
     if let Some(c) = &req.configuration {
         c.validate().map_err(bad)?;
     }
-    if let Some(t) = &req.target {
-        check_target(&state, t).await?;
-    }
+    let target = req.target.as_ref().map(check_target).transpose()?;
     mutate(&state, &actor, &rid, &id, &headers, "update", |p| {
         if let Some(v) = &req.active_version {
             p.record.active_version.clone_from(v);
         }
         if let Some(t) = &req.target {
             p.target = t.clone();
+        }
+        if let Some(t) = &target {
+            state.reconciler.directory.deployment_changed(&p.record.id, Some(t.clone()));
         }
         if let Some(c) = &req.configuration {
             p.config = c.clone();
@@ -407,9 +430,8 @@ pub async fn delete(
     if !state.store.delete_deployment(&id, &op, &audit(&actor, &rid, "deployment.delete", &id, json!({})), now).await? {
         return Err(not_found(&id));
     }
-    if let Err(e) = state.reconciler.run_once(&state).await {
-        tracing::warn!(error = %e, "reconcile after delete failed");
-    }
+    state.reconciler.directory.deployment_changed(&id, None);
+    reconcile_now(&state, &id).await;
     let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("valid header");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({ "operation": operation_view(&op) })))
         .into_response())

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
 use crate::AppState;
 use crate::ids::{now_ms, random_id, rfc3339};
-use crate::store::{Audit, DeploymentFilter, EnvironmentRecord};
+use crate::store::{Audit, EnvironmentRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,7 +23,7 @@ pub struct CreateEnvironment {
 }
 
 async fn view(state: &AppState, e: &EnvironmentRecord) -> ApiResult<Value> {
-    let total = state.store.list_deployments(DeploymentFilter { environment: Some(&e.name), name: None }).await?.len();
+    let total = state.store.count_deployments(&e.name).await?;
     Ok(json!({
         "id": e.id,
         "name": e.name,

@@ -5,10 +5,12 @@
 //! [`session`]. Every wait has a deadline, every failure closes only the connection at fault.
 
 mod enroll;
+pub mod intent;
 mod session;
 pub mod telemetry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,32 +27,66 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Live {
     session_id: String,
     conn: Connection,
-    /// Woken when the agent's intent changes.
-    intent: Arc<tokio::sync::Notify>,
+    handle: Arc<Handle>,
 }
 
-/// Live sessions held by this replica, by agent id.
+/// What a session shares with the registry.
+#[derive(Default)]
+pub(crate) struct Handle {
+    /// Woken when the agent's intent changes.
+    intent: tokio::sync::Notify,
+    /// The newest intent generation the session sent.
+    sent: AtomicU64,
+}
+
+/// Live sessions held by this replica, by agent id, and the revision templates they send.
 #[derive(Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<HashMap<String, Live>>>,
+    pub templates: Arc<intent::Templates>,
 }
 
 impl Sessions {
-    /// Registers a session, closing the one it supersedes. Returns what wakes it on new intent.
-    fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) -> Arc<tokio::sync::Notify> {
-        let intent = Arc::new(tokio::sync::Notify::new());
-        let live = Live { session_id: session_id.into(), conn, intent: intent.clone() };
+    /// Registers a session, closing the one it supersedes.
+    fn insert(&self, agent_id: &str, session_id: &str, conn: Connection) -> Arc<Handle> {
+        let handle = Arc::new(Handle::default());
+        let live = Live { session_id: session_id.into(), conn, handle: handle.clone() };
         let old = self.inner.lock().expect("sessions lock").insert(agent_id.into(), live);
         if let Some(old) = old {
             ferry_transport::close(&old.conn, CloseCode::Superseded, "a newer session replaced this one");
         }
-        intent
+        handle
+    }
+
+    /// `(agent id, session id, generation sent)` of every live session on this replica.
+    fn snapshot(&self) -> Vec<(String, String, u64)> {
+        let map = self.inner.lock().expect("sessions lock");
+        map.iter().map(|(a, l)| (a.clone(), l.session_id.clone(), l.handle.sent.load(Ordering::Relaxed))).collect()
+    }
+
+    /// Closes the agent's session if it is still `session_id`.
+    fn close_session(&self, agent_id: &str, session_id: &str, code: CloseCode, reason: &str) {
+        let mut map = self.inner.lock().expect("sessions lock");
+        if map.get(agent_id).is_some_and(|l| l.session_id == session_id)
+            && let Some(live) = map.remove(agent_id)
+        {
+            ferry_transport::close(&live.conn, code, reason);
+        }
+    }
+
+    /// Live sessions on this replica.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("sessions lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Tells the agent's session (if this replica holds it) that its intent changed.
     pub fn notify_intent(&self, agent_id: &str) {
         if let Some(live) = self.inner.lock().expect("sessions lock").get(agent_id) {
-            live.intent.notify_one();
+            live.handle.intent.notify_one();
         }
     }
 
@@ -109,5 +145,50 @@ pub async fn serve(endpoint: Endpoint, state: AppState, mut shutdown: watch::Rec
     };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         tracing::warn!("connection tasks still running at shutdown; aborting them");
+    }
+}
+
+/// Agent liveness, in batches: heartbeats are answered in memory, and every heartbeat interval
+/// one pass records a heartbeat time for every live session of this replica (a few multi-row
+/// statements, not one write per heartbeat), closes the sessions that lost their agent (revoked,
+/// superseded on another replica, deleted), and wakes the sessions whose agent's intent moved
+/// past what they sent (intent written by another replica reaches its agent this way).
+pub async fn flush_liveness(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let live = state.sessions.snapshot();
+        if live.is_empty() {
+            continue;
+        }
+        let pairs: Vec<(String, String)> = live.iter().map(|(a, s, _)| (a.clone(), s.clone())).collect();
+        let found = match state.store.flush_liveness(&pairs, crate::ids::now_ms()).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, sessions = pairs.len(), "could not record heartbeats");
+                continue;
+            }
+        };
+        for ((agent, session, sent), (_, ownership, generation)) in live.iter().zip(found) {
+            use crate::store::Ownership;
+            match ownership {
+                Ownership::Owned if generation > *sent => state.sessions.notify_intent(agent),
+                Ownership::Owned => {}
+                Ownership::Revoked => state.sessions.close_session(agent, session, CloseCode::Revoked, "agent revoked"),
+                Ownership::Superseded => state.sessions.close_session(
+                    agent,
+                    session,
+                    CloseCode::Superseded,
+                    "a newer session replaced this one",
+                ),
+                Ownership::Unknown => {
+                    state.sessions.close_session(agent, session, CloseCode::UnknownAgent, "unknown agent")
+                }
+            }
+        }
     }
 }

@@ -1,20 +1,34 @@
-//! An enrolled agent's session: Hello/Welcome, heartbeats, certificate renewal over the live
-//! connection, and closing with a reason the agent can act on.
+//! An enrolled agent's session: Hello/Welcome, intent (protocol 2: the changes since the
+//! generation the agent holds; protocol 1: whole assignments), observed state, heartbeats,
+//! certificate renewal over the live connection, and closing with a reason the agent can act on.
+//!
+//! A status report costs what changed: the session remembers what the agent last reported and
+//! writes only the workloads whose replicas changed (nothing at all for an unchanged report),
+//! then queues just the deployments concerned. Heartbeats are answered in memory; liveness is
+//! recorded in batches by [`super::flush_liveness`].
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_certs::Validity;
 use ferry_protocol::{
-    AgentMessage, CertificateRenewed, CloseCode, ErrorCode, HeartbeatAck, ServerMessage, Welcome, WireError,
+    AckOutcome, AgentMessage, CertificateRenewed, CloseCode, ErrorCode, HeartbeatAck, ReplicaStatus, ServerMessage,
+    Status, Welcome, WireError, WorkloadIntent,
 };
 use ferry_transport::TransportError;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::HANDSHAKE_TIMEOUT;
+use super::{HANDSHAKE_TIMEOUT, Handle};
 use crate::AppState;
 use crate::ids::{now_ms, random_id};
+
+/// Capabilities an agent may declare, and how long each may be.
+const MAX_CAPABILITIES: usize = 32;
+const MAX_CAPABILITY_LEN: usize = 64;
 
 /// How long one frame may take to write before the session is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,19 +69,33 @@ pub async fn handle(conn: Connection, leaf_der: Vec<u8>, state: AppState, shutdo
             return ferry_transport::close(&conn, CloseCode::InternalError, "try again later");
         }
     }
-    let session = Session {
+    let mut session = Session {
         conn: conn.clone(),
         state: state.clone(),
         agent_id: agent_id.clone(),
         session_id: random_id("sess"),
         cert_not_after_ms: (info.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+        protocol: 0,
+        sent: 0,
+        handle: None,
+        resend_full: false,
+        by_deployment: HashMap::new(),
+        reported: HashMap::new(),
+        reported_generation: None,
     };
     let End(code, reason) = session.run(shutdown).await;
     tracing::info!(%remote, %agent_id, ?code, %reason, "session ended");
     ferry_transport::close(&conn, code, &reason);
     state.sessions.remove(&agent_id, &session.session_id);
-    if let Err(e) = state.store.end_session(&agent_id, &session.session_id).await {
-        tracing::warn!(%agent_id, error = %e, "could not record session end");
+    if session.handle.is_some() {
+        if let Err(e) = state.store.end_session(&agent_id, &session.session_id).await {
+            tracing::warn!(%agent_id, error = %e, "could not record session end");
+        }
+        // Its deployments' status depends on its connectivity.
+        match state.store.deployments_on_agent(&agent_id).await {
+            Ok(ids) => state.reconciler.enqueue_all(ids),
+            Err(e) => tracing::warn!(%agent_id, error = %e, "could not list the agent's deployments"),
+        }
     }
 }
 
@@ -77,6 +105,18 @@ struct Session {
     agent_id: String,
     session_id: String,
     cert_not_after_ms: i64,
+    /// The negotiated protocol version.
+    protocol: u16,
+    /// The newest intent generation sent (or that the agent said it holds).
+    sent: u64,
+    handle: Option<Arc<Handle>>,
+    /// The agent rejected an assignment: offer the whole intent again at the next heartbeat.
+    resend_full: bool,
+    /// Protocol 1 names workloads by deployment id: the workload each deployment id stands for.
+    by_deployment: HashMap<String, String>,
+    /// What the agent last reported, by workload id: (deployment id, replicas).
+    reported: HashMap<String, (String, Vec<ReplicaStatus>)>,
+    reported_generation: Option<u64>,
 }
 
 fn transport_end(e: &TransportError) -> End {
@@ -91,7 +131,7 @@ fn transport_end(e: &TransportError) -> End {
 }
 
 impl Session {
-    async fn run(&self, mut shutdown: watch::Receiver<bool>) -> End {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
         let (mut send, mut recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.conn.accept_bi()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return End::new(CloseCode::Normal, format!("connection lost: {e}")),
@@ -119,8 +159,14 @@ impl Session {
             let _ = self.error(&mut send, ErrorCode::UnsupportedVersion, &msg).await;
             return End::new(CloseCode::UnsupportedVersion, msg);
         };
+        let capabilities_ok = hello.capabilities.len() <= MAX_CAPABILITIES
+            && hello
+                .capabilities
+                .iter()
+                .all(|c| !c.is_empty() && c.len() <= MAX_CAPABILITY_LEN && c.bytes().all(|b| b.is_ascii_graphic()));
         if ferry_protocol::limits::validate_name(&hello.name).is_err()
             || ferry_protocol::limits::validate_labels(&hello.labels).is_err()
+            || !capabilities_ok
         {
             let _ = self.error(&mut send, ErrorCode::InvalidRequest, "invalid name or labels in Hello").await;
             return End::new(CloseCode::ProtocolError, "invalid Hello");
@@ -129,17 +175,27 @@ impl Session {
         let started = self
             .state
             .store
-            .start_session(&self.agent_id, &self.session_id, &hello.name, &version_str, &hello.labels, now_ms())
+            .start_session(
+                &self.agent_id,
+                &self.session_id,
+                &hello.name,
+                &version_str,
+                &hello.labels,
+                &hello.capabilities,
+                now_ms(),
+            )
             .await;
-        match started {
-            Ok(Some(_)) => {}
+        let record = match started {
+            Ok(Some(record)) => record,
             Ok(None) => return End::new(CloseCode::Revoked, "agent revoked"),
             Err(e) => {
                 tracing::error!(error = %e, "store error at session start");
                 return End::new(CloseCode::InternalError, "try again later");
             }
-        }
-        let intent_changed = self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
+        };
+        self.protocol = version;
+        let handle = self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
+        self.handle = Some(handle.clone());
         let interval = self.state.config.heartbeat_interval;
         let welcome = ServerMessage::Welcome(Welcome {
             protocol_version: version,
@@ -159,30 +215,67 @@ impl Session {
         ));
         let _abort_telemetry = AbortOnDrop(telemetry);
         tracing::info!(agent_id = %self.agent_id, session_id = %self.session_id, name = %hello.name,
-            last_generation = hello.last_generation, "session started");
-        match self.state.store.lift_generation(&self.agent_id, hello.last_generation, now_ms()).await {
-            Ok(true) => {
-                tracing::warn!(agent_id = %self.agent_id, agent_generation = hello.last_generation,
-                    "the agent is ahead of the store (restored database?); its intent moves past it");
-                self.state.reconciler.poke();
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(agent_id = %self.agent_id, error = %e, "could not compare generations"),
-        }
-        let mut sent = 0;
-        if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+            protocol = version, last_generation = hello.last_generation, "session started");
+        // Its placement facts (labels, capabilities) and its connectivity may have changed.
+        self.state.reconciler.agent_changed(&self.state, &record).await;
+        if let Err(e) = self.first_intent(&mut send, hello.last_generation).await {
             return transport_end(&e);
         }
-        self.serve(send, recv, &mut shutdown, &intent_changed, sent).await
+        self.serve(send, recv, &mut shutdown, &handle).await
+    }
+
+    /// Brings the agent up to date after Hello: nothing if it holds the current generation, the
+    /// changes since the one it holds (protocol 2) if we still have them, else the whole intent.
+    async fn first_intent(&mut self, send: &mut SendStream, held: u64) -> Result<(), TransportError> {
+        let lifted = match self.state.store.lift_generation(&self.agent_id, held, now_ms()).await {
+            Ok(lifted) => lifted,
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "could not compare generations");
+                None
+            }
+        };
+        if lifted.is_some() {
+            tracing::warn!(agent_id = %self.agent_id, agent_generation = held,
+                "the agent is ahead of the store (restored database?); its intent moves past it");
+            return self.push_intent(send, true).await;
+        }
+        let head = match self.state.store.intent_head(&self.agent_id).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read intent");
+                return Ok(());
+            }
+        };
+        if self.protocol < 2 {
+            // Protocol-1 reports name deployments; learn which workload each one is.
+            if held == head.generation {
+                self.sent = held;
+                if let Ok((_, rows)) = self.state.store.intent_snapshot(&self.agent_id, None).await {
+                    self.learn(rows.iter().map(|r| (&r.deployment_id, &r.workload_id)));
+                }
+                return Ok(());
+            }
+            return self.push_intent(send, true).await;
+        }
+        if held == head.generation || (held > 0 && held >= head.floor) {
+            self.sent = held;
+            return self.push_intent(send, false).await;
+        }
+        self.push_intent(send, true).await
+    }
+
+    fn learn<'a>(&mut self, pairs: impl Iterator<Item = (&'a String, &'a String)>) {
+        for (deployment, workload) in pairs {
+            self.by_deployment.insert(deployment.clone(), workload.clone());
+        }
     }
 
     async fn serve(
-        &self,
+        &mut self,
         mut send: SendStream,
         recv: RecvStream,
         shutdown: &mut watch::Receiver<bool>,
-        intent_changed: &tokio::sync::Notify,
-        mut sent: u64,
+        handle: &Handle,
     ) -> End {
         let mut frames = spawn_reader(recv);
         let silence_limit = self.state.config.heartbeat_timeout();
@@ -198,11 +291,11 @@ impl Session {
                     return End::new(CloseCode::CertificateExpired, "client certificate expired without renewal");
                 }
                 _ = shutdown.wait_for(|s| *s) => return End::new(CloseCode::Normal, "control plane stopping"),
-                _ = intent_changed.notified() => None,
+                _ = handle.intent.notified() => None,
                 e = self.conn.closed() => return End::new(CloseCode::Normal, format!("connection closed: {e}")),
             };
             let Some(msg) = msg else {
-                if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+                if let Err(e) = self.push_intent(&mut send, false).await {
                     return transport_end(&e);
                 }
                 continue;
@@ -215,15 +308,11 @@ impl Session {
             deadline = Instant::now() + silence_limit;
             let reply = match msg {
                 AgentMessage::Heartbeat(hb) => {
-                    match self.state.store.heartbeat(&self.agent_id, &self.session_id, now_ms()).await {
-                        Ok(true) => {}
-                        Ok(false) => return self.lost_ownership().await,
-                        Err(e) => {
-                            tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record heartbeat")
-                        }
-                    }
-                    // Intent changed by another control-plane replica reaches the agent here.
-                    if let Err(e) = self.push_intent(&mut send, &mut sent).await {
+                    // Liveness is recorded in batches (`flush_liveness`); a rejected assignment
+                    // is offered again here.
+                    if std::mem::take(&mut self.resend_full)
+                        && let Err(e) = self.push_intent(&mut send, true).await
+                    {
                         return transport_end(&e);
                     }
                     Some(ServerMessage::HeartbeatAck(HeartbeatAck { seq: hb.seq, server_time_ms: now_ms() as u64 }))
@@ -236,25 +325,32 @@ impl Session {
                     Err(err) => Some(ServerMessage::Error(err)),
                 },
                 AgentMessage::Ack(ack) => {
-                    let error = match &ack.outcome {
-                        ferry_protocol::AckOutcome::Rejected { reason } => {
+                    let (generation, error) = match &ack.outcome {
+                        AckOutcome::Applied => (ack.generation, None),
+                        AckOutcome::Stale { current } => (*current, None),
+                        AckOutcome::Rejected { reason } => {
                             tracing::warn!(agent_id = %self.agent_id, generation = ack.generation, %reason, "assignment rejected");
                             // Offer it again at the next heartbeat (the cause may be transient).
-                            sent = sent.min(ack.generation.saturating_sub(1));
-                            Some(reason.as_str())
+                            self.resend_full = true;
+                            (ack.generation, Some(reason.as_str()))
                         }
-                        _ => None,
+                        AckOutcome::NeedFull { held } => {
+                            tracing::info!(agent_id = %self.agent_id, held, "the agent asks for its whole intent");
+                            if let Err(e) = self.push_intent(&mut send, true).await {
+                                return transport_end(&e);
+                            }
+                            continue;
+                        }
                     };
-                    if let Err(e) = self.state.store.record_ack(&self.agent_id, ack.generation, error).await {
+                    if let Err(e) = self.state.store.record_ack(&self.agent_id, generation, error).await {
                         tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record ack");
                     }
                     None
                 }
                 AgentMessage::Status(status) => {
-                    if let Err(e) = self.state.store.record_status(&self.agent_id, &status, now_ms()).await {
+                    if let Err(e) = self.observe(status).await {
                         tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record status");
                     }
-                    self.state.reconciler.poke();
                     None
                 }
                 AgentMessage::LogBatch(_) | AgentMessage::MetricBatch(_) => {
@@ -276,30 +372,98 @@ impl Session {
         }
     }
 
-    /// Sends the agent's current intent if it is newer than what this session already sent.
-    async fn push_intent(&self, send: &mut SendStream, sent: &mut u64) -> Result<(), TransportError> {
-        let intent = match self.state.store.intent(&self.agent_id).await {
-            Ok(Some(a)) if a.generation > *sent => a,
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read intent");
-                return Ok(());
+    /// Sends the agent's intent if it is newer than what this session sent: the changes since
+    /// then (protocol 2), or the whole intent (`full`, or protocol 1, or when the tombstones
+    /// needed for a delta are gone). A store error is logged; the next wake-up retries.
+    async fn push_intent(&mut self, send: &mut SendStream, full: bool) -> Result<(), TransportError> {
+        let state = self.state.clone();
+        let store = &state.store;
+        let delta_base = (self.protocol >= 2 && !full && self.sent > 0).then_some(self.sent);
+        let ((head, rows), base) = match store.intent_snapshot(&self.agent_id, delta_base).await {
+            // The tombstones a delta from there needs are gone: send everything.
+            Ok((head, _)) if delta_base.is_some_and(|base| base < head.floor) => {
+                match store.intent_snapshot(&self.agent_id, None).await {
+                    Ok(snapshot) => (snapshot, None),
+                    Err(e) => return Ok(self.store_trouble(e)),
+                }
+            }
+            Ok(snapshot) => (snapshot, delta_base),
+            Err(e) => return Ok(self.store_trouble(e)),
+        };
+        if head.generation == 0 || (!full && head.generation <= self.sent) {
+            return Ok(());
+        }
+        let templates = &state.sessions.templates;
+        let msg = if self.protocol >= 2 {
+            match templates.update(store, head, base, &rows).await {
+                Ok(u) => ServerMessage::Intent(u),
+                Err(e) => return Ok(self.store_trouble(e)),
+            }
+        } else {
+            self.learn(rows.iter().filter(|r| !r.removed).map(|r| (&r.deployment_id, &r.workload_id)));
+            match templates.assignment(store, head, &rows).await {
+                Ok(a) => ServerMessage::Assignment(a),
+                Err(e) => return Ok(self.store_trouble(e)),
             }
         };
-        let generation = intent.generation;
-        ferry_transport::write_frame_timeout(send, &ServerMessage::Assignment(intent), WRITE_TIMEOUT).await?;
-        *sent = generation;
-        tracing::debug!(agent_id = %self.agent_id, generation, "assignment sent");
+        ferry_transport::write_frame_timeout(send, &msg, WRITE_TIMEOUT).await?;
+        self.sent = head.generation;
+        if let Some(h) = &self.handle {
+            h.sent.store(head.generation, Ordering::Relaxed);
+        }
+        tracing::debug!(agent_id = %self.agent_id, generation = head.generation, delta = base.is_some(),
+            rows = rows.len(), "intent sent");
         Ok(())
     }
 
-    /// The heartbeat no longer matched our session: revoked, or replaced by a newer session.
-    async fn lost_ownership(&self) -> End {
-        match self.state.store.get_agent(&self.agent_id).await {
-            Ok(Some(a)) if a.revoked_at.is_some() => End::new(CloseCode::Revoked, "agent revoked"),
-            Ok(None) => End::new(CloseCode::UnknownAgent, "unknown agent"),
-            _ => End::new(CloseCode::Superseded, "a newer session replaced this one"),
+    fn store_trouble(&self, e: crate::store::StoreError) {
+        tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read intent");
+    }
+
+    /// Records what changed in a status report and queues the deployments concerned.
+    async fn observe(&mut self, status: Status) -> Result<(), crate::store::StoreError> {
+        let mut now: HashMap<String, (String, Vec<ReplicaStatus>)> = HashMap::with_capacity(status.workloads.len());
+        for w in status.workloads {
+            let (workload, deployment) = if self.protocol >= 2 {
+                match w.id.rsplit_once('@') {
+                    Some((d, rev)) if !d.is_empty() && rev.parse::<u64>().is_ok() => (w.id.clone(), d.to_string()),
+                    _ => {
+                        tracing::debug!(agent_id = %self.agent_id, workload = %w.id, "ignoring a malformed workload id");
+                        continue;
+                    }
+                }
+            } else {
+                let workload =
+                    self.by_deployment.get(&w.id).cloned().unwrap_or_else(|| WorkloadIntent::id_for(&w.id, 0));
+                (workload, w.id)
+            };
+            now.insert(workload, (deployment, w.replicas));
         }
+        let changed: Vec<(String, String, Vec<ReplicaStatus>)> = now
+            .iter()
+            .filter(|(w, v)| self.reported.get(*w) != Some(*v))
+            .map(|(w, (d, r))| (w.clone(), d.clone(), r.clone()))
+            .collect();
+        let gone: Vec<String> = self.reported.keys().filter(|w| !now.contains_key(*w)).cloned().collect();
+        let previous_generation = self.reported_generation;
+        if changed.is_empty() && gone.is_empty() && previous_generation == Some(status.generation) {
+            return Ok(());
+        }
+        self.state.store.record_observed(&self.agent_id, status.generation, &changed, &gone, now_ms()).await?;
+        let mut affected: Vec<String> = changed.iter().map(|(_, d, _)| d.clone()).collect();
+        affected.extend(gone.iter().filter_map(|w| self.reported.get(w).map(|(d, _)| d.clone())));
+        if previous_generation != Some(status.generation) {
+            // Rows this report now says the agent applied (or, after a reconnect, all of them).
+            let after = previous_generation.unwrap_or(0).min(status.generation);
+            affected
+                .extend(self.state.store.deployments_changed_on_agent(&self.agent_id, after, status.generation).await?);
+        }
+        affected.sort_unstable();
+        affected.dedup();
+        self.state.reconciler.enqueue_all(affected);
+        self.reported = now;
+        self.reported_generation = Some(status.generation);
+        Ok(())
     }
 
     async fn renew(&self, csr_pem: &str) -> Result<CertificateRenewed, WireError> {

@@ -2,7 +2,8 @@
 //! Welcome. On each, the agent sends [`LogBatch`]es (and [`MetricBatch`]es); the server answers
 //! every batch on the same stream with a [`TelemetryAck`] once the batch is durably stored.
 //!
-//! * Sources are `<workload id>/<replica>/<boot id>`; the workload id is the deployment id. The
+//! * Sources are `<workload id>/<replica>/<boot id>`; the workload id is `<deployment id>@<revision>`
+//!   (protocol 2) or the bare deployment id (protocol 1). The
 //!   agent's id comes from its certificate, never from the batch; the deployment id in the source
 //!   only scopes where the lines go, and lines for a deployment that does not exist (or was
 //!   deleted) are acknowledged and dropped, so the agent does not resend them forever.
@@ -55,11 +56,16 @@ pub fn valid_deployment_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// Parses `<deployment id>/<replica>/<boot id>`: replica in plain decimal, boot id 1-64
-/// characters of `[A-Za-z0-9_-]`.
+/// Parses `<deployment id>[@<revision>]/<replica>/<boot id>`: revision and replica in plain
+/// decimal, boot id 1-64 characters of `[A-Za-z0-9_-]`.
 pub fn parse_source(source: &str) -> Option<Source<'_>> {
     let mut parts = source.split('/');
-    let (deployment_id, replica, boot_id) = (parts.next()?, parts.next()?, parts.next()?);
+    let (workload_id, replica, boot_id) = (parts.next()?, parts.next()?, parts.next()?);
+    let deployment_id = match workload_id.split_once('@') {
+        Some((d, rev)) if !rev.is_empty() && rev.len() <= 20 && rev.bytes().all(|b| b.is_ascii_digit()) => d,
+        Some(_) => return None,
+        None => workload_id,
+    };
     if parts.next().is_some() || !valid_deployment_id(deployment_id) {
         return None;
     }
@@ -299,6 +305,10 @@ mod tests {
             Some(Source { deployment_id: "dep-1", replica: 0, boot_id: "00ff00ff00ff00ff" })
         );
         assert_eq!(parse_source("d.x_Y/4294967295/b").map(|s| s.replica), Some(u32::MAX));
+        assert_eq!(parse_source("dep-1@12/3/b").map(|s| (s.deployment_id, s.replica)), Some(("dep-1", 3)));
+        for bad in ["dep-1@/0/b", "dep-1@x/0/b", "@1/0/b", "dep@1@2/0/b"] {
+            assert_eq!(parse_source(bad), None, "{bad}");
+        }
         for bad in [
             "",
             "dep-1",

@@ -53,6 +53,8 @@ pub struct AgentRecord {
     /// Effective labels: what the agent declares, overridden by what its token imposed.
     pub labels: BTreeMap<String, String>,
     pub token_labels: BTreeMap<String, String>,
+    /// What the agent said it can run in its last `Hello` (`runtime:process`, …).
+    pub capabilities: Vec<String>,
     pub version: String,
     pub enrolled_at: i64,
     pub cert_serial: String,
@@ -107,7 +109,7 @@ pub struct AgentFilter {
 }
 
 const AGENT_COLUMNS: &str = "id, name, labels, token_labels, version, enrolled_at, cert_serial, \
-     cert_not_after, session_id, session_started_at, last_heartbeat, revoked_at";
+     cert_not_after, session_id, session_started_at, last_heartbeat, revoked_at, capabilities";
 
 fn agent_from_row(row: &AnyRow) -> Result<AgentRecord> {
     Ok(AgentRecord {
@@ -115,6 +117,9 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord> {
         name: row.try_get("name")?,
         labels: labels_from_json("agents", "labels", &row.try_get::<String, _>("labels")?)?,
         token_labels: labels_from_json("agents", "token_labels", &row.try_get::<String, _>("token_labels")?)?,
+        capabilities: serde_json::from_str(&row.try_get::<String, _>("capabilities")?).map_err(|e| {
+            super::StoreError::Corrupt { table: "agents", column: "capabilities", message: e.to_string() }
+        })?,
         version: row.try_get("version")?,
         enrolled_at: row.try_get("enrolled_at")?,
         cert_serial: row.try_get("cert_serial")?,
@@ -304,6 +309,7 @@ impl Store {
 
     /// Claims the agent's session for `session_id` (replacing any older one) and refreshes what
     /// the agent declared. Returns `None` if the agent is unknown or revoked.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_session(
         &self,
         id: &str,
@@ -311,6 +317,7 @@ impl Store {
         name: &str,
         version: &str,
         declared_labels: &BTreeMap<String, String>,
+        capabilities: &[String],
         now_ms: i64,
     ) -> Result<Option<AgentRecord>> {
         let Some(agent) = self.get_agent(id).await? else {
@@ -319,7 +326,7 @@ impl Store {
         let labels = merge_labels(declared_labels, &agent.token_labels);
         let n = sqlx::query(
             "UPDATE agents SET session_id = $1, session_started_at = $2, last_heartbeat = $2, \
-             name = $3, version = $4, labels = $5 WHERE id = $6 AND revoked_at IS NULL",
+             name = $3, version = $4, labels = $5, capabilities = $7 WHERE id = $6 AND revoked_at IS NULL",
         )
         .bind(session_id)
         .bind(now_ms)
@@ -327,6 +334,7 @@ impl Store {
         .bind(version)
         .bind(labels_to_json(&labels))
         .bind(id)
+        .bind(serde_json::to_string(capabilities).expect("strings serialize"))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -399,6 +407,7 @@ mod tests {
             name: "n".into(),
             labels: BTreeMap::new(),
             token_labels: BTreeMap::new(),
+            capabilities: vec![],
             version: "v".into(),
             enrolled_at: 0,
             cert_serial: "s".into(),

@@ -1,12 +1,9 @@
 //! Desired state (environments, deployments), operations, per-agent intent and observed state.
 
-use std::collections::BTreeMap;
-
-use ferry_protocol::{Assignment, ReplicaStatus, Status, Workload};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Audit, Result, Store, StoreError};
+use super::{Audit, Result, StatusSummary, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvironmentRecord {
@@ -32,6 +29,9 @@ pub struct DeploymentRecord {
     /// `running` or `stopped`.
     pub desired_state: String,
     pub restart_nonce: i64,
+    /// The current revision of the template (`spec` + `active_version`); a new one is stored
+    /// whenever either changes, and revisions are immutable.
+    pub revision: i64,
     /// Bumped by every change; the ETag.
     pub resource_version: i64,
     pub created_at: i64,
@@ -53,14 +53,20 @@ pub struct OperationRecord {
     pub finished_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A page of the deployment listing: filters are applied in SQL, the status filter against the
+/// stored status summary.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct DeploymentFilter<'a> {
     pub environment: Option<&'a str>,
     pub name: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// 1-based; `offset = (page - 1) * page_size` must fit (the caller checks).
+    pub page: i64,
+    pub page_size: i64,
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, name, environment, active_version, spec, target, desired_state, \
-     restart_nonce, resource_version, created_at, updated_at, last_deployed_at";
+     restart_nonce, resource_version, created_at, updated_at, last_deployed_at, revision";
 
 fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
     Ok(DeploymentRecord {
@@ -76,6 +82,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         last_deployed_at: r.try_get("last_deployed_at")?,
+        revision: r.try_get("revision")?,
     })
 }
 
@@ -103,10 +110,6 @@ fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
         updated_at: r.try_get("updated_at")?,
         finished_at: r.try_get("finished_at")?,
     })
-}
-
-fn corrupt(column: &'static str, e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt { table: "agent_intents", column, message: e.to_string() }
 }
 
 /// The outcome of a conditional write on a deployment.
@@ -203,7 +206,7 @@ impl Store {
             return Ok(false);
         }
         let sql = format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         );
         let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&d.id)
@@ -218,6 +221,7 @@ impl Store {
             .bind(d.created_at)
             .bind(d.updated_at)
             .bind(d.last_deployed_at)
+            .bind(d.revision)
             .execute(&mut *tx)
             .await;
         match inserted {
@@ -226,6 +230,7 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
             Err(e) => return Err(e.into()),
         }
+        Self::insert_revision(&mut tx, d).await?;
         Self::insert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, d.created_at).await?;
         tx.commit().await?;
@@ -238,25 +243,112 @@ impl Store {
         row.as_ref().map(deployment_from_row).transpose()
     }
 
-    /// Every live deployment (the planner's input).
-    pub async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>> {
-        let sql =
-            format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE deleted_at IS NULL ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(deployment_from_row).collect()
+    /// Every deployment, deleted ones included, as `(id, deleted)` with its parsed-later target
+    /// document (the reconciler's index).
+    pub async fn deployment_targets(&self) -> Result<Vec<(String, String, bool)>> {
+        let rows: Vec<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT id, target, deleted_at FROM deployments ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, t, d)| (id, t, d.is_some())).collect())
     }
 
-    pub async fn list_deployments(&self, f: DeploymentFilter<'_>) -> Result<Vec<DeploymentRecord>> {
+    /// A deployment whether or not it was deleted, with its deletion time.
+    pub async fn get_deployment_any(&self, id: &str) -> Result<Option<(DeploymentRecord, Option<i64>)>> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS}, deleted_at FROM deployments WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(|r| Ok((deployment_from_row(r)?, r.try_get("deleted_at")?))).transpose()
+    }
+
+    /// A page of live deployments matching the filter, each with its stored status summary,
+    /// and the number of matches. Costs one page, not the whole table.
+    pub async fn list_deployments(
+        &self,
+        f: DeploymentFilter<'_>,
+    ) -> Result<(Vec<(DeploymentRecord, Option<StatusSummary>)>, i64)> {
+        // `$1..$3` are the filters in every variant, so the binds never change shape. A
+        // deployment without a summary yet counts as `deploying`.
+        const WHERE: &str = "d.deleted_at IS NULL AND ($1 = '' OR d.environment = $1) AND ($2 = '' OR d.name = $2) \
+             AND ($3 = '' OR COALESCE(s.status, 'deploying') = $3)";
+        let from = "deployments d LEFT JOIN deployment_status s ON s.deployment_id = d.id";
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from} WHERE {WHERE}")))
+            .bind(f.environment.unwrap_or(""))
+            .bind(f.name.unwrap_or(""))
+            .bind(f.status.unwrap_or(""))
+            .fetch_one(&self.pool)
+            .await?;
+        let columns: Vec<String> = DEPLOYMENT_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect();
         let sql = format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE deleted_at IS NULL \
-             AND ($1 = '' OR environment = $1) AND ($2 = '' OR name = $2) ORDER BY created_at, id"
+            "SELECT {}, s.status, s.desired, s.current_count, s.ready, s.reasons, s.running_since FROM {from} \
+             WHERE {WHERE} ORDER BY d.created_at, d.id LIMIT $4 OFFSET $5",
+            columns.join(", ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(f.environment.unwrap_or(""))
             .bind(f.name.unwrap_or(""))
+            .bind(f.status.unwrap_or(""))
+            .bind(f.page_size)
+            .bind((f.page - 1).max(0) * f.page_size)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(deployment_from_row).collect()
+        let page = rows
+            .iter()
+            .map(|r| Ok((deployment_from_row(r)?, super::intent::summary_from_row(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((page, total))
+    }
+
+    /// Live deployments in an environment.
+    pub async fn count_deployments(&self, environment: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deployments WHERE deleted_at IS NULL AND environment = $1")
+            .bind(environment)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The template of one revision: `(version, spec)`. Revisions never change once written.
+    pub async fn revision(&self, deployment_id: &str, revision: i64) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as("SELECT version, spec FROM deployment_revisions WHERE deployment_id = $1 AND revision = $2")
+            .bind(deployment_id)
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Every revision of these deployments as `(deployment id, revision, name, version, spec)`.
+    pub async fn revisions_of(&self, deployment_ids: &[String]) -> Result<Vec<(String, i64, String, String, String)>> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for size in super::chunk_sizes(deployment_ids.len(), 64) {
+            let chunk = &deployment_ids[offset..offset + size];
+            offset += size;
+            let list = (1..=size).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT r.deployment_id, r.revision, d.name, r.version, r.spec FROM deployment_revisions r \
+                 JOIN deployments d ON d.id = r.deployment_id WHERE r.deployment_id IN ({list})"
+            );
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
+    }
+
+    async fn insert_revision(conn: &mut sqlx::AnyConnection, d: &DeploymentRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deployment_revisions (deployment_id, revision, version, spec, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, revision) DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(d.revision)
+        .bind(&d.active_version)
+        .bind(&d.spec)
+        .bind(d.updated_at)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 
     /// Replaces a deployment's desired state (compare-and-set on `resource_version` when
@@ -280,8 +372,8 @@ impl Store {
         }
         let n = sqlx::query(
             "UPDATE deployments SET active_version = $1, spec = $2, target = $3, desired_state = $4, \
-             restart_nonce = $5, resource_version = resource_version + 1, updated_at = $6, last_deployed_at = $7 \
-             WHERE id = $8 AND resource_version = $9 AND deleted_at IS NULL",
+             restart_nonce = $5, resource_version = resource_version + 1, updated_at = $6, last_deployed_at = $7, \
+             revision = $10 WHERE id = $8 AND resource_version = $9 AND deleted_at IS NULL",
         )
         .bind(&d.active_version)
         .bind(&d.spec)
@@ -292,12 +384,14 @@ impl Store {
         .bind(d.last_deployed_at)
         .bind(&d.id)
         .bind(current)
+        .bind(d.revision)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n == 0 {
             return Ok(Write::Conflict { current });
         }
+        Self::insert_revision(&mut tx, d).await?;
         Self::insert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, d.updated_at).await?;
         tx.commit().await?;
@@ -363,10 +457,21 @@ impl Store {
         row.as_ref().map(operation_from_row).transpose()
     }
 
-    pub async fn open_operations(&self) -> Result<Vec<OperationRecord>> {
-        let rows = sqlx::query("SELECT * FROM operations WHERE status = 'in_progress' ORDER BY created_at, id")
+    /// The deployments that have an open operation (the reconciler watches them at start).
+    pub async fn deployments_with_open_operations(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT deployment_id FROM operations WHERE status = 'in_progress'")
             .fetch_all(&self.pool)
-            .await?;
+            .await?)
+    }
+
+    /// A deployment's open operations, oldest first.
+    pub async fn open_operations_of(&self, deployment_id: &str) -> Result<Vec<OperationRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM operations WHERE deployment_id = $1 AND status = 'in_progress' ORDER BY created_at, id",
+        )
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(operation_from_row).collect()
     }
 
@@ -384,167 +489,5 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n == 1)
-    }
-
-    // ---- intent -------------------------------------------------------------------------
-
-    pub async fn intents(&self) -> Result<BTreeMap<String, Assignment>> {
-        let rows: Vec<(String, i64, String)> =
-            sqlx::query_as("SELECT agent_id, generation, workloads FROM agent_intents").fetch_all(&self.pool).await?;
-        rows.into_iter()
-            .map(|(agent, generation, workloads)| {
-                let workloads: Vec<Workload> = serde_json::from_str(&workloads).map_err(|e| corrupt("workloads", e))?;
-                Ok((agent, Assignment { generation: generation as u64, workloads }))
-            })
-            .collect()
-    }
-
-    pub async fn intent(&self, agent_id: &str) -> Result<Option<Assignment>> {
-        let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT generation, workloads FROM agent_intents WHERE agent_id = $1")
-                .bind(agent_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(g, w)| {
-            Ok(Assignment {
-                generation: g as u64,
-                workloads: serde_json::from_str(&w).map_err(|e| corrupt("workloads", e))?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Writes a new intent if the stored generation is still `new.generation - 1` (or absent
-    /// for generation 1): a compare-and-set, so two planners can never hand out one generation
-    /// twice. Returns whether it was written.
-    pub async fn put_intent(&self, agent_id: &str, new: &Assignment, now_ms: i64) -> Result<bool> {
-        let workloads = serde_json::to_string(&new.workloads).expect("workloads serialize");
-        let generation = new.generation as i64;
-        let n = if generation == 1 {
-            sqlx::query(
-                "INSERT INTO agent_intents (agent_id, generation, workloads, updated_at) VALUES ($1, 1, $2, $3) \
-                 ON CONFLICT (agent_id) DO NOTHING",
-            )
-            .bind(agent_id)
-            .bind(&workloads)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?
-        } else {
-            sqlx::query(
-                "UPDATE agent_intents SET generation = $1, workloads = $2, updated_at = $3 \
-                 WHERE agent_id = $4 AND generation = $5",
-            )
-            .bind(generation)
-            .bind(&workloads)
-            .bind(now_ms)
-            .bind(agent_id)
-            .bind(generation - 1)
-            .execute(&self.pool)
-            .await?
-        };
-        Ok(n.rows_affected() == 1)
-    }
-
-    /// Makes the agent's intent generation exceed `seen`, the last generation the agent says it
-    /// applied (the store can be behind it after a restore from backup or a database failover;
-    /// the agent would otherwise refuse every assignment as stale). The workloads are kept; the
-    /// planner corrects them on its next pass. Returns whether anything changed.
-    pub async fn lift_generation(&self, agent_id: &str, seen: u64, now_ms: i64) -> Result<bool> {
-        let seen = seen as i64;
-        let n = sqlx::query(
-            "UPDATE agent_intents SET generation = $1 + 1, updated_at = $2 WHERE agent_id = $3 AND generation <= $1",
-        )
-        .bind(seen)
-        .bind(now_ms)
-        .bind(agent_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if n == 1 || seen == 0 {
-            return Ok(n == 1);
-        }
-        let n = sqlx::query(
-            "INSERT INTO agent_intents (agent_id, generation, workloads, updated_at) VALUES ($1, $2 + 1, '[]', $3) \
-             ON CONFLICT (agent_id) DO NOTHING",
-        )
-        .bind(agent_id)
-        .bind(seen)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    // ---- observed -----------------------------------------------------------------------
-
-    /// Records an agent's report: replaces everything it reported before (a workload it no
-    /// longer mentions is no longer running there).
-    pub async fn record_status(&self, agent_id: &str, status: &Status, now_ms: i64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM agent_observed WHERE agent_id = $1").bind(agent_id).execute(&mut *tx).await?;
-        for w in &status.workloads {
-            sqlx::query(
-                "INSERT INTO agent_observed (agent_id, workload_id, generation, replicas, reported_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(agent_id)
-            .bind(&w.id)
-            .bind(status.generation as i64)
-            .bind(serde_json::to_string(&w.replicas).expect("replicas serialize"))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // An agent with no workloads still tells us which generation it acts on.
-        sqlx::query("UPDATE agents SET acked_generation = $1 WHERE id = $2 AND acked_generation < $1")
-            .bind(status.generation as i64)
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn record_ack(&self, agent_id: &str, generation: u64, error: Option<&str>) -> Result<()> {
-        sqlx::query(
-            "UPDATE agents SET acked_generation = CASE WHEN acked_generation < $1 THEN $1 ELSE acked_generation END, \
-             ack_error = $2 WHERE id = $3",
-        )
-        .bind(generation as i64)
-        .bind(error)
-        .bind(agent_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// What each agent last reported for `workload_id`: agent → (generation, replicas).
-    pub async fn observed_for(&self, workload_id: &str) -> Result<BTreeMap<String, (u64, Vec<ReplicaStatus>)>> {
-        let rows: Vec<(String, i64, String)> =
-            sqlx::query_as("SELECT agent_id, generation, replicas FROM agent_observed WHERE workload_id = $1")
-                .bind(workload_id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(a, g, r)| {
-                let replicas = serde_json::from_str(&r).map_err(|e| StoreError::Corrupt {
-                    table: "agent_observed",
-                    column: "replicas",
-                    message: e.to_string(),
-                })?;
-                Ok((a, (g as u64, replicas)))
-            })
-            .collect()
-    }
-
-    /// Each agent's acknowledged generation (agents that never acked are absent).
-    pub async fn acked_generations(&self) -> Result<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT id, acked_generation FROM agents WHERE acked_generation > 0")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(a, g)| (a, g as u64)).collect())
     }
 }

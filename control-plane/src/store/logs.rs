@@ -103,27 +103,16 @@ fn storable(line: &str) -> Cow<'_, str> {
     if line.contains('\0') { line.replace('\0', "\u{FFFD}").into() } else { line.into() }
 }
 
-/// Statement sizes for `n` rows: full chunks, then the remainder's binary digits.
 fn chunk_sizes(n: usize) -> impl Iterator<Item = usize> {
-    let rem = n % INSERT_CHUNK;
-    std::iter::repeat_n(INSERT_CHUNK, n / INSERT_CHUNK)
-        .chain((0..INSERT_CHUNK.trailing_zeros()).rev().map(|bit| 1 << bit).filter(move |size| rem & size != 0))
+    super::chunk_sizes(n, INSERT_CHUNK)
 }
 
 /// `INSERT … VALUES (…), … ON CONFLICT DO NOTHING` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(160 + rows * 48);
-    sql.push_str("INSERT INTO log_lines (deployment_id, agent_id, replica, source, seq, ts_ms, stream, line) VALUES ");
-    for r in 0..rows {
-        let p = r * 8;
-        if r > 0 {
-            sql.push(',');
-        }
-        let params: Vec<String> = (p + 1..=p + 8).map(|i| format!("${i}")).collect();
-        sql.push_str(&format!("({})", params.join(",")));
-    }
-    sql.push_str(" ON CONFLICT (source, seq) DO NOTHING");
-    sql
+    format!(
+        "INSERT INTO log_lines (deployment_id, agent_id, replica, source, seq, ts_ms, stream, line) VALUES {} ON CONFLICT (source, seq) DO NOTHING",
+        super::placeholders(rows, 8)
+    )
 }
 
 const LOG_COLUMNS: &str = "id, agent_id, replica, ts_ms, stream, line";

@@ -21,6 +21,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0003_logs.sqlite.sql"),
         include_str!("../../migrations/0003_logs.postgres.sql"),
     ),
+    (
+        4,
+        "intent_rows",
+        include_str!("../../migrations/0004_intent_rows.sql"),
+        include_str!("../../migrations/0004_intent_rows.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.
@@ -51,6 +57,9 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         }
         let sql = if store.backend == Backend::Postgres { *pg_sql } else { *sqlite_sql };
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        if *version == 4 {
+            split_intents(&mut tx).await?;
+        }
         sqlx::query("INSERT INTO ferry_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(*version)
             .bind(*name)
@@ -60,5 +69,36 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         tracing::info!(version, name, "applied database migration");
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Version 4's data step: schema 2 kept each agent's intent as one JSON list of protocol-1
+/// workloads (`agent_intents.workloads`); schema 4 keeps a row per (agent, workload). Every
+/// existing deployment is at revision 1, so each listed workload becomes row `<id>@1` at the
+/// agent's current generation, and agents keep running what they run.
+async fn split_intents(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT agent_id, generation, workloads FROM agent_intents").fetch_all(&mut **tx).await?;
+    for (agent, generation, workloads) in rows {
+        let workloads: Vec<ferry_protocol::Workload> = serde_json::from_str(&workloads)
+            .map_err(|e| StoreError::Corrupt { table: "agent_intents", column: "workloads", message: e.to_string() })?;
+        for w in workloads {
+            sqlx::query(
+                "INSERT INTO intent_workloads (agent_id, workload_id, deployment_id, revision, replicas, \
+                 restart_nonce, generation, removed) VALUES ($1, $2, $3, 1, $4, $5, $6, 0)",
+            )
+            .bind(&agent)
+            .bind(ferry_protocol::WorkloadIntent::id_for(&w.id, 1))
+            .bind(&w.id)
+            .bind(w.spec.replicas as i64)
+            .bind(w.restart_nonce as i64)
+            .bind(generation)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    sqlx::query("UPDATE agent_intents SET workloads = '[]'").execute(&mut **tx).await?;
+    // Protocol-1 agents reported workloads by deployment id; rows now carry the workload id.
+    sqlx::query("UPDATE agent_observed SET workload_id = workload_id || '@1'").execute(&mut **tx).await?;
     Ok(())
 }

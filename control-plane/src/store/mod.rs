@@ -16,6 +16,7 @@
 
 mod agents;
 mod deployments;
+mod intent;
 mod logs;
 mod migrate;
 
@@ -30,6 +31,7 @@ pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
 pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, Write};
+pub use intent::{IntentHead, IntentRow, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +238,34 @@ impl Store {
                 .await?;
         Ok(rows)
     }
+}
+
+/// Statement sizes for `n` rows in chunks of at most `max` (a power of two): full chunks, then
+/// the remainder's binary digits, so only a few statement shapes are ever prepared and cached.
+pub(crate) fn chunk_sizes(n: usize, max: usize) -> impl Iterator<Item = usize> {
+    debug_assert!(max.is_power_of_two());
+    let rem = n % max;
+    std::iter::repeat_n(max, n / max)
+        .chain((0..max.trailing_zeros()).rev().map(|bit| 1 << bit).filter(move |size| rem & size != 0))
+}
+
+/// `($1,…,$cols),($cols+1,…)…` for `rows` rows of `cols` parameters.
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 pub(crate) fn labels_to_json(labels: &BTreeMap<String, String>) -> String {

@@ -1,0 +1,142 @@
+//! Intent rows → the wire: protocol-2 [`IntentUpdate`]s (whole, or the changes since a
+//! generation the agent holds) and protocol-1 whole [`Assignment`]s. This is the edge where
+//! stored revisions (the validated configuration document) become wire specs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferry_protocol::{Assignment, IntentUpdate, ProcessSpec, Workload, WorkloadIntent, WorkloadSpec};
+
+use crate::model::Configuration;
+use crate::store::{IntentHead, IntentRow, Store, StoreError};
+
+/// Entries kept before the cache starts over (revisions are immutable, so any entry is valid
+/// forever; the bound only caps memory).
+const CACHE_MAX: usize = 100_000;
+
+/// A revision's template: what every agent running it gets, but for its replica share.
+#[derive(Debug)]
+struct Template {
+    name: String,
+    version: String,
+    spec: ProcessSpec,
+}
+
+/// Revisions never change once written, so they are cached by `(deployment, revision)`.
+#[derive(Default)]
+pub struct Templates {
+    cache: Mutex<HashMap<(String, u64), Arc<Template>>>,
+}
+
+impl Templates {
+    async fn load(
+        &self,
+        store: &Store,
+        rows: &[IntentRow],
+    ) -> Result<HashMap<(String, u64), Arc<Template>>, StoreError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.lock().expect("templates lock");
+            for r in rows.iter().filter(|r| !r.removed) {
+                let key = (r.deployment_id.clone(), r.revision);
+                match cache.get(&key) {
+                    Some(t) => {
+                        found.insert(key, t.clone());
+                    }
+                    None => missing.push(r.deployment_id.clone()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let loaded = store.revisions_of(&missing).await?;
+        let mut cache = self.cache.lock().expect("templates lock");
+        if cache.len() + loaded.len() > CACHE_MAX {
+            cache.clear();
+        }
+        for (deployment, revision, name, version, spec) in loaded {
+            let config: Configuration = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+                table: "deployment_revisions",
+                column: "spec",
+                message: e.to_string(),
+            })?;
+            let t = Arc::new(Template { name, version, spec: config.to_process_spec() });
+            cache.insert((deployment, revision as u64), t);
+        }
+        for r in rows.iter().filter(|r| !r.removed) {
+            let key = (r.deployment_id.clone(), r.revision);
+            if let Some(t) = cache.get(&key) {
+                found.insert(key, t.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// A protocol-2 update at `head` from `rows` (all live rows when `base` is `None`, else
+    /// the rows changed since `base`, tombstones included).
+    pub async fn update(
+        &self,
+        store: &Store,
+        head: IntentHead,
+        base: Option<u64>,
+        rows: &[IntentRow],
+    ) -> Result<IntentUpdate, StoreError> {
+        let templates = self.load(store, rows).await?;
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        for r in rows {
+            if r.removed {
+                removals.push(r.workload_id.clone());
+                continue;
+            }
+            let Some(t) = templates.get(&(r.deployment_id.clone(), r.revision)) else {
+                // A row whose revision is gone cannot be run; it is left out (and logged).
+                tracing::error!(deployment = %r.deployment_id, revision = r.revision, "intent names an unknown revision");
+                continue;
+            };
+            let mut spec = t.spec.clone();
+            spec.replicas = r.replicas;
+            upserts.push(WorkloadIntent {
+                id: r.workload_id.clone(),
+                deployment_id: r.deployment_id.clone(),
+                revision: r.revision,
+                name: t.name.clone(),
+                version: t.version.clone(),
+                restart_nonce: r.restart_nonce,
+                spec: WorkloadSpec::Process(spec),
+            });
+        }
+        Ok(IntentUpdate { generation: head.generation, base, upserts, removals })
+    }
+
+    /// A protocol-1 assignment: every live row, one workload per deployment named by the
+    /// deployment id (protocol-1 agents run one revision of a deployment).
+    pub async fn assignment(
+        &self,
+        store: &Store,
+        head: IntentHead,
+        rows: &[IntentRow],
+    ) -> Result<Assignment, StoreError> {
+        let update = self.update(store, head, None, rows).await?;
+        let mut workloads: Vec<Workload> = Vec::new();
+        for w in update.upserts {
+            if workloads.iter().any(|x| x.id == w.deployment_id) {
+                continue;
+            }
+            let WorkloadSpec::Process(spec) = w.spec;
+            workloads.push(Workload {
+                id: w.deployment_id,
+                name: w.name,
+                version: w.version,
+                spec,
+                restart_nonce: w.restart_nonce,
+            });
+        }
+        workloads.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Assignment { generation: head.generation, workloads })
+    }
+}
