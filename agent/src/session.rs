@@ -26,8 +26,6 @@ use crate::state::StateDir;
 use crate::task::AbortOnDrop;
 use crate::workloads::Workloads;
 
-/// Capabilities announced in Hello.
-const CAPABILITIES: &[&str] = &["runtime:process"];
 /// Shortest heartbeat interval honoured, whatever the control plane asks for.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// The control plane answers every heartbeat; after three intervals plus this much silence the
@@ -153,7 +151,8 @@ async fn handshake(link: &Link, s: &Session<'_>) -> Result<(SendStream, RecvStre
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         name: s.config.name.clone(),
         labels: s.config.labels.clone(),
-        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        // What this agent can run: its runtime's capability (`runtime:process`).
+        capabilities: vec![s.workloads.capability()],
         last_generation: *s.last_generation,
     };
     net::send(&mut send, &AgentMessage::Hello(hello))

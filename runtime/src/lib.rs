@@ -1,7 +1,16 @@
-//! Ferry's process runtime: runs each assigned [`Workload`](ferry_protocol::Workload) as
-//! `spec.replicas` local processes and reports what it observes.
+//! Ferry's runtimes: the [`Runtime`] trait — what the agent needs from whatever runs its
+//! workloads (apply a list level-triggered, observe status and changes, count dropped log lines,
+//! shut down, name its kind) — and [`ProcessRuntime`], the implementation that runs each assigned
+//! [`Workload`](ferry_protocol::Workload) as `spec.replicas` local processes and reports what it
+//! observes. The agent holds an `Arc<dyn Runtime>` and advertises `runtime:<kind>` to the control
+//! plane (`runtime:process` here), so another implementation (Kubernetes) can sit beside this one.
+//!
+//! The rest of these docs describe the process runtime.
 //!
 //! # API
+//!
+//! The inherent methods below are also its [`Runtime`] implementation ([`Runtime::kind`] is
+//! [`PROCESS_RUNTIME_KIND`], `"process"`).
 //!
 //! * [`ProcessRuntime::new`] — creates the runtime (killing leftovers of a previous agent run,
 //!   see below); captured output goes to the given channel as [`SourcedLine`]s.
@@ -91,6 +100,7 @@
 //! next [`ProcessRuntime::apply`] starts everything afresh. A crash between a spawn and its
 //! pidfile write can still leak that one process.
 
+mod api;
 mod error;
 mod health;
 mod logs;
@@ -105,7 +115,8 @@ mod status;
 use std::ops::Range;
 use std::path::PathBuf;
 
-pub use runtime::ProcessRuntime;
+pub use api::Runtime;
+pub use runtime::{PROCESS_RUNTIME_KIND, ProcessRuntime};
 
 /// How a [`ProcessRuntime`] runs its processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
