@@ -487,17 +487,20 @@ async fn refused_token_is_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn wrong_pin_is_retried_not_fatal() {
+async fn a_token_pinning_another_ca_is_fatal() {
+    // The server cannot show the CA the token pins (wrong --server, or a token from another
+    // control plane): retrying cannot help, so the agent stops for good (the binary exits 78).
     let fake = Fake::start(Duration::from_secs(3600)).await;
     let other = Ca::generate("other").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = fake.config(dir.path());
     config.token = Some(format!("ferry1.id.secret.{}", other.fingerprint()));
-    let mut agent = start(config);
-    let s = agent.wait("an error", |s| s.last_error.is_some()).await;
-    assert!(!s.connected && s.agent_id.is_none());
-    assert_eq!(agent.stop().await, Exit::Stopped);
+    let exit = start(config).exit().await;
+    let Exit::Fatal(msg) = exit else { panic!("{exit:?}") };
+    assert!(msg.contains("does not hold the CA the token pins") && msg.contains(&other.fingerprint()), "{msg}");
+    // The handshake failed before anything was sent: the token never reached the server.
     assert!(fake.events().is_empty());
+    assert!(!dir.path().join("client.pem").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
