@@ -35,6 +35,14 @@
 //! gets a port from [`RuntimeConfig::port_range`] that passed a bind test on 127.0.0.1 and that
 //! no other live replica holds; it keeps it across restarts.
 //!
+//! `command` and `args` may refer to that final environment with Kubernetes' `$(NAME)` syntax,
+//! expanded before the process is spawned (no shell is involved, and each argument stays one
+//! argument): `$(NAME)` becomes NAME's value, so `python3 -m http.server $(PORT)` listens on the
+//! replica's port; a reference to a name that is not defined (or with no closing `)`) stays as
+//! written, so a shell's `$(command)` in `sh -c` scripts keeps working; `$$` becomes `$`, so
+//! `$$(NAME)` is the literal `$(NAME)` (and a shell's `$$` must be written `$$$$`). Any other `$`
+//! is left alone. `env` values and exec probes' commands are not expanded.
+//!
 //! stdout and stderr are read line by line (`\n`, trailing `\r` stripped, lossy UTF-8, at most
 //! 16 KiB per line; the excess is dropped) and sent to the log channel stamped with the time of
 //! reading. When the channel is full a reader waits up to 50 ms, then drops the line and counts
@@ -102,6 +110,7 @@
 
 mod api;
 mod error;
+mod expand;
 mod health;
 mod logs;
 mod pidfile;
