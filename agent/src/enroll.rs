@@ -6,13 +6,14 @@ use ferry_transport::TransportError;
 
 use crate::config::AgentConfig;
 use crate::credentials::Credentials;
-use crate::error::AgentError;
+use crate::error::{AgentError, we_rejected_unknown_ca};
 use crate::net::{self, Link, REPLY_TIMEOUT};
 use crate::state::StateDir;
 use crate::token::{ParsedToken, parse_token};
 
 /// Enrolls with `token` and persists the new identity. Network failures are retryable;
-/// refusals are terminal (see [`AgentError::is_terminal`]).
+/// refusals, and a server that cannot show the CA the token pins, are terminal (see
+/// [`AgentError::is_terminal`]).
 pub(crate) async fn enroll(config: &AgentConfig, token: &str, store: &StateDir) -> Result<Credentials, AgentError> {
     let parsed =
         parse_token(token).map_err(|e| AgentError::Config(crate::ConfigError(format!("invalid --token: {e}"))))?;
@@ -26,7 +27,13 @@ pub(crate) async fn enroll(config: &AgentConfig, token: &str, store: &StateDir) 
     };
     let tls = ferry_certs::tls::enrollment_client_config(&parsed.ca_fingerprint, ferry_protocol::ALPN)?;
     tracing::info!(server = %config.server, token_id = %parsed.id, name = %config.name, "enrolling");
-    let link = Link::dial(&config.server, &config.server_name, tls).await?;
+    let link = Link::dial(&config.server, &config.server_name, tls).await.map_err(|e| match e {
+        // The server could not show the pinned CA: talking to it again cannot change that.
+        AgentError::Transport { source, .. } if we_rejected_unknown_ca(&source) => {
+            AgentError::CaPinMismatch { server: config.server.clone(), fingerprint: parsed.ca_fingerprint.clone() }
+        }
+        e => e,
+    })?;
 
     let outcome = match exchange(&link, request).await {
         Ok(enrolled) => accept(enrolled, &parsed, &key.serialize_pem())

@@ -20,6 +20,11 @@ pub enum AgentError {
     EnrollmentRefused(String),
     #[error("invalid enrollment response: {0}")]
     BadEnrollment(String),
+    #[error(
+        "the control plane at {server} does not hold the CA the token pins (SHA-256 {fingerprint}); \
+         check --server, or get a token from this control plane"
+    )]
+    CaPinMismatch { server: String, fingerprint: String },
     #[error("agent {agent_id} was revoked by the control plane; re-enroll with a new token")]
     Revoked { agent_id: String },
     #[error("the control plane does not know agent {agent_id}; re-enroll with a new token")]
@@ -57,6 +62,7 @@ impl AgentError {
             | AgentError::CertificateExpired { .. }
             | AgentError::EnrollmentRefused(_)
             | AgentError::BadEnrollment(_)
+            | AgentError::CaPinMismatch { .. }
             | AgentError::Revoked { .. }
             | AgentError::UnknownAgent { .. }
             | AgentError::Certificate(_) => true,
@@ -90,6 +96,15 @@ impl AgentError {
         }
         AgentError::Transport { context, source: e }
     }
+}
+
+/// Whether *we* ended a handshake because the server's chain does not lead to a CA we trust:
+/// rustls answers a verifier's `UnknownIssuer` with an `unknown_ca` alert, which quinn reports
+/// as a locally raised transport error (a peer's alert would be `ConnectionClosed` instead).
+/// During enrollment the only verifier is the token's CA pin, so this is a pin mismatch.
+pub(crate) fn we_rejected_unknown_ca(e: &TransportError) -> bool {
+    let unknown_ca = quinn::TransportErrorCode::crypto(u8::from(rustls::AlertDescription::UnknownCA));
+    matches!(e, TransportError::Connection(quinn::ConnectionError::TransportError(t)) if t.code == unknown_ca)
 }
 
 /// When the peer ended the handshake because of our certificate: the alert it sent and its
@@ -147,5 +162,19 @@ mod tests {
         }
         assert!(AgentError::NotEnrolled.is_terminal());
         assert!(!AgentError::Protocol("x".into()).is_terminal());
+    }
+
+    #[test]
+    fn our_unknown_ca_alert_is_recognised() {
+        let local = |alert: rustls::AlertDescription| {
+            let code = quinn::TransportErrorCode::crypto(u8::from(alert));
+            TransportError::Connection(quinn::ConnectionError::TransportError(code.into()))
+        };
+        assert!(we_rejected_unknown_ca(&local(rustls::AlertDescription::UnknownCA)));
+        assert!(!we_rejected_unknown_ca(&local(rustls::AlertDescription::CertificateExpired)));
+        assert!(!we_rejected_unknown_ca(&local(rustls::AlertDescription::BadCertificate)));
+        assert!(!we_rejected_unknown_ca(&TransportError::Connection(quinn::ConnectionError::TimedOut)));
+        let pin = AgentError::CaPinMismatch { server: "cp:7701".into(), fingerprint: "ab".into() };
+        assert!(pin.is_terminal());
     }
 }

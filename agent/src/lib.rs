@@ -1,7 +1,9 @@
 //! Ferry's agent: enrolls with a bootstrap token, then dials the control plane over mutually
 //! authenticated QUIC, keeps its session alive with heartbeats, renews its certificate over the
-//! live connection, persists the assignments it receives and runs their workloads with the
-//! process runtime (`ferry_runtime`), reporting their status and shipping their logs.
+//! live connection, persists the assignments it receives and runs their workloads with a
+//! runtime (`ferry_runtime::Runtime`, held as `Arc<dyn Runtime>`; today the process runtime,
+//! announced in `Hello` as the capability `runtime:process`), reporting their status and shipping
+//! their logs.
 //!
 //! # Workloads
 //!

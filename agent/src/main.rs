@@ -1,8 +1,8 @@
 //! `ferry-agent`: parse and validate the configuration, then run until SIGINT/SIGTERM.
 //!
 //! Exit codes: 0 stopped on request, 2 invalid configuration, 78 (EX_CONFIG) terminal error
-//! such as a revoked identity or a refused token (so systemd's `RestartPreventExitStatus=78`
-//! stops restarting), 1 anything else.
+//! such as a revoked identity, a refused token or a server that cannot show the CA the token
+//! pins (so systemd's `RestartPreventExitStatus=78` stops restarting), 1 anything else.
 
 use std::process::ExitCode;
 

@@ -29,13 +29,13 @@ use crate::state::StateDir;
 use crate::task::AbortOnDrop;
 use crate::workloads::Workloads;
 
-/// Capabilities announced in Hello.
-const CAPABILITIES: &[&str] = &["runtime:process"];
 /// Shortest heartbeat interval honoured, whatever the control plane asks for.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
-/// The control plane answers every heartbeat; after three intervals plus this much silence the
-/// session is considered dead even if QUIC still is not.
-const SILENCE_GRACE: Duration = Duration::from_secs(10);
+/// The control plane answers every heartbeat: after this many heartbeat intervals without any
+/// message from it on the control stream the session is dead, even if QUIC (whose idle timeout
+/// is far longer, and whose keep-alives go on while a stuck control plane's session does not)
+/// does not think so yet.
+const SILENT_INTERVALS: u32 = 3;
 
 /// What a session works on; the run loop owns it across sessions.
 pub(crate) struct Session<'a> {
@@ -156,7 +156,8 @@ async fn handshake(link: &Link, s: &Session<'_>) -> Result<(SendStream, RecvStre
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         name: s.config.name.clone(),
         labels: s.config.labels.clone(),
-        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        // What this agent can run: its runtime's capability (`runtime:process`).
+        capabilities: vec![s.workloads.capability()],
         last_generation: *s.last_generation,
     };
     net::send(&mut send, &AgentMessage::Hello(hello))
@@ -255,6 +256,7 @@ struct Control<'c, 'a> {
     heartbeat_every: Duration,
     seq: u64,
     renewer: Renewer,
+    /// When the control plane last sent a message on the control stream.
     last_heard: Instant,
     /// The runtime's observed state, reported as `Status`.
     observed: watch::Receiver<Status>,
@@ -265,6 +267,7 @@ impl Control<'_, '_> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + self.heartbeat_every, self.heartbeat_every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence_limit = self.heartbeat_every * SILENT_INTERVALS;
         loop {
             let renew_in = self.renewer.sleep_for(OffsetDateTime::now_utc());
             tokio::select! {
@@ -272,23 +275,21 @@ impl Control<'_, '_> {
                     tracing::info!(agent_id = %self.id(), "stopping: closing the session");
                     return Ok(());
                 }
-                item = self.inbound.recv() => match item {
-                    Some(Inbound::Message(msg)) => {
-                        self.last_heard = Instant::now();
-                        self.handle(msg).await?;
+                item = self.inbound.recv() => self.on_inbound(item).await?,
+                () = tokio::time::sleep_until(self.last_heard + silence_limit) => {
+                    // If this process was starved, a message may be waiting: it still counts.
+                    match self.inbound.try_recv() {
+                        Ok(item) => self.on_inbound(Some(item)).await?,
+                        Err(mpsc::error::TryRecvError::Disconnected) => self.on_inbound(None).await?,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            let silent = self.last_heard.elapsed();
+                            tracing::warn!(agent_id = %self.id(), silent_ms = silent.as_millis() as u64,
+                                "the control plane stopped answering; ending the session");
+                            return Err(AgentError::ServerSilent(silent));
+                        }
                     }
-                    Some(Inbound::Failed(e)) => {
-                        return Err(AgentError::from_transport("control stream", e, self.id()));
-                    }
-                    Some(Inbound::Finished) | None => {
-                        return Err(lost(self.link, "control stream", self.id()).await);
-                    }
-                },
+                }
                 _ = heartbeat.tick() => {
-                    let silent = self.last_heard.elapsed();
-                    if silent > self.heartbeat_every * 3 + SILENCE_GRACE {
-                        return Err(AgentError::ServerSilent(silent));
-                    }
                     self.seq += 1;
                     let hb = Heartbeat { seq: self.seq, sent_at_ms: now_ms() };
                     self.write("send heartbeat", AgentMessage::Heartbeat(hb)).await?;
@@ -302,6 +303,19 @@ impl Control<'_, '_> {
 
     fn id(&self) -> &str {
         &self.s.creds.agent_id
+    }
+
+    /// What the reader task delivered: a message (which also proves the control plane alive),
+    /// or the end of the control stream.
+    async fn on_inbound(&mut self, item: Option<Inbound>) -> Result<(), AgentError> {
+        match item {
+            Some(Inbound::Message(msg)) => {
+                self.last_heard = Instant::now();
+                self.handle(msg).await
+            }
+            Some(Inbound::Failed(e)) => Err(AgentError::from_transport("control stream", e, self.id())),
+            Some(Inbound::Finished) | None => Err(lost(self.link, "control stream", self.id()).await),
+        }
     }
 
     /// Reports the generation the runtime applied last and every assigned workload's status.

@@ -1,5 +1,6 @@
-//! The agent's workloads: the process runtime, fed the latest assignment by a dedicated task,
-//! observed for status reports, and its output collected for shipping.
+//! The agent's workloads: the runtime (an `Arc<dyn Runtime>`; today always the process
+//! runtime), fed the latest assignment by a dedicated task, observed for status reports, and its
+//! output collected for shipping.
 //!
 //! The runtime lives as long as [`crate::run`]: sessions come and go around it, so losing the
 //! control plane never touches a workload, and re-applying the same assignment after a
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::{Assignment, Status};
-use ferry_runtime::ProcessRuntime;
+use ferry_runtime::{ProcessRuntime, Runtime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -25,7 +26,7 @@ const LOG_COUNTS_REFRESH: Duration = Duration::from_secs(1);
 
 /// The runtime and the tasks around it.
 pub(crate) struct Workloads {
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<dyn Runtime>,
     /// The newest assignment for the applier (only the latest matters).
     desired: watch::Sender<Option<Arc<Assignment>>>,
     observed: watch::Receiver<Status>,
@@ -44,7 +45,7 @@ impl Workloads {
     pub(crate) fn start(config: &AgentConfig, state: &watch::Sender<AgentState>) -> Self {
         let runtime_config = config.runtime_config();
         let (log_tx, log_rx) = mpsc::channel(LOG_CHANNEL);
-        let runtime = Arc::new(ProcessRuntime::new(runtime_config.clone(), log_tx));
+        let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(runtime_config.clone(), log_tx));
         let hub = Arc::new(LogHub::new(Limits::DEFAULT));
         let (observed_tx, observed) = watch::channel(Status { generation: 0, workloads: Vec::new() });
         let publisher = Arc::new(Publisher {
@@ -61,7 +62,8 @@ impl Workloads {
             run_dir = %runtime_config.run_dir.display(),
             ports = ?runtime_config.port_range,
             boot_id = hub.boot_id(),
-            "process runtime ready"
+            kind = runtime.kind(),
+            "runtime ready"
         );
         Self { runtime, desired, observed, hub, publisher, applier, collector, observer }
     }
@@ -76,6 +78,11 @@ impl Workloads {
     /// every change.
     pub(crate) fn observed(&self) -> watch::Receiver<Status> {
         self.observed.clone()
+    }
+
+    /// The capability naming the runtime, announced in `Hello` (`runtime:process`).
+    pub(crate) fn capability(&self) -> String {
+        self.runtime.capability()
     }
 
     pub(crate) fn logs(&self) -> Arc<LogHub> {
@@ -103,7 +110,7 @@ impl Workloads {
 
 /// Publishes what the runtime observes to the session (as a [`Status`]) and to [`AgentState`].
 struct Publisher {
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<dyn Runtime>,
     hub: Arc<LogHub>,
     state: watch::Sender<AgentState>,
     observed: watch::Sender<Status>,
@@ -151,7 +158,7 @@ fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
 
 /// Applies the newest assignment, one at a time, until the sender goes away.
 async fn apply_latest(
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<dyn Runtime>,
     mut desired: watch::Receiver<Option<Arc<Assignment>>>,
     publisher: Arc<Publisher>,
 ) {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ enum Event {
     },
     Ack(Ack),
     Heartbeat,
+    /// A heartbeat received by a session told to stay silent.
+    IgnoredHeartbeat,
     Renewed(String),
     /// The agent closed the connection with this code and reason.
     AgentClosed(u64, String),
@@ -65,6 +67,9 @@ struct Shared {
     batches: Mutex<Vec<Batch>>,
     /// Whether log batches are acknowledged.
     ack_logs: AtomicBool,
+    /// The session (counting from 1) that hangs: it keeps the connection open and keeps reading
+    /// but answers nothing any more, on any stream. 0: none.
+    silent_session: AtomicU32,
     /// Anything the agent did against the protocol.
     violations: Mutex<Vec<String>>,
 }
@@ -78,6 +83,9 @@ impl Shared {
     }
     fn violation(&self, what: String) {
         self.violations.lock().unwrap().push(what);
+    }
+    fn is_silent(&self, session: u32) -> bool {
+        self.silent_session.load(Ordering::SeqCst) == session
     }
 }
 
@@ -105,6 +113,7 @@ impl Fake {
             statuses: Mutex::default(),
             batches: Mutex::default(),
             ack_logs: AtomicBool::new(true),
+            silent_session: AtomicU32::new(0),
             violations: Mutex::default(),
         });
         let (ca2, shared2) = (ca.clone(), shared.clone());
@@ -246,11 +255,19 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
         let msg = tokio::select! {
             m = rx.recv() => m,
             Ok(a) = pushes.recv() => {
-                let _ = ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(a)).await;
+                if !shared.is_silent(number) {
+                    let _ = ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(a)).await;
+                }
                 continue;
             }
         };
         let Some(msg) = msg else { break };
+        if shared.is_silent(number) {
+            if matches!(msg, AgentMessage::Heartbeat(_)) {
+                shared.record(Event::IgnoredHeartbeat);
+            }
+            continue;
+        }
         let reply = match msg {
             AgentMessage::Heartbeat(hb) => {
                 shared.record(Event::Heartbeat);
@@ -295,7 +312,7 @@ async fn telemetry(session: u32, mut send: SendStream, mut recv: RecvStream, sha
         let last_seq = b.first_seq + b.lines.len() as u64 - 1;
         let lines = b.lines.iter().map(|l| l.line.clone()).collect();
         shared.batches.lock().unwrap().push(Batch { session, source: b.source.clone(), first_seq: b.first_seq, lines });
-        if shared.ack_logs.load(Ordering::SeqCst) {
+        if shared.ack_logs.load(Ordering::SeqCst) && !shared.is_silent(session) {
             let ack = ServerMessage::TelemetryAck(TelemetryAck { source: b.source, last_seq });
             if ferry_transport::write_frame(&mut send, &ack).await.is_err() {
                 return;
@@ -435,6 +452,29 @@ async fn renews_over_the_live_session() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hung_control_plane_is_left_after_three_heartbeat_intervals() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+    agent.wait("first session", |s| s.sessions == 1 && s.connected).await;
+    eventually("an acknowledged heartbeat", || fake.events().contains(&Event::Heartbeat)).await;
+
+    // The control plane hangs: the connection stays open (QUIC keeps it alive), nothing comes back.
+    fake.shared.silent_session.store(1, Ordering::SeqCst);
+    let s = agent.wait("a new session", |s| s.sessions == 2 && s.connected).await;
+    assert!(s.last_error.is_none(), "{s:?}");
+    // The agent ended the silent session itself, with the close code that says why.
+    let silent = Event::AgentClosed(CloseCode::HeartbeatTimeout as u64, "control plane silent".into());
+    eventually("the agent's close", || fake.events().contains(&silent)).await;
+    // After three heartbeat intervals of silence, i.e. after about three unanswered heartbeats
+    // (counted on the agent's own clock, so a slow machine does not change the count much):
+    // QUIC's 30 s idle timeout would have taken ~150 of them.
+    let ignored = fake.events().iter().filter(|e| **e == Event::IgnoredHeartbeat).count();
+    assert!(ignored <= 6, "{ignored} heartbeats went unanswered before the agent gave up");
+    assert_eq!(agent.stop().await, Exit::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn refused_token_is_fatal() {
     let fake = Fake::start(Duration::from_secs(3600)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -447,17 +487,20 @@ async fn refused_token_is_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn wrong_pin_is_retried_not_fatal() {
+async fn a_token_pinning_another_ca_is_fatal() {
+    // The server cannot show the CA the token pins (wrong --server, or a token from another
+    // control plane): retrying cannot help, so the agent stops for good (the binary exits 78).
     let fake = Fake::start(Duration::from_secs(3600)).await;
     let other = Ca::generate("other").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = fake.config(dir.path());
     config.token = Some(format!("ferry1.id.secret.{}", other.fingerprint()));
-    let mut agent = start(config);
-    let s = agent.wait("an error", |s| s.last_error.is_some()).await;
-    assert!(!s.connected && s.agent_id.is_none());
-    assert_eq!(agent.stop().await, Exit::Stopped);
+    let exit = start(config).exit().await;
+    let Exit::Fatal(msg) = exit else { panic!("{exit:?}") };
+    assert!(msg.contains("does not hold the CA the token pins") && msg.contains(&other.fingerprint()), "{msg}");
+    // The handshake failed before anything was sent: the token never reached the server.
     assert!(fake.events().is_empty());
+    assert!(!dir.path().join("client.pem").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

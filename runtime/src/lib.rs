@@ -1,7 +1,16 @@
-//! Ferry's process runtime: runs each assigned [`Workload`](ferry_protocol::Workload) as
-//! `spec.replicas` local processes and reports what it observes.
+//! Ferry's runtimes: the [`Runtime`] trait — what the agent needs from whatever runs its
+//! workloads (apply a list level-triggered, observe status and changes, count dropped log lines,
+//! shut down, name its kind) — and [`ProcessRuntime`], the implementation that runs each assigned
+//! [`Workload`](ferry_protocol::Workload) as `spec.replicas` local processes and reports what it
+//! observes. The agent holds an `Arc<dyn Runtime>` and advertises `runtime:<kind>` to the control
+//! plane (`runtime:process` here), so another implementation (Kubernetes) can sit beside this one.
+//!
+//! The rest of these docs describe the process runtime.
 //!
 //! # API
+//!
+//! The inherent methods below are also its [`Runtime`] implementation ([`Runtime::kind`] is
+//! [`PROCESS_RUNTIME_KIND`], `"process"`).
 //!
 //! * [`ProcessRuntime::new`] — creates the runtime (killing leftovers of a previous agent run,
 //!   see below); captured output goes to the given channel as [`SourcedLine`]s.
@@ -25,6 +34,14 @@
 //! cannot override). Nothing else of the agent's environment leaks into workloads. Each replica
 //! gets a port from [`RuntimeConfig::port_range`] that passed a bind test on 127.0.0.1 and that
 //! no other live replica holds; it keeps it across restarts.
+//!
+//! `command` and `args` may refer to that final environment with Kubernetes' `$(NAME)` syntax,
+//! expanded before the process is spawned (no shell is involved, and each argument stays one
+//! argument): `$(NAME)` becomes NAME's value, so `python3 -m http.server $(PORT)` listens on the
+//! replica's port; a reference to a name that is not defined (or with no closing `)`) stays as
+//! written, so a shell's `$(command)` in `sh -c` scripts keeps working; `$$` becomes `$`, so
+//! `$$(NAME)` is the literal `$(NAME)` (and a shell's `$$` must be written `$$$$`). Any other `$`
+//! is left alone. `env` values and exec probes' commands are not expanded.
 //!
 //! stdout and stderr are read line by line (`\n`, trailing `\r` stripped, lossy UTF-8, at most
 //! 16 KiB per line; the excess is dropped) and sent to the log channel stamped with the time of
@@ -91,7 +108,9 @@
 //! next [`ProcessRuntime::apply`] starts everything afresh. A crash between a spawn and its
 //! pidfile write can still leak that one process.
 
+mod api;
 mod error;
+mod expand;
 mod health;
 mod logs;
 mod pidfile;
@@ -105,7 +124,8 @@ mod status;
 use std::ops::Range;
 use std::path::PathBuf;
 
-pub use runtime::ProcessRuntime;
+pub use api::Runtime;
+pub use runtime::{PROCESS_RUNTIME_KIND, ProcessRuntime};
 
 /// How a [`ProcessRuntime`] runs its processes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Child processes in their own process groups: spawning, signalling, stopping and reaping.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -60,7 +60,12 @@ impl Drop for GroupGuard {
 }
 
 /// A command line to run with an exact environment, in a new process group.
-pub(crate) fn command(program: &str, args: &[String], env: &[(OsString, OsString)], cwd: Option<&str>) -> Command {
+pub(crate) fn command(
+    program: impl AsRef<OsStr>,
+    args: &[impl AsRef<OsStr>],
+    env: &[(OsString, OsString)],
+    cwd: Option<&str>,
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).process_group(0);
     cmd.kill_on_drop(true);

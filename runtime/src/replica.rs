@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep};
 
 use crate::SourcedLine;
 use crate::error::{RuntimeError, io_message};
+use crate::expand::expand;
 use crate::health::{self, HealthEvent};
 use crate::logs::LogSink;
 use crate::pidfile;
@@ -217,7 +218,10 @@ impl Replica {
     /// Runs the process once, from spawn to exit (or stop).
     async fn run_once(&mut self, target: &Arc<ProbeTarget>, last_exit: Option<String>) -> Outcome {
         self.slot.set(Phase::Starting, false, last_exit.clone());
-        let cmd = process::command(&self.spec.command, &self.spec.args, &target.env, self.spec.working_dir.as_deref());
+        // `$(NAME)` in the command line refers to the replica's final environment.
+        let program = expand(&self.spec.command, &target.env);
+        let args: Vec<OsString> = self.spec.args.iter().map(|arg| expand(arg, &target.env)).collect();
+        let cmd = process::command(program, &args, &target.env, self.spec.working_dir.as_deref());
         let sink = LogSink {
             tx: self.shared.log_tx.clone(),
             dropped: Arc::clone(&self.shared.dropped_lines),

@@ -1,17 +1,19 @@
-//! [`ProcessRuntime`]: reconciles the desired workloads with the supervised replicas.
+//! [`ProcessRuntime`]: reconciles the desired workloads with the supervised replicas; the
+//! [`Runtime`] implementation the agent uses.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_trait::async_trait;
 use ferry_protocol::{ProcessSpec, Workload, WorkloadStatus};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::ports::PortPool;
 use crate::replica::{ReplicaHandle, Shared};
 use crate::status::StatusBoard;
-use crate::{RuntimeConfig, SourcedLine, pidfile};
+use crate::{Runtime, RuntimeConfig, SourcedLine, pidfile};
 
 /// Supervises workloads' replicas as local process groups. See the crate docs.
 pub struct ProcessRuntime {
@@ -171,6 +173,36 @@ impl ProcessRuntime {
     }
 }
 
+/// The process runtime's kind, announced by the agent as the capability `runtime:process`.
+pub const PROCESS_RUNTIME_KIND: &str = "process";
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        PROCESS_RUNTIME_KIND
+    }
+
+    async fn apply(&self, workloads: &[Workload]) {
+        ProcessRuntime::apply(self, workloads).await;
+    }
+
+    fn status(&self) -> Vec<WorkloadStatus> {
+        ProcessRuntime::status(self)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        ProcessRuntime::changes(self)
+    }
+
+    fn dropped_log_lines(&self) -> u64 {
+        ProcessRuntime::dropped_log_lines(self)
+    }
+
+    async fn shutdown(&self) {
+        ProcessRuntime::shutdown(self).await;
+    }
+}
+
 /// Whether two versions of a workload run the same processes (replica count aside).
 fn same_template(old: &Workload, new: &Workload) -> bool {
     let strip = |spec: &ProcessSpec| ProcessSpec { replicas: 0, ..spec.clone() };
@@ -204,6 +236,21 @@ mod tests {
         assert_send_sync(&rt);
         assert_send(rt.apply(&[]));
         assert_send(rt.shutdown());
+        rt.shutdown().await;
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn usable_as_a_trait_object() {
+        let dir = std::env::temp_dir().join(format!("ferry-runtime-dyn-{}", std::process::id()));
+        let (tx, _rx) = mpsc::channel(1);
+        let rt: Arc<dyn Runtime> =
+            Arc::new(ProcessRuntime::new(RuntimeConfig { port_range: 1..2, run_dir: dir.clone() }, tx));
+        assert_eq!(rt.kind(), "process");
+        assert_eq!(rt.capability(), "runtime:process");
+        rt.apply(&[]).await;
+        assert!(rt.status().is_empty());
+        assert_eq!(rt.dropped_log_lines(), 0);
         rt.shutdown().await;
         let _ = fs::remove_dir_all(dir);
     }

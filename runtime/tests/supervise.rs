@@ -126,3 +126,49 @@ async fn output_lines_arrive_tagged_with_stream_and_replica() {
     h.rt.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn command_and_args_expand_references_to_the_final_environment() {
+    let mut h = Harness::new("expand");
+    // `$1`… are the shell's; `$(NAME)` are Ferry's, expanded before anything runs (no shell).
+    let mut w = workload(
+        "expand",
+        "$(SHELL_BIN)",
+        &[
+            "-c",
+            "echo \"$1|$2|$3|$4|$5\"; exec sleep 1000",
+            "sh",
+            "$(FERRY_REPLICA)",
+            "$$(PORT)",
+            "$(NOPE)",
+            "x$(GREETING)y",
+            "$(PORT)",
+        ],
+    );
+    w.spec.env.insert("SHELL_BIN".to_owned(), "sh".to_owned());
+    w.spec.env.insert("GREETING".to_owned(), "hello world".to_owned());
+    h.rt.apply(&[w]).await;
+
+    let port = h.wait_running("expand", 0).await.port.expect("port");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = tokio::time::timeout_at(deadline, h.logs.recv()).await.expect("a line in time").expect("open");
+    assert_eq!(line.line.line, format!("0|$(PORT)|$(NOPE)|xhello worldy|{port}"));
+    h.rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_given_its_port_as_an_argument_passes_its_readiness_probe() {
+    let h = Harness::new("expand-http");
+    let dir = common::temp_dir("expand-http-cwd");
+    // README's example: `python3 -m http.server $(PORT)`.
+    let mut w = workload("web", common::python(), &["-m", "http.server", "$(PORT)", "--bind", "127.0.0.1"]);
+    w.spec.working_dir = Some(dir.display().to_string());
+    w.spec.readiness = Some(common::check(Probe::Http { path: "/".to_owned(), port: 0 }));
+    h.rt.apply(&[w]).await;
+
+    let port = h.wait_running("web", 0).await.port.expect("port");
+    let response = http_get(port).await.expect("an answer on $PORT");
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    h.rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

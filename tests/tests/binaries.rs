@@ -1,5 +1,6 @@
 //! The built binaries, started the way the README tells a user to.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,29 +13,39 @@ fn field<'a>(line: &'a str, after: &str) -> &'a str {
     rest.split_whitespace().next().unwrap()
 }
 
-#[test]
-fn server_and_agent_binaries_enroll_connect_and_stop_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A `ferry-server` with its data in `data`: the process, the API's base URL, the QUIC address
+/// agents dial and the admin token.
+fn start_server(data: &Path) -> (Proc, String, String, String) {
     let mut cmd = Command::new(bin_path("ferry-server"));
     cmd.args(["--http-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0", "--heartbeat-interval", "1s"])
         .arg("--data-dir")
-        .arg(&data);
-    let mut server = Proc::spawn(cmd);
+        .arg(data);
+    let server = Proc::spawn(cmd);
     let line = server.wait_line("API on http://", WAIT);
     let api = format!("http://{}", field(&line, "API on http://"));
     let quic = field(&line, "agents dial ").to_string();
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    (server, api, quic, admin)
+}
 
-    let http = reqwest::blocking::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("{api}/v1/agents/tokens"))
-        .bearer_auth(&admin)
+/// A new bootstrap token (the API's JSON answer).
+fn create_token(http: &reqwest::blocking::Client, api: &str, admin: &str) -> serde_json::Value {
+    http.post(format!("{api}/v1/agents/tokens"))
+        .bearer_auth(admin)
         .json(&serde_json::json!({ "labels": { "site": "lab" } }))
         .send()
         .unwrap()
         .json()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn server_and_agent_binaries_enroll_connect_and_stop_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, api, quic, admin) = start_server(&dir.path().join("data"));
+
+    let http = reqwest::blocking::Client::new();
+    let token = create_token(&http, &api, &admin);
     assert!(
         token["agentCommand"].as_str().unwrap().starts_with(&format!("ferry-agent --server {quic} --token ferry1."))
     );
@@ -84,4 +95,28 @@ fn invalid_configuration_exits_non_zero_with_one_line() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{bin} {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn an_agent_whose_token_pins_another_ca_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, api, quic, admin) = start_server(&dir.path().join("data"));
+    let http = reqwest::blocking::Client::new();
+    let token = create_token(&http, &api, &admin);
+    // This server's token, another CA's fingerprint: the server cannot prove it is the one the
+    // token was made for, and never will.
+    let token = token["token"].as_str().unwrap();
+    let (rest, _pin) = token.rsplit_once('.').unwrap();
+    let other = ferry_certs::Ca::generate("impostor").unwrap().fingerprint();
+    let mut cmd = Command::new(bin_path("ferry-agent"));
+    cmd.args(["--server", &quic, "--token", &format!("{rest}.{other}")])
+        .arg("--state-dir")
+        .arg(dir.path().join("agent"));
+    let mut agent = Proc::spawn(cmd);
+
+    // Exit code 78 (EX_CONFIG), so systemd's RestartPreventExitStatus=78 stops restarting it.
+    assert_eq!(agent.wait(WAIT), Some(78), "agent output:\n{}", agent.dump());
+    let last = agent.dump().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("ferry-agent: ") && last.contains("does not hold the CA the token pins"), "{last}");
+    assert_eq!(server.terminate(WAIT), Some(0), "server output:\n{}", server.dump());
 }

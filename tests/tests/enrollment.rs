@@ -127,6 +127,24 @@ async fn the_agent_pins_the_ca_from_its_token() {
 }
 
 #[tokio::test]
+async fn an_agent_whose_token_pins_another_ca_stops_for_good() {
+    let cp = ControlPlane::spawn().await;
+    let token = cp.token(600, &[]).await;
+    // This control plane's token id and secret, another CA's fingerprint (a token from another
+    // control plane, or the wrong --server): retrying cannot help, the agent stops (exit 78).
+    let parts: Vec<&str> = token.split('.').collect();
+    let other = ferry_certs::Ca::generate("impostor").unwrap().fingerprint();
+    let pinned_elsewhere = format!("ferry1.{}.{}.{other}", parts[1], parts[2]);
+    let agent = Agent::spawn(&cp, &pinned_elsewhere);
+    let msg = fatal(agent.exit().await);
+    assert!(msg.contains("does not hold the CA the token pins") && msg.contains(&other), "{msg}");
+    // The handshake failed before the token was sent: it is still unused, and works.
+    let (_, tokens) = cp.api(Method::GET, "/v1/agents/tokens", None).await;
+    assert_eq!(tokens["data"][0]["state"], "active", "{tokens}");
+    Agent::spawn(&cp, &token).wait_connected().await;
+}
+
+#[tokio::test]
 async fn foreign_and_expired_certificates_are_refused() {
     let cp = ControlPlane::spawn().await;
     let id = raw::enroll(cp.quic_addr(), &cp.token(600, &[]).await, &cp.ca().fingerprint()).await.unwrap();
