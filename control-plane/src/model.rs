@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use ferry_protocol::{HealthCheck, Probe, ProcessSpec, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::api::error::ErrorCode;
 use crate::planner::Target;
 
 pub const MAX_REPLICAS: u32 = 100;
@@ -21,13 +22,13 @@ const RESERVED_ENV: &[&str] = &["PORT", "FERRY_WORKLOAD_ID", "FERRY_REPLICA"];
 /// A validation failure: which field, and why (rendered as VALIDATION_001 or a domain code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub field: String,
     pub message: String,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Invalid {
-    Invalid { code: "VALIDATION_001", field: field.into(), message: message.into() }
+    Invalid { code: ErrorCode::InvalidValue, field: field.into(), message: message.into() }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,7 +190,7 @@ impl Configuration {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.replicas > MAX_REPLICAS {
             return Err(Invalid {
-                code: "DEPLOY_004",
+                code: ErrorCode::ReplicaLimit,
                 field: "configuration.replicas".into(),
                 message: format!("replicas {} exceeds the limit of {MAX_REPLICAS}", self.replicas),
             });

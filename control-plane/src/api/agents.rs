@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
+use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, PageParams, RequestId, page_json};
 use crate::AppState;
 use crate::ids::{now_ms, rfc3339};
 use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord};
@@ -199,11 +199,11 @@ pub async fn revoke(
 }
 
 fn agent_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "AGENT_001", format!("agent {id:?} not found"))
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::AgentNotFound, format!("agent {id:?} not found"))
         .with_details(json!({ "agentId": id }))
 }
 
 fn token_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "AGENT_002", format!("bootstrap token {id:?} not found"))
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::TokenNotFound, format!("bootstrap token {id:?} not found"))
         .with_details(json!({ "tokenId": id }))
 }

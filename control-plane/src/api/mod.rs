@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, ErrorCode};
 
 use crate::AppState;
 
@@ -55,7 +55,11 @@ pub fn router(state: AppState) -> Router {
         .merge(authed)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "ROUTE_002", "method not allowed on this endpoint")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this endpoint",
+            )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn(request_id))
@@ -67,8 +71,10 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => {
             Json(serde_json::json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") })).into_response()
         }
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE_001", format!("store unavailable: {e}"))
-            .into_response(),
+        Err(e) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("store unavailable: {e}"))
+                .into_response()
+        }
     }
 }
 
@@ -137,17 +143,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_002", e.body_text()),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidValue, e.body_text())
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::MalformedJson, e.body_text())
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "VALIDATION_004",
+            ErrorCode::UnsupportedMediaType,
             "expected a request body with Content-Type: application/json",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "VALIDATION_003", "request body too large")
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge, "request body too large")
         }
-        other => ApiError::new(other.status(), "VALIDATION_002", other.body_text()),
+        other => ApiError::new(other.status(), ErrorCode::MalformedJson, other.body_text()),
     }
 }
 
@@ -161,7 +171,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|e: QueryRejection| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()))
+            .map_err(|e: QueryRejection| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidValue, e.body_text()))
     }
 }
 
@@ -175,7 +185,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
-            .map_err(|e: PathRejection| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_001", e.body_text()))
+            .map_err(|e: PathRejection| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidValue, e.body_text()))
     }
 }
 
