@@ -130,3 +130,52 @@ async fn request_ids_are_echoed_and_pagination_has_the_seed_shape() {
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert_ne!(page1["data"][0]["id"], page2["data"][0]["id"]);
 }
+
+/// Log output of the tests that look at it (the test runtime runs the server on this thread).
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn store_failures_are_logged_once_with_the_request_id_and_kept_out_of_the_body() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cp = ControlPlane::spawn().await;
+    cp.running_store().close().await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/agents", cp.base_url))
+        .bearer_auth(&cp.admin_token)
+        .header("x-request-id", "trace-store-1")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_001");
+    assert_eq!(body["error"]["requestId"], "trace-store-1");
+    assert!(!body.to_string().contains("pool"), "the store error leaked into the body: {body}");
+
+    let log = logs.text();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("trace-store-1")).collect();
+    assert_eq!(failures.len(), 1, "one line per request:\n{log}");
+    assert!(failures[0].contains("ERROR") && failures[0].contains("closed pool"), "{log}");
+    assert!(!log.contains("store error"), "store errors are logged without the request id:\n{log}");
+}

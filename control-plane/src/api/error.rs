@@ -91,15 +91,24 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Value,
+    /// The underlying failure of a 5xx, for the server log only (never sent to the client).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: json!({}) }
+        Self { status, code, message: message.into(), details: json!({}), cause: None }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = details;
+        self
+    }
+
+    /// Records the underlying failure for the server log: the request-id middleware logs it
+    /// once, with the request id. It never reaches the response body.
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
         self
     }
 
@@ -148,15 +157,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The store error becomes the cause: logged with the request id, never shown to the client.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
         match e {
             StoreError::Db(sqlx::Error::PoolTimedOut) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "database busy; retry shortly")
             }
             _ => Self::internal(),
         }
+        .with_cause(e)
     }
 }
 

@@ -71,14 +71,14 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => {
             Json(serde_json::json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") })).into_response()
         }
-        Err(e) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("store unavailable: {e}"))
-                .into_response()
-        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "store unavailable")
+            .with_cause(e)
+            .into_response(),
     }
 }
 
-/// Assigns the request id, renders [`ApiError`] bodies and logs each request once.
+/// Assigns the request id, renders [`ApiError`] bodies and logs each request once; a failure's
+/// cause (e.g. a store error) is logged there, with the request id, and stays out of the body.
 async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -90,7 +90,9 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut res = next.run(req).await;
-    if let Some(err) = res.extensions_mut().remove::<ApiError>() {
+    let mut cause = None;
+    if let Some(mut err) = res.extensions_mut().remove::<ApiError>() {
+        cause = err.cause.take().map(|c| (err.code, c));
         let status = res.status();
         let mut headers = std::mem::take(res.headers_mut());
         res = (status, Json(err.body(&id))).into_response();
@@ -101,7 +103,13 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
-    tracing::info!(%method, %path, status = res.status().as_u16(), request_id = %id, "request");
+    let status = res.status().as_u16();
+    match cause {
+        Some((code, error)) => {
+            tracing::error!(%method, %path, status, request_id = %id, %code, %error, "request failed");
+        }
+        None => tracing::info!(%method, %path, status, request_id = %id, "request"),
+    }
     res
 }
 
