@@ -33,6 +33,28 @@ async fn health_is_public_everything_else_needs_the_admin_token() {
         let (status, body) = cp.request(method, path, None, Some("ferry_admin_wrong")).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "AUTH_001");
     }
+    // The scheme is case-insensitive (RFC 9110); other schemes are still refused.
+    let client = reqwest::Client::new();
+    for (scheme, want) in [
+        ("bearer", StatusCode::OK),
+        ("BEARER", StatusCode::OK),
+        ("Bearer", StatusCode::OK),
+        ("Basic", StatusCode::UNAUTHORIZED),
+    ] {
+        let res = client
+            .get(format!("{}/v1/agents", cp.base_url))
+            .header("authorization", format!("{scheme} {}", cp.admin_token))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        if want == StatusCode::OK {
+            assert_eq!(status, want, "{scheme}: {body}");
+        } else {
+            assert_error(status, &body, want, "AUTH_001");
+        }
+    }
     // The plaintext was written once, 0600; only a hash is stored.
     #[cfg(unix)]
     {

@@ -115,12 +115,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 
 /// Every `/v1` route except health requires the admin bearer token.
 async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
         return ApiError::unauthorized().into_response();
     };
@@ -132,6 +127,13 @@ async fn require_admin(State(state): State<AppState>, mut req: Request, next: Ne
         Ok(None) => ApiError::unauthorized().into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1) and separated from the token by one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
 /// `Json` whose rejections are [`ApiError`]s: malformed JSON, unknown fields, wrong types,
@@ -232,4 +234,25 @@ pub fn page_json<T: serde::Serialize>(data: Vec<T>, page: i64, page_size: i64, t
             "hasNext": page * page_size < total,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("bEaReR  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("Bearer", None),
+            ("Token abc", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
+    }
 }
