@@ -250,9 +250,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParam
         }
     }
     let total = views.len() as i64;
-    let start = ((page - 1) * page_size).min(total) as usize;
-    let data: Vec<Value> = views.into_iter().skip(start).take(page_size as usize).collect();
-    Ok(Json(page_json(data, page, page_size, total)))
+    Ok(Json(page_json(super::paginate(views, page, page_size), page, page_size, total)))
 }
 
 async fn load(state: &AppState, id: &str) -> ApiResult<Parsed> {

@@ -44,7 +44,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParam
     let all = state.store.list_environments().await?;
     let total = all.len() as i64;
     let mut data = Vec::new();
-    for e in all.iter().skip(((page - 1) * page_size) as usize).take(page_size as usize) {
+    for e in super::paginate(&all, page, page_size) {
         data.push(view(&state, e).await?);
     }
     Ok(Json(page_json(data, page, page_size, total)))

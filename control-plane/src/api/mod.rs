@@ -211,17 +211,31 @@ pub struct PageParams {
 pub const MAX_PAGE_SIZE: i64 = 200;
 
 impl PageParams {
+    /// `(page, pageSize)`, checked: `page × pageSize` (and so every offset computed from them)
+    /// fits in an `i64`.
     pub fn resolve(&self) -> ApiResult<(i64, i64)> {
         let page = self.page.unwrap_or(1);
         let size = self.page_size.unwrap_or(20);
-        if page < 1 {
-            return Err(ApiError::validation("page", "page must be 1 or more"));
-        }
         if !(1..=MAX_PAGE_SIZE).contains(&size) {
             return Err(ApiError::validation("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
         }
+        if page < 1 {
+            return Err(ApiError::validation("page", "page must be 1 or more"));
+        }
+        if page.checked_mul(size).is_none() {
+            return Err(ApiError::validation(
+                "page",
+                format!("page must be at most {} with pageSize {size}", i64::MAX / size),
+            ));
+        }
         Ok((page, size))
     }
+}
+
+/// One page of an in-memory list, for `(page, size)` from [`PageParams::resolve`].
+pub fn paginate<T>(items: impl IntoIterator<Item = T>, page: i64, size: i64) -> Vec<T> {
+    let offset = usize::try_from((page - 1) * size).unwrap_or(usize::MAX);
+    items.into_iter().skip(offset).take(usize::try_from(size).unwrap_or(usize::MAX)).collect()
 }
 
 pub fn page_json<T: serde::Serialize>(data: Vec<T>, page: i64, page_size: i64, total: i64) -> serde_json::Value {
@@ -239,6 +253,22 @@ pub fn page_json<T: serde::Serialize>(data: Vec<T>, page: i64, page_size: i64, t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_bounded_so_offsets_cannot_overflow() {
+        let resolve =
+            |page, page_size| PageParams { page: Some(page), page_size: Some(page_size), status: None }.resolve();
+        assert_eq!(resolve(1, 1).unwrap(), (1, 1));
+        assert_eq!(resolve(i64::MAX, 1).unwrap(), (i64::MAX, 1));
+        assert_eq!(resolve(i64::MAX / 200, 200).unwrap(), (i64::MAX / 200, 200));
+        for (page, size) in [(i64::MAX, 20), (i64::MAX / 200 + 1, 200), (0, 20), (-1, 20), (i64::MIN, 20)] {
+            let e = resolve(page, size).unwrap_err();
+            assert_eq!((e.code, e.details["field"].as_str()), (ErrorCode::InvalidValue, Some("page")), "{page}");
+        }
+        assert_eq!(paginate(1..=5, 2, 2), vec![3, 4]);
+        assert_eq!(paginate(1..=5, 3, 2), vec![5]);
+        assert!(paginate(1..=5, i64::MAX, 1).is_empty());
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
