@@ -124,6 +124,24 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
         let (s, res) = cp.api(Method::GET, path, None).await;
         assert_error(s, &res, status, code);
     }
+    // Unknown query values and parameters are refused, naming the parameter and what it accepts.
+    for (path, field, needle) in [
+        ("/v1/deployments?status=bogus", "status", "running, deploying, degraded, failed"),
+        ("/v1/agents/tokens?status=bogus", "status", "active, used, expired"),
+        ("/v1/agents/tokens?page=0", "page", "1 or more"),
+        ("/v1/agents/tokens?pageSize=1000", "pageSize", "between 1 and 200"),
+        ("/v1/agents/tokens?page=9223372036854775807", "page", "at most"),
+    ] {
+        let (s, res) = cp.api(Method::GET, path, None).await;
+        assert_error(s, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+        assert_eq!(res["error"]["details"]["field"], field, "{path}: {res}");
+        let msg = res["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{path}: {msg}");
+    }
+    let (s, res) = cp.api(Method::GET, "/v1/agents/tokens?colour=red", None).await;
+    assert_error(s, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+    assert!(res["error"]["message"].as_str().unwrap().contains("colour"), "{res}");
+
     let (s, res) = cp.api(Method::DELETE, "/v1/agents/tokens/0000000000000000", None).await;
     assert_error(s, &res, StatusCode::NOT_FOUND, "AGENT_002");
     let (s, res) = cp.api(Method::PATCH, "/v1/agents", None).await;
@@ -155,6 +173,13 @@ async fn request_ids_are_echoed_and_pagination_has_the_seed_shape() {
     assert_eq!(page2["pagination"]["hasNext"], false);
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert_ne!(page1["data"][0]["id"], page2["data"][0]["id"]);
+
+    // Tokens page and filter the same way.
+    let (_, page2) = cp.api(Method::GET, "/v1/agents/tokens?status=used&page=2&pageSize=2", None).await;
+    assert_eq!(page2["pagination"], json!({ "page": 2, "pageSize": 2, "totalCount": 3, "hasNext": false }));
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1, "{page2}");
+    let (_, active) = cp.api(Method::GET, "/v1/agents/tokens?status=active", None).await;
+    assert_eq!(active["pagination"]["totalCount"], 0, "{active}");
 }
 
 /// Log output of the tests that look at it (the test runtime runs the server on this thread).

@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::{Context, Parsed};
-use crate::status::Derived;
+use crate::status::{DeploymentStatus, Derived};
 use crate::store::{Audit, DeploymentFilter, DeploymentRecord, OperationRecord, Write};
 
 #[derive(Debug, Deserialize)]
@@ -237,15 +237,47 @@ pub async fn create(
     accepted(&state, record, &op).await
 }
 
+/// Every deployment status, for `?status=`.
+const STATUSES: [DeploymentStatus; 8] = [
+    DeploymentStatus::Running,
+    DeploymentStatus::Deploying,
+    DeploymentStatus::Degraded,
+    DeploymentStatus::Failed,
+    DeploymentStatus::Unknown,
+    DeploymentStatus::Pending,
+    DeploymentStatus::Stopping,
+    DeploymentStatus::Stopped,
+];
+
+/// Fails to compile when `DeploymentStatus` gains a variant, so that [`STATUSES`] is updated.
+const _: fn(DeploymentStatus) = |s| match s {
+    DeploymentStatus::Running
+    | DeploymentStatus::Deploying
+    | DeploymentStatus::Degraded
+    | DeploymentStatus::Failed
+    | DeploymentStatus::Unknown
+    | DeploymentStatus::Pending
+    | DeploymentStatus::Stopping
+    | DeploymentStatus::Stopped => {}
+};
+
+fn parse_status(s: &str) -> ApiResult<&'static str> {
+    STATUSES.iter().map(|st| st.as_str()).find(|st| *st == s).ok_or_else(|| {
+        let all: Vec<&str> = STATUSES.iter().map(|st| st.as_str()).collect();
+        ApiError::validation("status", format!("unknown status {s:?}: one of {}", all.join(", ")))
+    })
+}
+
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
     let (page, page_size) = super::PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
+    let status = q.status.as_deref().map(parse_status).transpose()?;
     let filter = DeploymentFilter { environment: q.environment.as_deref(), name: q.name.as_deref() };
     let ctx = Context::load(&state).await?;
     let mut views = Vec::new();
     for record in state.store.list_deployments(filter).await? {
         let parsed = Parsed::from_record(record)?;
         let derived = ctx.derive(&state, parsed.record.clone()).await?;
-        if q.status.as_deref().is_none_or(|s| s == derived.status.as_str()) {
+        if status.is_none_or(|s| s == derived.status.as_str()) {
             views.push(deployment_view(&parsed, &derived));
         }
     }
