@@ -6,6 +6,7 @@ mod agents;
 mod deployments;
 mod environments;
 pub mod error;
+mod limits;
 mod logs;
 
 use axum::body::Body;
@@ -49,9 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/environments/{id}", get(environments::get))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
-        .route("/v1/health", get(health))
+        .route("/v1/health", get(health).route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body)))
         .merge(authed)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
@@ -62,7 +64,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
 }
 
@@ -79,7 +81,7 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// Assigns the request id, renders [`ApiError`] bodies and logs each request once; a failure's
 /// cause (e.g. a store error) is logged there, with the request id, and stays out of the body.
-async fn request_id(mut req: Request, next: Next) -> Response {
+async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -89,7 +91,10 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| crate::ids::random_id("req"));
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let mut res = next.run(req).await;
+    let mut res = match limits::check(req, state.config.max_body_bytes) {
+        Ok(req) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
     let mut cause = None;
     if let Some(mut err) = res.extensions_mut().remove::<ApiError>() {
         cause = err.cause.take().map(|c| (err.code, c));
@@ -164,9 +169,11 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ErrorCode::UnsupportedMediaType,
             "expected a request body with Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge, "request body too large")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
+            "the request body is larger than the limit",
+        ),
         other => ApiError::new(other.status(), ErrorCode::MalformedJson, other.body_text()),
     }
 }

@@ -1,0 +1,100 @@
+//! Ferry's limits on the request itself, answered in the error format like everything else.
+//!
+//! * The body may not exceed `--max-body-bytes` on any endpoint, whether or not its handler
+//!   reads a body: a declared `Content-Length` is checked before anything runs ([`check`]); a
+//!   body of unknown length (chunked) is read up front, up to the limit ([`limit_body`]).
+//!
+//! What hyper refuses while parsing (a malformed request line or header, a URI of 64 KiB or
+//! more, more than 100 headers or a header section over ~400 KiB) never reaches the router:
+//! hyper answers those itself with a bare status and closes the connection. See `docs/errors.md`.
+
+use std::time::Duration;
+
+use axum::body::{Body, BodyDataStream, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use super::{ApiError, ErrorCode};
+use crate::AppState;
+
+/// After a 413, what the client still sends is read and dropped for at most this long and this
+/// much, so that it can read the answer: closing a socket with unread input makes the kernel
+/// send a reset, which can destroy the 413 before the client reads it.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+pub fn body_too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::BodyTooLarge,
+        format!("the request body is larger than the limit of {max} bytes"),
+    )
+    .with_details(json!({ "maxBytes": max }))
+}
+
+/// Checks what the request head declares, before authentication or routing. On a refusal the
+/// request is consumed (its body drained in the background, see [`LINGER`]).
+pub fn check(req: Request, max_body_bytes: usize) -> Result<Request, ApiError> {
+    if req.body().size_hint().lower() > max_body_bytes as u64 {
+        linger(req);
+        return Err(body_too_large(max_body_bytes));
+    }
+    Ok(req)
+}
+
+/// Reads a body of unknown length (chunked) before the handler runs, so that it is refused with
+/// 413 past the limit even where the handler never reads it. A body of declared length passes
+/// through: [`check`] already held it to the limit and hyper holds it to its declared length.
+pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let max = state.config.max_body_bytes;
+    if req.body().is_end_stream() || req.body().size_hint().exact().is_some() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) if buf.len() + chunk.len() <= max => buf.extend_from_slice(&chunk),
+            Ok(_) => {
+                drain(chunks);
+                return body_too_large(max).into_response();
+            }
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::MalformedJson,
+                    format!("could not read the request body: {e}"),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(buf))).await
+}
+
+fn linger(req: Request) {
+    // A client that sent `Expect: 100-continue` waits for the answer before sending anything.
+    if !req.headers().contains_key(header::EXPECT) {
+        drain(req.into_body().into_data_stream());
+    }
+}
+
+fn drain(mut chunks: BodyDataStream) {
+    tokio::spawn(async move {
+        let mut read = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(chunk)) = chunks.next().await {
+                read += chunk.len();
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
