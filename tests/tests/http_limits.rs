@@ -153,3 +153,40 @@ async fn a_client_that_sends_its_whole_body_first_still_reads_the_413() {
     s.write_all(&vec![b' '; len]).await.expect("the server reads what it refuses");
     read_response(&mut s).await.assert_error(413, "VALIDATION_003");
 }
+
+#[tokio::test]
+async fn long_uris_get_414_in_the_error_format() {
+    let cp = ControlPlane::spawn().await;
+    let long = "a".repeat(9 * 1024);
+    for path in [format!("/v1/agents/{long}"), format!("/v1/agents?name={long}"), format!("/v1/health?x={long}")] {
+        let mut s = connect(&cp).await;
+        s.write_all(head(&cp, "GET", &path, "").as_bytes()).await.unwrap();
+        let body = read_response(&mut s).await.assert_error(414, "VALIDATION_005");
+        assert_eq!(body["error"]["details"]["maxBytes"], 8192, "{body}");
+    }
+    // Unauthenticated too, and before the body limit.
+    let mut s = connect(&cp).await;
+    let req = format!("POST /v1/{long} HTTP/1.1\r\nhost: ferry\r\ncontent-length: 99999999\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s).await.assert_error(414, "VALIDATION_005");
+    // Up to the limit, the request is routed as usual.
+    let path = format!("/v1/agents/{}", "a".repeat(8192 - "/v1/agents/".len()));
+    let mut s = connect(&cp).await;
+    s.write_all(head(&cp, "GET", &path, "").as_bytes()).await.unwrap();
+    read_response(&mut s).await.assert_error(404, "AGENT_001");
+}
+
+/// Documented in docs/errors.md: what hyper refuses while parsing never reaches Ferry, and is
+/// answered with a bare status. If this starts failing, hyper changed: update the docs.
+#[tokio::test]
+async fn what_hyper_cannot_parse_gets_its_bare_answer() {
+    let cp = ControlPlane::spawn().await;
+    let huge = format!("GET /{} HTTP/1.1\r\nhost: ferry\r\n\r\n", "a".repeat(65_535));
+    for (req, status) in [("this is not http\r\n\r\n".to_string(), 400), (huge, 414)] {
+        let mut s = connect(&cp).await;
+        s.write_all(req.as_bytes()).await.unwrap();
+        let res = read_response(&mut s).await;
+        assert_eq!(res.status, status, "{}", res.head);
+        assert!(res.body.is_empty(), "{}", res.head);
+    }
+}

@@ -47,6 +47,8 @@ error_codes! {
     BodyTooLarge = "VALIDATION_003",
     /// 415: a JSON body without `Content-Type: application/json`.
     UnsupportedMediaType = "VALIDATION_004",
+    /// 414: the request URI is longer than Ferry accepts.
+    UriTooLong = "VALIDATION_005",
     /// 404: no such endpoint.
     RouteNotFound = "ROUTE_001",
     /// 405: the endpoint exists, not with this method.

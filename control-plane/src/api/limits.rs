@@ -1,5 +1,6 @@
 //! Ferry's limits on the request itself, answered in the error format like everything else.
 //!
+//! * The request URI may not exceed [`MAX_URI_BYTES`], well below what hyper refuses on its own.
 //! * The body may not exceed `--max-body-bytes` on any endpoint, whether or not its handler
 //!   reads a body: a declared `Content-Length` is checked before anything runs ([`check`]); a
 //!   body of unknown length (chunked) is read up front, up to the limit ([`limit_body`]).
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -20,6 +21,9 @@ use tokio_stream::StreamExt;
 
 use super::{ApiError, ErrorCode};
 use crate::AppState;
+
+/// The longest request URI (request target) Ferry answers; hyper's own limit is 64 KiB.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// After a 413, what the client still sends is read and dropped for at most this long and this
 /// much, so that it can read the answer: closing a socket with unread input makes the kernel
@@ -36,9 +40,26 @@ pub fn body_too_large(max: usize) -> ApiError {
     .with_details(json!({ "maxBytes": max }))
 }
 
+/// The length of the request target as the client sent it (origin or absolute form).
+pub fn uri_len(uri: &Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
 /// Checks what the request head declares, before authentication or routing. On a refusal the
 /// request is consumed (its body drained in the background, see [`LINGER`]).
 pub fn check(req: Request, max_body_bytes: usize) -> Result<Request, ApiError> {
+    let len = uri_len(req.uri());
+    if len > MAX_URI_BYTES {
+        linger(req);
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::UriTooLong,
+            format!("the request URI is {len} bytes long; the limit is {MAX_URI_BYTES}"),
+        )
+        .with_details(json!({ "maxBytes": MAX_URI_BYTES })));
+    }
     if req.body().size_hint().lower() > max_body_bytes as u64 {
         linger(req);
         return Err(body_too_large(max_body_bytes));

@@ -25,6 +25,8 @@ pub use error::{ApiError, ApiResult, ErrorCode};
 use crate::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
+/// How much of a request's path its log line shows.
+const LOG_PATH_CHARS: usize = 1024;
 
 /// The caller, as authenticated by [`require_admin`]; recorded in audit entries.
 #[derive(Debug, Clone)]
@@ -90,7 +92,9 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
         .map(str::to_string)
         .unwrap_or_else(|| crate::ids::random_id("req"));
     req.extensions_mut().insert(RequestId(id.clone()));
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let method = req.method().clone();
+    // The log gets the start of a long path (a refused URI can be up to hyper's 64 KiB).
+    let path: String = req.uri().path().chars().take(LOG_PATH_CHARS).collect();
     let mut res = match limits::check(req, state.config.max_body_bytes) {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
