@@ -230,3 +230,37 @@ async fn store_failures_are_logged_once_with_the_request_id_and_kept_out_of_the_
     assert!(failures[0].contains("ERROR") && failures[0].contains("closed pool"), "{log}");
     assert!(!log.contains("store error"), "store errors are logged without the request id:\n{log}");
 }
+
+#[tokio::test]
+async fn control_characters_are_refused_in_what_agents_would_run() {
+    let cp = ControlPlane::spawn().await;
+    for (key, value, field) in [
+        ("command", json!("/bin/true\u{0}"), "configuration.command"),
+        ("command", json!("/bin/\ttrue"), "configuration.command"),
+        ("args", json!(["ok", "a\u{1b}[2J"]), "configuration.args"),
+        ("workingDir", json!("/srv\u{0}"), "configuration.workingDir"),
+        ("env", json!({ "A": "1\u{0}" }), "configuration.env"),
+        (
+            "healthChecks",
+            json!({ "liveness": { "exec": { "command": ["test", "\u{7}"] } } }),
+            "configuration.healthChecks.liveness.exec.command",
+        ),
+        (
+            "healthChecks",
+            json!({ "readiness": { "httpGet": { "path": "/health\u{0}" } } }),
+            "configuration.healthChecks.readiness.httpGet.path",
+        ),
+    ] {
+        let mut body = json!({
+            "deploymentName": "web", "environment": "development",
+            "configuration": { "replicas": 1, "command": "/bin/true" },
+        });
+        body["configuration"][key] = value;
+        let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body.clone())).await;
+        assert_error(status, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+        assert_eq!(res["error"]["details"]["field"], field, "{body} -> {res}");
+        assert!(res["error"]["message"].as_str().unwrap().contains("control character"), "{res}");
+    }
+    let (_, list) = cp.api(Method::GET, "/v1/deployments", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 0, "{list}");
+}
