@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::error::ErrorCode;
 use crate::planner::Target;
 
-pub const MAX_REPLICAS: u32 = 100;
+/// Ferry's hard cap on replicas per deployment (a per-environment limit can only be lower).
+pub const MAX_REPLICAS: u32 = 10_000;
 const MAX_ARGS: usize = 256;
 const MAX_ARG_LEN: usize = 4096;
 const MAX_ENV: usize = 128;
@@ -201,7 +202,10 @@ impl Configuration {
             return Err(Invalid {
                 code: ErrorCode::ReplicaLimit,
                 field: "configuration.replicas".into(),
-                message: format!("replicas {} exceeds the limit of {MAX_REPLICAS}", self.replicas),
+                message: format!(
+                    "replicas {} exceeds Ferry's limit of {MAX_REPLICAS} replicas per deployment",
+                    self.replicas
+                ),
             });
         }
         if self.command.trim().is_empty() || self.command.len() > MAX_ARG_LEN {
@@ -375,7 +379,10 @@ mod tests {
     fn rejections_name_the_field() {
         let cases = [
             (json!({ "replicas": 1, "command": "" }), "configuration.command"),
-            (json!({ "replicas": 101, "command": "x" }), "DEPLOY_004"),
+            (
+                json!({ "replicas": 10_001, "command": "x" }),
+                "DEPLOY_004 configuration.replicas: replicas 10001 exceeds Ferry's limit of 10000 replicas per deployment",
+            ),
             (json!({ "replicas": -1, "command": "x" }), "invalid value"),
             (json!({ "replicas": 1 }), "missing field `command`"),
             (json!({ "replicas": 1, "command": "x", "colour": 1 }), "unknown field"),
@@ -470,6 +477,11 @@ mod tests {
             "healthChecks": { "liveness": { "exec": { "command": ["test", "-f", "/tmp/ok file"] } } }
         }));
         assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn up_to_ten_thousand_replicas() {
+        assert_eq!(config(json!({ "replicas": 10_000, "command": "x" })).unwrap().to_process_spec().replicas, 10_000);
     }
 
     #[test]

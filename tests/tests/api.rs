@@ -264,3 +264,21 @@ async fn control_characters_are_refused_in_what_agents_would_run() {
     let (_, list) = cp.api(Method::GET, "/v1/deployments", None).await;
     assert_eq!(list["pagination"]["totalCount"], 0, "{list}");
 }
+
+#[tokio::test]
+async fn a_deployment_may_ask_for_up_to_ten_thousand_replicas() {
+    let cp = ControlPlane::spawn().await;
+    let body = |replicas: u32| {
+        json!({
+            "deploymentName": "web", "environment": "development",
+            "configuration": { "replicas": replicas, "command": "/bin/true" },
+        })
+    };
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body(10_001))).await;
+    assert_error(status, &res, StatusCode::BAD_REQUEST, "DEPLOY_004");
+    assert!(res["error"]["message"].as_str().unwrap().contains("limit of 10000 replicas"), "{res}");
+    assert_eq!(res["error"]["details"]["field"], "configuration.replicas", "{res}");
+    // 10,000 passes validation: what stops it here is only that no agent is enrolled.
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body(10_000))).await;
+    assert_error(status, &res, StatusCode::UNPROCESSABLE_ENTITY, "DEPLOY_007");
+}
