@@ -5,8 +5,8 @@
 //!   reads a body: a declared `Content-Length` is checked before anything runs ([`check`]); a
 //!   body of unknown length (chunked) is read up front, up to the limit ([`limit_body`]).
 //!
-//! What hyper refuses while parsing (a malformed request line or header, a URI of 64 KiB or
-//! more, more than 100 headers or a header section over ~400 KiB) never reaches the router:
+//! What hyper refuses while parsing (a malformed request line or header, a URI over 65,534
+//! bytes, more than 100 headers or a request head over ~408 KiB) never reaches the router:
 //! hyper answers those itself with a bare status and closes the connection. See `docs/errors.md`.
 
 use std::time::Duration;
@@ -25,9 +25,10 @@ use crate::AppState;
 /// The longest request URI (request target) Ferry answers; hyper's own limit is 64 KiB.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-/// After a 413, what the client still sends is read and dropped for at most this long and this
-/// much, so that it can read the answer: closing a socket with unread input makes the kernel
-/// send a reset, which can destroy the 413 before the client reads it.
+/// After a refusal, what the client still sends is read and dropped for at most this long and
+/// this much (and not past shutdown), so that it can read the answer: closing a socket with
+/// unread input makes the kernel send a reset, which a client still writing its body gets
+/// instead of the answer.
 const LINGER: Duration = Duration::from_secs(5);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
@@ -49,10 +50,11 @@ pub fn uri_len(uri: &Uri) -> usize {
 
 /// Checks what the request head declares, before authentication or routing. On a refusal the
 /// request is consumed (its body drained in the background, see [`LINGER`]).
-pub fn check(req: Request, max_body_bytes: usize) -> Result<Request, ApiError> {
+pub fn check(req: Request, state: &AppState) -> Result<Request, ApiError> {
+    let max_body_bytes = state.config.max_body_bytes;
     let len = uri_len(req.uri());
     if len > MAX_URI_BYTES {
-        linger(req);
+        linger(req, state);
         return Err(ApiError::new(
             StatusCode::URI_TOO_LONG,
             ErrorCode::UriTooLong,
@@ -61,7 +63,7 @@ pub fn check(req: Request, max_body_bytes: usize) -> Result<Request, ApiError> {
         .with_details(json!({ "maxBytes": MAX_URI_BYTES })));
     }
     if req.body().size_hint().lower() > max_body_bytes as u64 {
-        linger(req);
+        linger(req, state);
         return Err(body_too_large(max_body_bytes));
     }
     Ok(req)
@@ -82,7 +84,7 @@ pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next)
         match chunk {
             Ok(chunk) if buf.len() + chunk.len() <= max => buf.extend_from_slice(&chunk),
             Ok(_) => {
-                drain(chunks);
+                drain(chunks, &state);
                 return body_too_large(max).into_response();
             }
             Err(e) => {
@@ -98,24 +100,28 @@ pub async fn limit_body(State(state): State<AppState>, req: Request, next: Next)
     next.run(Request::from_parts(parts, Body::from(buf))).await
 }
 
-fn linger(req: Request) {
+fn linger(req: Request, state: &AppState) {
     // A client that sent `Expect: 100-continue` waits for the answer before sending anything.
     if !req.headers().contains_key(header::EXPECT) {
-        drain(req.into_body().into_data_stream());
+        drain(req.into_body().into_data_stream(), state);
     }
 }
 
-fn drain(mut chunks: BodyDataStream) {
+fn drain(mut chunks: BodyDataStream, state: &AppState) {
+    let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut read = 0;
-        let _ = tokio::time::timeout(LINGER, async {
+        let drained = async {
             while let Some(Ok(chunk)) = chunks.next().await {
                 read += chunk.len();
                 if read > LINGER_BYTES {
                     break;
                 }
             }
-        })
-        .await;
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, drained) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
     });
 }

@@ -95,7 +95,7 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
     let method = req.method().clone();
     // The log gets the start of a long path (a refused URI can be up to hyper's 64 KiB).
     let path: String = req.uri().path().chars().take(LOG_PATH_CHARS).collect();
-    let mut res = match limits::check(req, state.config.max_body_bytes) {
+    let mut res = match limits::check(req, &state) {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     };
