@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use ferry_protocol::{HealthCheck, Probe, ProcessSpec, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::api::error::ErrorCode;
 use crate::planner::Target;
 
-pub const MAX_REPLICAS: u32 = 100;
+/// Ferry's hard cap on replicas per deployment (a per-environment limit can only be lower).
+pub const MAX_REPLICAS: u32 = 10_000;
 const MAX_ARGS: usize = 256;
 const MAX_ARG_LEN: usize = 4096;
 const MAX_ENV: usize = 128;
@@ -21,13 +23,13 @@ const RESERVED_ENV: &[&str] = &["PORT", "FERRY_WORKLOAD_ID", "FERRY_REPLICA"];
 /// A validation failure: which field, and why (rendered as VALIDATION_001 or a domain code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub field: String,
     pub message: String,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Invalid {
-    Invalid { code: "VALIDATION_001", field: field.into(), message: message.into() }
+    Invalid { code: ErrorCode::InvalidValue, field: field.into(), message: message.into() }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,20 +195,36 @@ pub fn validate_version(v: &str) -> Result<(), Invalid> {
     if ok { Ok(()) } else { Err(invalid("activeVersion", "1-64 characters of [A-Za-z0-9._+-]")) }
 }
 
+/// Commands, arguments and paths go to `execve` and the file system as they are: a control
+/// character (NUL, which cannot be passed at all, tab, newline, escapes…) is refused.
+fn no_control_chars(field: &str, what: &str, value: &str) -> Result<(), Invalid> {
+    match value.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(invalid(field, format!("{what} contains the control character U+{:04X}", u32::from(c)))),
+    }
+}
+
 impl Configuration {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.replicas > MAX_REPLICAS {
             return Err(Invalid {
-                code: "DEPLOY_004",
+                code: ErrorCode::ReplicaLimit,
                 field: "configuration.replicas".into(),
-                message: format!("replicas {} exceeds the limit of {MAX_REPLICAS}", self.replicas),
+                message: format!(
+                    "replicas {} exceeds Ferry's limit of {MAX_REPLICAS} replicas per deployment",
+                    self.replicas
+                ),
             });
         }
         if self.command.trim().is_empty() || self.command.len() > MAX_ARG_LEN {
             return Err(invalid("configuration.command", "command is required (at most 4096 bytes)"));
         }
+        no_control_chars("configuration.command", "command", &self.command)?;
         if self.args.len() > MAX_ARGS || self.args.iter().any(|a| a.len() > MAX_ARG_LEN) {
             return Err(invalid("configuration.args", format!("at most {MAX_ARGS} arguments of {MAX_ARG_LEN} bytes")));
+        }
+        for (i, arg) in self.args.iter().enumerate() {
+            no_control_chars("configuration.args", &format!("argument {i}"), arg)?;
         }
         if self.env.len() > MAX_ENV {
             return Err(invalid("configuration.env", format!("at most {MAX_ENV} variables")));
@@ -222,14 +240,23 @@ impl Configuration {
             if RESERVED_ENV.contains(&k.as_str()) {
                 return Err(invalid("configuration.env", format!("{k} is set by Ferry for every replica")));
             }
-            if v.len() > MAX_ENV_VALUE || v.contains('\0') {
-                return Err(invalid("configuration.env", format!("value of {k} too long or contains NUL")));
+            if v.len() > MAX_ENV_VALUE {
+                return Err(invalid("configuration.env", format!("value of {k} is longer than {MAX_ENV_VALUE} bytes")));
+            }
+            // Multi-line values (certificates, scripts) are common; other control characters
+            // (NUL first: it cannot even be passed to a process) are refused.
+            if let Some(c) = v.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+                return Err(invalid(
+                    "configuration.env",
+                    format!("value of {k} contains the control character U+{:04X}", u32::from(c)),
+                ));
             }
         }
-        if let Some(dir) = &self.working_dir
-            && (dir.is_empty() || dir.len() > MAX_ARG_LEN || dir.contains('\0'))
-        {
-            return Err(invalid("configuration.workingDir", "invalid working directory"));
+        if let Some(dir) = &self.working_dir {
+            if dir.is_empty() || dir.len() > MAX_ARG_LEN {
+                return Err(invalid("configuration.workingDir", "invalid working directory"));
+            }
+            no_control_chars("configuration.workingDir", "workingDir", dir)?;
         }
         if self.stop_grace_period_seconds > 3600 {
             return Err(invalid("configuration.stopGracePeriodSeconds", "at most 3600"));
@@ -288,14 +315,22 @@ impl HealthCheckJson {
             return Err(invalid(field, "give exactly one of httpGet, tcpSocket or exec"));
         }
         if let Some(h) = &self.http_get
-            && (!h.path.starts_with('/') || h.path.len() > 2048 || h.path.chars().any(char::is_whitespace))
+            && (!h.path.starts_with('/')
+                || h.path.len() > 2048
+                || h.path.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            return Err(invalid(&format!("{field}.httpGet.path"), "an absolute path without spaces"));
+            return Err(invalid(
+                &format!("{field}.httpGet.path"),
+                "an absolute path without spaces or control characters",
+            ));
         }
-        if let Some(e) = &self.exec
-            && (e.command.is_empty() || e.command.len() > MAX_ARGS || e.command.iter().any(|a| a.len() > MAX_ARG_LEN))
-        {
-            return Err(invalid(&format!("{field}.exec.command"), "a non-empty argument list"));
+        if let Some(e) = &self.exec {
+            if e.command.is_empty() || e.command.len() > MAX_ARGS || e.command.iter().any(|a| a.len() > MAX_ARG_LEN) {
+                return Err(invalid(&format!("{field}.exec.command"), "a non-empty argument list"));
+            }
+            for (i, arg) in e.command.iter().enumerate() {
+                no_control_chars(&format!("{field}.exec.command"), &format!("argument {i}"), arg)?;
+            }
         }
         let ranges = [
             ("initialDelaySeconds", self.initial_delay_seconds, 0, 3600),
@@ -363,7 +398,10 @@ mod tests {
     fn rejections_name_the_field() {
         let cases = [
             (json!({ "replicas": 1, "command": "" }), "configuration.command"),
-            (json!({ "replicas": 101, "command": "x" }), "DEPLOY_004"),
+            (
+                json!({ "replicas": 10_001, "command": "x" }),
+                "DEPLOY_004 configuration.replicas: replicas 10001 exceeds Ferry's limit of 10000 replicas per deployment",
+            ),
             (json!({ "replicas": -1, "command": "x" }), "invalid value"),
             (json!({ "replicas": 1 }), "missing field `command`"),
             (json!({ "replicas": 1, "command": "x", "colour": 1 }), "unknown field"),
@@ -383,11 +421,86 @@ mod tests {
                         "healthChecks": { "readiness": { "tcpSocket": {}, "failureThreshold": 0 } } }),
                 "failureThreshold",
             ),
+            // Control characters, NUL first.
+            (
+                json!({ "replicas": 1, "command": "x\u{0000}y" }),
+                "configuration.command: command contains the control character U+0000",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x\ty" }),
+                "configuration.command: command contains the control character U+0009",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x\u{001b}[2J" }),
+                "configuration.command: command contains the control character U+001B",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "args": ["ok", "a\u{0000}"] }),
+                "configuration.args: argument 1 contains the control character U+0000",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "args": ["a\nb"] }),
+                "configuration.args: argument 0 contains the control character U+000A",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "args": ["a\u{007f}"] }),
+                "configuration.args: argument 0 contains the control character U+007F",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "args": ["a\u{0085}"] }),
+                "configuration.args: argument 0 contains the control character U+0085",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "workingDir": "/srv/\u{0000}" }),
+                "configuration.workingDir: workingDir contains the control character U+0000",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "workingDir": "/srv\t/app" }),
+                "configuration.workingDir: workingDir contains the control character U+0009",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "env": { "A": "1\u{0000}2" } }),
+                "configuration.env: value of A contains the control character U+0000",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x", "env": { "A": "\u{001b}" } }),
+                "configuration.env: value of A contains the control character U+001B",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x",
+                        "healthChecks": { "liveness": { "exec": { "command": ["sh", "-c", "x\u{0000}"] } } } }),
+                "configuration.healthChecks.liveness.exec.command: argument 2 contains the control character U+0000",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x",
+                        "healthChecks": { "readiness": { "httpGet": { "path": "/health\u{0000}" } } } }),
+                "configuration.healthChecks.readiness.httpGet.path",
+            ),
+            (
+                json!({ "replicas": 1, "command": "x",
+                        "healthChecks": { "readiness": { "httpGet": { "path": "/a\u{0007}b" } } } }),
+                "configuration.healthChecks.readiness.httpGet.path",
+            ),
         ];
         for (v, needle) in cases {
             let err = config(v.clone()).unwrap_err();
             assert!(err.contains(needle), "{v} -> {err}");
         }
+    }
+
+    #[test]
+    fn printable_text_and_multi_line_env_values_are_accepted() {
+        let c = config(json!({
+            "replicas": 1, "command": "/usr/bin/python3", "args": ["-c", "print('héllo wörld ✓')"],
+            "workingDir": "/srv/my app", "env": { "CERT": "-----BEGIN-----\r\nAAAA\n\tBBBB\n-----END-----\n" },
+            "healthChecks": { "liveness": { "exec": { "command": ["test", "-f", "/tmp/ok file"] } } }
+        }));
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn up_to_ten_thousand_replicas() {
+        assert_eq!(config(json!({ "replicas": 10_000, "command": "x" })).unwrap().to_process_spec().replicas, 10_000);
     }
 
     #[test]

@@ -33,6 +33,28 @@ async fn health_is_public_everything_else_needs_the_admin_token() {
         let (status, body) = cp.request(method, path, None, Some("ferry_admin_wrong")).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "AUTH_001");
     }
+    // The scheme is case-insensitive (RFC 9110); other schemes are still refused.
+    let client = reqwest::Client::new();
+    for (scheme, want) in [
+        ("bearer", StatusCode::OK),
+        ("BEARER", StatusCode::OK),
+        ("Bearer", StatusCode::OK),
+        ("Basic", StatusCode::UNAUTHORIZED),
+    ] {
+        let res = client
+            .get(format!("{}/v1/agents", cp.base_url))
+            .header("authorization", format!("{scheme} {}", cp.admin_token))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        if want == StatusCode::OK {
+            assert_eq!(status, want, "{scheme}: {body}");
+        } else {
+            assert_error(status, &body, want, "AUTH_001");
+        }
+    }
     // The plaintext was written once, 0600; only a hash is stored.
     #[cfg(unix)]
     {
@@ -91,6 +113,10 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
         ("/v1/agents?pageSize=1000", StatusCode::BAD_REQUEST, "VALIDATION_001"),
         ("/v1/agents?status=sleeping", StatusCode::BAD_REQUEST, "VALIDATION_001"),
         ("/v1/agents?page=x", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?page=9223372036854775807", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/agents?page=46116860184273880&pageSize=200", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/deployments?page=9223372036854775807", StatusCode::BAD_REQUEST, "VALIDATION_001"),
+        ("/v1/environments?page=9223372036854775807", StatusCode::BAD_REQUEST, "VALIDATION_001"),
         ("/v1/agents?colour=red", StatusCode::BAD_REQUEST, "VALIDATION_001"),
         ("/v1/agents/agent-missing", StatusCode::NOT_FOUND, "AGENT_001"),
         ("/v1/nothing-here", StatusCode::NOT_FOUND, "ROUTE_001"),
@@ -98,6 +124,24 @@ async fn bad_input_gets_a_precise_4xx_and_stores_nothing() {
         let (s, res) = cp.api(Method::GET, path, None).await;
         assert_error(s, &res, status, code);
     }
+    // Unknown query values and parameters are refused, naming the parameter and what it accepts.
+    for (path, field, needle) in [
+        ("/v1/deployments?status=bogus", "status", "running, deploying, degraded, failed"),
+        ("/v1/agents/tokens?status=bogus", "status", "active, used, expired"),
+        ("/v1/agents/tokens?page=0", "page", "1 or more"),
+        ("/v1/agents/tokens?pageSize=1000", "pageSize", "between 1 and 200"),
+        ("/v1/agents/tokens?page=9223372036854775807", "page", "at most"),
+    ] {
+        let (s, res) = cp.api(Method::GET, path, None).await;
+        assert_error(s, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+        assert_eq!(res["error"]["details"]["field"], field, "{path}: {res}");
+        let msg = res["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{path}: {msg}");
+    }
+    let (s, res) = cp.api(Method::GET, "/v1/agents/tokens?colour=red", None).await;
+    assert_error(s, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+    assert!(res["error"]["message"].as_str().unwrap().contains("colour"), "{res}");
+
     let (s, res) = cp.api(Method::DELETE, "/v1/agents/tokens/0000000000000000", None).await;
     assert_error(s, &res, StatusCode::NOT_FOUND, "AGENT_002");
     let (s, res) = cp.api(Method::PATCH, "/v1/agents", None).await;
@@ -129,4 +173,112 @@ async fn request_ids_are_echoed_and_pagination_has_the_seed_shape() {
     assert_eq!(page2["pagination"]["hasNext"], false);
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert_ne!(page1["data"][0]["id"], page2["data"][0]["id"]);
+
+    // Tokens page and filter the same way.
+    let (_, page2) = cp.api(Method::GET, "/v1/agents/tokens?status=used&page=2&pageSize=2", None).await;
+    assert_eq!(page2["pagination"], json!({ "page": 2, "pageSize": 2, "totalCount": 3, "hasNext": false }));
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1, "{page2}");
+    let (_, active) = cp.api(Method::GET, "/v1/agents/tokens?status=active", None).await;
+    assert_eq!(active["pagination"]["totalCount"], 0, "{active}");
+}
+
+/// Log output of the tests that look at it (the test runtime runs the server on this thread).
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn store_failures_are_logged_once_with_the_request_id_and_kept_out_of_the_body() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cp = ControlPlane::spawn().await;
+    cp.running_store().close().await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/agents", cp.base_url))
+        .bearer_auth(&cp.admin_token)
+        .header("x-request-id", "trace-store-1")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_001");
+    assert_eq!(body["error"]["requestId"], "trace-store-1");
+    assert!(!body.to_string().contains("pool"), "the store error leaked into the body: {body}");
+
+    let log = logs.text();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("trace-store-1")).collect();
+    assert_eq!(failures.len(), 1, "one line per request:\n{log}");
+    assert!(failures[0].contains("ERROR") && failures[0].contains("closed pool"), "{log}");
+    assert!(!log.contains("store error"), "store errors are logged without the request id:\n{log}");
+}
+
+#[tokio::test]
+async fn control_characters_are_refused_in_what_agents_would_run() {
+    let cp = ControlPlane::spawn().await;
+    for (key, value, field) in [
+        ("command", json!("/bin/true\u{0}"), "configuration.command"),
+        ("command", json!("/bin/\ttrue"), "configuration.command"),
+        ("args", json!(["ok", "a\u{1b}[2J"]), "configuration.args"),
+        ("workingDir", json!("/srv\u{0}"), "configuration.workingDir"),
+        ("env", json!({ "A": "1\u{0}" }), "configuration.env"),
+        (
+            "healthChecks",
+            json!({ "liveness": { "exec": { "command": ["test", "\u{7}"] } } }),
+            "configuration.healthChecks.liveness.exec.command",
+        ),
+        (
+            "healthChecks",
+            json!({ "readiness": { "httpGet": { "path": "/health\u{0}" } } }),
+            "configuration.healthChecks.readiness.httpGet.path",
+        ),
+    ] {
+        let mut body = json!({
+            "deploymentName": "web", "environment": "development",
+            "configuration": { "replicas": 1, "command": "/bin/true" },
+        });
+        body["configuration"][key] = value;
+        let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body.clone())).await;
+        assert_error(status, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+        assert_eq!(res["error"]["details"]["field"], field, "{body} -> {res}");
+        assert!(res["error"]["message"].as_str().unwrap().contains("control character"), "{res}");
+    }
+    let (_, list) = cp.api(Method::GET, "/v1/deployments", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 0, "{list}");
+}
+
+#[tokio::test]
+async fn a_deployment_may_ask_for_up_to_ten_thousand_replicas() {
+    let cp = ControlPlane::spawn().await;
+    let body = |replicas: u32| {
+        json!({
+            "deploymentName": "web", "environment": "development",
+            "configuration": { "replicas": replicas, "command": "/bin/true" },
+        })
+    };
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body(10_001))).await;
+    assert_error(status, &res, StatusCode::BAD_REQUEST, "DEPLOY_004");
+    assert!(res["error"]["message"].as_str().unwrap().contains("limit of 10000 replicas"), "{res}");
+    assert_eq!(res["error"]["details"]["field"], "configuration.replicas", "{res}");
+    // 10,000 passes validation: what stops it here is only that no agent is enrolled.
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body(10_000))).await;
+    assert_error(status, &res, StatusCode::UNPROCESSABLE_ENTITY, "DEPLOY_007");
 }

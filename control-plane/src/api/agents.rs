@@ -9,7 +9,9 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
+use super::{
+    Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, PageParams, RequestId, page_json, paginate,
+};
 use crate::AppState;
 use crate::ids::{now_ms, rfc3339};
 use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord};
@@ -136,12 +138,33 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-pub async fn list_tokens(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+/// Token states, for `?status=`.
+const TOKEN_STATES: [&str; 3] = ["active", "used", "expired"];
+
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<impl IntoResponse> {
+    let (page, page_size) = q.resolve()?;
+    if let Some(s) = q.status.as_deref()
+        && !TOKEN_STATES.contains(&s)
+    {
+        return Err(ApiError::validation(
+            "status",
+            format!("unknown status {s:?}: one of {}", TOKEN_STATES.join(", ")),
+        ));
+    }
     let now = now_ms();
-    let tokens: Vec<TokenView> =
-        state.store.list_bootstrap_tokens().await?.into_iter().map(|t| TokenView::new(t, now)).collect();
+    let tokens: Vec<TokenView> = state
+        .store
+        .list_bootstrap_tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenView::new(t, now))
+        .filter(|t| q.status.as_deref().is_none_or(|s| s == t.state))
+        .collect();
     let total = tokens.len() as i64;
-    Ok(Json(page_json(tokens, 1, total.max(1), total)))
+    Ok(Json(page_json(paginate(tokens, page, page_size), page, page_size, total)))
 }
 
 pub async fn delete_token(
@@ -199,11 +222,11 @@ pub async fn revoke(
 }
 
 fn agent_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "AGENT_001", format!("agent {id:?} not found"))
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::AgentNotFound, format!("agent {id:?} not found"))
         .with_details(json!({ "agentId": id }))
 }
 
 fn token_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "AGENT_002", format!("bootstrap token {id:?} not found"))
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::TokenNotFound, format!("bootstrap token {id:?} not found"))
         .with_details(json!({ "tokenId": id }))
 }

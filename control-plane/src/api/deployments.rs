@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, RequestId, page_json};
+use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, RequestId, page_json};
 use crate::AppState;
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::model::{self, Configuration, Invalid, TargetJson};
@@ -66,7 +66,7 @@ fn bad(i: Invalid) -> ApiError {
 }
 
 pub fn not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "DEPLOY_006", format!("deployment {id:?} not found"))
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
         .with_details(json!({ "deploymentId": id }))
 }
 
@@ -179,11 +179,19 @@ pub async fn create(
     }
     req.configuration.validate().map_err(bad)?;
     let env = state.store.get_environment(&req.environment).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "ENV_001", format!("environment {:?} not found", req.environment))
-            .with_details(json!({ "field": "environment" }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::EnvironmentNotFound,
+            format!("environment {:?} not found", req.environment),
+        )
+        .with_details(json!({ "field": "environment" }))
     })?;
     if env.locked {
-        return Err(ApiError::new(StatusCode::CONFLICT, "ENV_002", format!("environment {:?} is locked", env.name)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::EnvironmentLocked,
+            format!("environment {:?} is locked", env.name),
+        ));
     }
     let target = check_target(&req.target)?;
     let now = now_ms();
@@ -211,7 +219,7 @@ pub async fn create(
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "DEPLOY_008",
+            ErrorCode::DeploymentExists,
             format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
         ));
     }
@@ -325,7 +333,7 @@ async fn mutate(
             Write::Conflict { current } => {
                 return Err(ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
-                    "DEPLOY_009",
+                    ErrorCode::StaleResourceVersion,
                     "the deployment changed since you read it; fetch it again and retry",
                 )
                 .with_details(json!({ "resourceVersion": current })));
@@ -478,7 +486,7 @@ pub async fn scale(
 
 pub async fn get_operation(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
     let op = state.store.get_operation(&id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "OPERATION_001", format!("operation {id:?} not found"))
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
             .with_details(json!({ "operationId": id }))
     })?;
     Ok(Json(operation_view(&op)))

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, RequestId, page_json};
+use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, PageParams, RequestId, page_json};
 use crate::AppState;
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::store::{Audit, EnvironmentRecord};
@@ -44,7 +44,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParam
     let all = state.store.list_environments().await?;
     let total = all.len() as i64;
     let mut data = Vec::new();
-    for e in all.iter().skip(((page - 1) * page_size) as usize).take(page_size as usize) {
+    for e in super::paginate(&all, page, page_size) {
         data.push(view(&state, e).await?);
     }
     Ok(Json(page_json(data, page, page_size, total)))
@@ -52,7 +52,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParam
 
 pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
     let e = state.store.get_environment(&id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "ENV_001", format!("environment {id:?} not found"))
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::EnvironmentNotFound, format!("environment {id:?} not found"))
             .with_details(json!({ "environmentId": id }))
     })?;
     Ok(Json(view(&state, &e).await?))
@@ -90,7 +90,7 @@ pub async fn create(
     if !state.store.create_environment(&env, &audit).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "ENV_006",
+            ErrorCode::EnvironmentExists,
             format!("environment {:?} already exists", env.name),
         ));
     }

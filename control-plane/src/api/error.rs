@@ -4,6 +4,8 @@
 //! request-id middleware renders the body, so every error — including routing and extractor
 //! rejections — carries the request id without threading it through handlers.
 
+use std::fmt;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -13,17 +15,91 @@ use crate::store::StoreError;
 /// Where each code is explained (shipped in the repository as `docs/errors.md`).
 pub const DOCS_BASE: &str = "docs/errors.md#";
 
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal,)*) => {
+        /// Every code the REST API emits. Each one has a row (and an anchor) in `docs/errors.md`;
+        /// a unit test keeps the two in step.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// 401: missing or invalid bearer token.
+    Unauthorized = "AUTH_001",
+    /// 400: a field or query parameter has an invalid value, unknown field, wrong type.
+    InvalidValue = "VALIDATION_001",
+    /// 400: the body is not valid JSON.
+    MalformedJson = "VALIDATION_002",
+    /// 413: the body is larger than `--max-body-bytes`.
+    BodyTooLarge = "VALIDATION_003",
+    /// 415: a JSON body without `Content-Type: application/json`.
+    UnsupportedMediaType = "VALIDATION_004",
+    /// 414: the request URI is longer than Ferry accepts.
+    UriTooLong = "VALIDATION_005",
+    /// 404: no such endpoint.
+    RouteNotFound = "ROUTE_001",
+    /// 405: the endpoint exists, not with this method.
+    MethodNotAllowed = "ROUTE_002",
+    /// 404: no agent with this id.
+    AgentNotFound = "AGENT_001",
+    /// 404: no bootstrap token with this id.
+    TokenNotFound = "AGENT_002",
+    /// 400: more replicas than Ferry's hard cap.
+    ReplicaLimit = "DEPLOY_004",
+    /// 404: no deployment with this id.
+    DeploymentNotFound = "DEPLOY_006",
+    /// 422: the target matches no enrolled, non-revoked agent.
+    NoMatchingAgent = "DEPLOY_007",
+    /// 409: a deployment with this name already exists in the environment.
+    DeploymentExists = "DEPLOY_008",
+    /// 412: the deployment changed since the caller read it (`If-Match`).
+    StaleResourceVersion = "DEPLOY_009",
+    /// 400/404: no environment with this name or id.
+    EnvironmentNotFound = "ENV_001",
+    /// 409: the environment is locked.
+    EnvironmentLocked = "ENV_002",
+    /// 409: an environment with this name already exists.
+    EnvironmentExists = "ENV_006",
+    /// 404: no operation with this id.
+    OperationNotFound = "OPERATION_001",
+    /// 503: the database is unreachable or saturated, or a capacity limit was hit.
+    Unavailable = "UNAVAILABLE_001",
+    /// 500: a bug or an unexpected failure.
+    Internal = "INTERNAL_001",
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Value,
+    /// The underlying failure of a 5xx, for the server log only (never sent to the client).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: json!({}) }
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: json!({}), cause: None }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -31,23 +107,30 @@ impl ApiError {
         self
     }
 
+    /// Records the underlying failure for the server log: the request-id middleware logs it
+    /// once, with the request id. It never reaches the response body.
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
+    }
+
     /// 400: a field has an invalid value.
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_001", message).with_details(json!({ "field": field }))
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidValue, message).with_details(json!({ "field": field }))
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "AUTH_001", "missing or invalid bearer token")
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or invalid bearer token")
     }
 
     pub fn route_not_found(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "ROUTE_001", format!("no such endpoint: {path}"))
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, format!("no such endpoint: {path}"))
     }
 
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_001",
+            ErrorCode::Internal,
             "internal error; see the server log for this request id",
         )
     }
@@ -55,11 +138,11 @@ impl ApiError {
     pub fn body(&self, request_id: &str) -> Value {
         json!({
             "error": {
-                "code": self.code,
+                "code": self.code.as_str(),
                 "message": self.message,
                 "details": self.details,
                 "requestId": request_id,
-                "documentation": format!("{DOCS_BASE}{}", self.code.to_ascii_lowercase()),
+                "documentation": format!("{DOCS_BASE}{}", self.code.as_str().to_ascii_lowercase()),
             }
         })
     }
@@ -76,16 +159,62 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The store error becomes the cause: logged with the request id, never shown to the client.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
         match e {
             StoreError::Db(sqlx::Error::PoolTimedOut) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE_001", "database busy; retry shortly")
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "database busy; retry shortly")
             }
             _ => Self::internal(),
         }
+        .with_cause(e)
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const DOC: &str = include_str!("../../../docs/errors.md");
+
+    /// The codes in the table of `docs/errors.md`: rows of the form
+    /// ``| <a id="code_001"></a>`CODE_001` | ...``.
+    fn documented() -> Vec<(String, String)> {
+        DOC.lines()
+            .filter_map(|l| l.strip_prefix("| <a id=\""))
+            .map(|rest| {
+                let (anchor, rest) = rest.split_once("\"></a>`").expect("row: anchor then `CODE`");
+                let (code, _) = rest.split_once('`').expect("row: `CODE`");
+                (anchor.to_string(), code.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_code_is_documented_and_the_doc_lists_no_other() {
+        let rows = documented();
+        for (anchor, code) in &rows {
+            assert_eq!(anchor, &code.to_ascii_lowercase(), "anchor of {code} in docs/errors.md");
+        }
+        let doc: BTreeSet<&str> = rows.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(doc.len(), rows.len(), "a code has two rows in docs/errors.md");
+        let emitted: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(emitted.len(), ErrorCode::ALL.len(), "two variants share a code");
+        let undocumented: Vec<_> = emitted.difference(&doc).collect();
+        assert!(undocumented.is_empty(), "codes missing from docs/errors.md: {undocumented:?}");
+        let unknown: Vec<_> = doc.difference(&emitted).collect();
+        assert!(unknown.is_empty(), "docs/errors.md lists codes ErrorCode lacks: {unknown:?}");
+        // The documentation link of every error points at its row.
+        for code in ErrorCode::ALL {
+            let body = ApiError::new(StatusCode::BAD_REQUEST, *code, "x").body("req-1");
+            let link = body["error"]["documentation"].as_str().unwrap();
+            let anchor = link.strip_prefix(DOCS_BASE).unwrap();
+            assert!(DOC.contains(&format!("<a id=\"{anchor}\"></a>")), "{link}");
+        }
+    }
+}

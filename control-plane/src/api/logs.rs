@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ApiError, ApiPath, ApiQuery, ApiResult};
+use super::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorCode};
 use crate::AppState;
 use crate::ids::rfc3339;
 use crate::logs::Subscription;
@@ -125,7 +125,7 @@ pub async fn stream(
     ensure_exists(&state, &id).await?;
     // Subscribe before the first query, so nothing stored meanwhile goes unnoticed.
     let sub = state.logs.subscribe(&id).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE_001", "too many open log streams; retry later")
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "too many open log streams; retry later")
     })?;
     let (tx, rx) = mpsc::channel(64);
     let shutdown = state.shutdown.clone();
@@ -228,7 +228,7 @@ async fn ensure_exists(state: &AppState, id: &str) -> ApiResult<()> {
     if state.store.deployment_exists(id).await? {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "DEPLOY_006", format!("deployment {id:?} not found"))
+        Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
             .with_details(json!({ "deploymentId": id })))
     }
 }
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(parse_since("2023-11-14T23:13:20.5+01:00").unwrap(), 1_700_000_000_500);
         for bad in ["", "-1", "yesterday", "2023-11-14", "99999999999999999999"] {
             let e = parse_since(bad).unwrap_err();
-            assert_eq!((e.code, e.details["field"].as_str()), ("VALIDATION_001", Some("since")), "{bad:?}");
+            assert_eq!((e.code, e.details["field"].as_str()), (ErrorCode::InvalidValue, Some("since")), "{bad:?}");
         }
         assert_eq!(int("limit", "5000", 1..=MAX_LIMIT).unwrap(), 5000);
         for bad in ["0", "5001", "x", "1.5", ""] {

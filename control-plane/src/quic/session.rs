@@ -384,11 +384,17 @@ impl Session {
             Ok((head, _)) if delta_base.is_some_and(|base| base < head.floor) => {
                 match store.intent_snapshot(&self.agent_id, None).await {
                     Ok(snapshot) => (snapshot, None),
-                    Err(e) => return Ok(self.store_trouble(e)),
+                    Err(e) => {
+                        self.store_trouble(e);
+                        return Ok(());
+                    }
                 }
             }
             Ok(snapshot) => (snapshot, delta_base),
-            Err(e) => return Ok(self.store_trouble(e)),
+            Err(e) => {
+                self.store_trouble(e);
+                return Ok(());
+            }
         };
         if head.generation == 0 || (!full && head.generation <= self.sent) {
             return Ok(());
@@ -397,13 +403,19 @@ impl Session {
         let msg = if self.protocol >= 2 {
             match templates.update(store, head, base, &rows).await {
                 Ok(u) => ServerMessage::Intent(u),
-                Err(e) => return Ok(self.store_trouble(e)),
+                Err(e) => {
+                    self.store_trouble(e);
+                    return Ok(());
+                }
             }
         } else {
             self.learn(rows.iter().filter(|r| !r.removed).map(|r| (&r.deployment_id, &r.workload_id)));
             match templates.assignment(store, head, &rows).await {
                 Ok(a) => ServerMessage::Assignment(a),
-                Err(e) => return Ok(self.store_trouble(e)),
+                Err(e) => {
+                    self.store_trouble(e);
+                    return Ok(());
+                }
             }
         };
         ferry_transport::write_frame_timeout(send, &msg, WRITE_TIMEOUT).await?;
