@@ -1,17 +1,22 @@
 //! `ferry-bench`: prints the figures recorded in BENCHMARKS.md.
 //!
 //! ```text
-//! cargo build --release -p ferry-tests
+//! cargo build --release -p ferry-tests -p ferry-server
 //! RUST_LOG=off ./target/release/ferry-bench basics [--runs N]
+//! RUST_LOG=off ./target/release/ferry-bench writes [--count N] [--concurrency C] [--database-url URL]
 //! ```
 //!
 //! * `basics`: codec, enrollment/first session, log ingest/SSE and deploy latency against an
 //!   in-process control plane (see `basics.rs`).
+//! * `writes`: POST latency while 10,000 deployments accumulate, and list latency at 100 vs at
+//!   10,000 stored (see `writes.rs`).
 //!
 //! Without a subcommand it prints the help and exits 2; bad arguments exit 2 with the usage.
 
 mod basics;
+mod server;
 mod stats;
+mod writes;
 
 use std::process::ExitCode;
 
@@ -33,14 +38,27 @@ enum Command {
     /// Codec, enrollment and first session, log ingest/SSE and deploy latency (in-process
     /// control plane and agent).
     Basics(basics::Args),
+    /// Creating deployments stays flat: POST latency per bucket of existing deployments, list
+    /// latency at 100 vs --count stored (ferry-server child process, one simulated agent).
+    Writes(writes::Args),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     ferry_certs::tls::provider();
-    match cli.command {
-        Command::Basics(args) => basics::run(args).await,
+    let result = match cli.command {
+        Command::Basics(args) => {
+            basics::run(args).await;
+            Ok(())
+        }
+        Command::Writes(args) => writes::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::SUCCESS
 }

@@ -1,4 +1,4 @@
-//! Percentiles and formatting for the benchmarks.
+//! Percentiles, formatting and a small deterministic random source for the benchmarks.
 
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `a / b` of two durations, for "how much slower" figures.
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    if b.is_zero() { f64::INFINITY } else { a.as_secs_f64() / b.as_secs_f64() }
+}
+
 /// Prints `name n p50 p90 p99 max` on one line (the `basics` format).
 pub fn percentiles(name: &str, samples: Vec<Duration>) {
     let Some(s) = Summary::of(&samples) else {
@@ -44,6 +49,29 @@ pub fn percentiles(name: &str, samples: Vec<Duration>) {
         ms(s.p99),
         ms(s.max)
     );
+}
+
+/// xorshift64*: enough to pick random pages, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_time() -> Self {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        Self(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-enough in `1..=n` (`n` ≥ 1).
+    pub fn one_to(&mut self, n: u64) -> u64 {
+        1 + self.next() % n.max(1)
+    }
 }
 
 #[cfg(test)]
