@@ -4,16 +4,20 @@
 //! cargo build --release -p ferry-tests -p ferry-server
 //! RUST_LOG=off ./target/release/ferry-bench basics [--runs N]
 //! RUST_LOG=off ./target/release/ferry-bench writes [--count N] [--concurrency C] [--database-url URL]
+//! RUST_LOG=off ./target/release/ferry-bench scale [--agents N] [--idle-seconds S] [--database-url URL]
 //! ```
 //!
 //! * `basics`: codec, enrollment/first session, log ingest/SSE and deploy latency against an
 //!   in-process control plane (see `basics.rs`).
 //! * `writes`: POST latency while 10,000 deployments accumulate, and list latency at 100 vs at
 //!   10,000 stored (see `writes.rs`).
+//! * `scale`: N simulated agents, each with its own QUIC connection and certificate, against a
+//!   `ferry-server` child process: enrollment time, idle CPU/RSS, fan-out (see `scale.rs`).
 //!
 //! Without a subcommand it prints the help and exits 2; bad arguments exit 2 with the usage.
 
 mod basics;
+mod scale;
 mod server;
 mod stats;
 mod writes;
@@ -41,6 +45,9 @@ enum Command {
     /// Creating deployments stays flat: POST latency per bucket of existing deployments, list
     /// latency at 100 vs --count stored (ferry-server child process, one simulated agent).
     Writes(writes::Args),
+    /// N simulated agents (own QUIC connection and certificate each) against a ferry-server
+    /// child process: enroll + connect time, idle CPU/RSS, fan-out of one deployment.
+    Scale(scale::Args),
 }
 
 #[tokio::main]
@@ -53,6 +60,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Writes(args) => writes::run(args).await,
+        Command::Scale(args) => scale::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -298,6 +298,11 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// CPU use between two readings, as % of one core.
+pub fn cpu_percent(before: &Usage, after: &Usage, wall: Duration) -> f64 {
+    after.cpu.saturating_sub(before.cpu).as_secs_f64() / wall.as_secs_f64() * 100.0
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -345,5 +350,14 @@ impl Api {
             bail!("POST /v1/agents/tokens: {status} {res}");
         }
         res["token"].as_str().map(str::to_string).context("token missing from the response")
+    }
+
+    /// How many agents the control plane counts as connected.
+    pub async fn connected_agents(&self) -> anyhow::Result<u64> {
+        let (status, res) = self.call(Method::GET, "/v1/agents?status=connected&pageSize=1", None).await?;
+        if status != StatusCode::OK {
+            bail!("GET /v1/agents: {status} {res}");
+        }
+        res["pagination"]["totalCount"].as_u64().context("totalCount missing")
     }
 }
