@@ -50,6 +50,20 @@ enum Command {
     Scale(scale::Args),
 }
 
+/// Resolves on SIGINT or SIGTERM, so that a mode can stop its server (and drop its PostgreSQL
+/// schema) before exiting instead of leaving the child process behind.
+async fn interrupted() -> anyhow::Error {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    anyhow::anyhow!("interrupted by {name}")
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -66,7 +66,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut server = Server::start(&opts).await?;
     let mut agents = Vec::new();
-    let result = measure(&args, &mut server, &mut agents).await;
+    let result = tokio::select! {
+        r = measure(&args, &mut server, &mut agents) => r,
+        e = crate::interrupted() => Err(e),
+    };
     if result.is_err() {
         // Say what state things were in when it stopped (the error itself is printed last).
         println!("\nstopped early; state at that point:");
@@ -281,7 +284,11 @@ async fn fan_out(args: &Args, server: &mut Server, agents: &[Enrolled]) -> anyho
             shards.len()
         );
         let t0 = Instant::now();
-        let ids = post_shards(api, &shards, body).await?;
+        let deadline = Duration::from_secs(args.fanout_timeout);
+        let ids = match tokio::time::timeout(deadline, post_shards(api, &shards, body)).await {
+            Ok(ids) => ids?,
+            Err(_) => bail!("the {} fan-out POSTs were not all answered within {deadline:?}", shards.len()),
+        };
         println!("   {} POSTs answered in {:.1} ms", ids.len(), ms(t0.elapsed()));
         expect.extend(agents.iter().map(|a| ids[&a.shard].clone()));
         deployments.extend(shards.keys().map(|shard| (ids[shard].clone(), shards[shard])));
@@ -313,9 +320,14 @@ async fn post_shards(
         });
     }
     let mut ids = BTreeMap::new();
+    let mut last_progress = Instant::now();
     while let Some(r) = tasks.join_next().await {
         let (shard, id) = r??;
         ids.insert(shard, id);
+        if last_progress.elapsed() > Duration::from_secs(10) {
+            last_progress = Instant::now();
+            eprintln!("… {} of {} fan-out POSTs answered", ids.len(), shards.len());
+        }
     }
     Ok(ids)
 }

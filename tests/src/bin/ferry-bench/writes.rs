@@ -46,7 +46,10 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let opts = server::Options { database_url: args.database_url.clone(), heartbeat_interval: None };
     let mut server = Server::start(&opts).await?;
-    let result = measure(&args, &mut server).await;
+    let result = tokio::select! {
+        r = measure(&args, &mut server) => r,
+        e = crate::interrupted() => Err(e),
+    };
     if server.log_lines() > 0 {
         println!(
             "\nferry-server logged {} warning/error line(s); the last ones:\n{}",
