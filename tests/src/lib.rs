@@ -1,12 +1,14 @@
 //! Ferry's test harness: a real control plane and real agents in-process on 127.0.0.1:0, with
 //! real QUIC and mutual TLS, plus raw protocol clients for the cases a well-behaved agent never
-//! produces (foreign certificates, garbage frames, silence).
+//! produces (foreign certificates, garbage frames, silence), and simulated agents ([`sim`]) that
+//! speak the protocol faithfully without running processes, for benchmarks with many agents.
 //!
 //! Nothing here sleeps and hopes: [`eventually`] polls a condition until a deadline and fails
 //! with a description of what it was waiting for.
 
 pub mod binaries;
 pub mod raw;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,26 +1,23 @@
-//! `ferry-bench`: prints the figures recorded in BENCHMARKS.md.
-//!
-//! ```text
-//! cargo run --release -p ferry-tests --bin ferry-bench -- [--runs N]
-//! ```
+//! `ferry-bench basics`: the figures of BENCHMARKS.md's first sections, against an in-process
+//! control plane:
 //!
 //! * frame codec throughput (encode and decode, messages/s and MiB/s) for a status report and a
 //!   100-line log batch;
 //! * enrollment (token → CSR → signed certificate over QUIC) and first mTLS session
-//!   (handshake + Hello/Welcome) latency against an in-process control plane on loopback,
-//!   as p50/p90/p99/max over N runs;
-//! * log ingest and SSE log throughput (lines/s);
-//! * POST /v1/deployments → all replicas healthy, for a trivial process (p50/p99 over N runs, at
-//!   most 100).
+//!   (handshake + Hello/Welcome) latency on loopback, as p50/p90/p99/max over N runs;
 //! * SSE log throughput: a raw agent pushes 50,000 lines in batches of 500 over one telemetry
 //!   stream (acks awaited in a pipeline) into the default SQLite store, once with nobody
 //!   watching (ingest: first send → last ack) and once followed by an SSE client (first send →
-//!   last event received).
+//!   last event received);
+//! * POST /v1/deployments → all replicas healthy, for a trivial process (p50/p99 over N runs, at
+//!   most 100).
 
 use std::time::{Duration, Instant};
 
 use ferry_protocol::*;
 use ferry_tests::{ControlPlane, raw};
+
+use crate::stats::percentiles;
 
 const LOG_LINES: u64 = 50_000;
 const LOG_BATCH: u64 = 500;
@@ -88,31 +85,16 @@ fn codec(name: &str, msg: &AgentMessage, iterations: u32) {
     );
 }
 
-fn percentiles(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let p = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{name:<28} n={:<4} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
-        samples.len(),
-        ms(p(0.50)),
-        ms(p(0.90)),
-        ms(p(0.99)),
-        ms(*samples.last().expect("samples"))
-    );
+/// Options of `ferry-bench basics`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Enrollment/session runs (deploy latency uses at most 100 per replica count).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    ferry_certs::tls::provider();
-
+pub async fn run(args: Args) {
+    let runs = args.runs as usize;
     codec("status", &status_message(), 200_000);
     codec("log-100", &log_batch(), 20_000);
 

@@ -1,0 +1,259 @@
+//! `ferry-bench writes`: does creating a deployment stay as fast with 10,000 stored as with 100?
+//!
+//! A `ferry-server` child process (release build; SQLite, or a fresh PostgreSQL schema with
+//! `--database-url`), one simulated agent (`ferry_tests::sim`) that every deployment targets, and
+//! `--concurrency` clients that POST trivial deployments (`/bin/sleep 3600`, 1 replica) until
+//! `--count` exist. Deployment number `i` is created while about `i` exist, so POST latencies are
+//! grouped in buckets of `--bucket` by `i`. List latency (`GET /v1/deployments?page=K&pageSize=100`,
+//! random K, one call at a time) is measured at 100 stored and again at `--count` stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ferry_tests::sim::{self, SimAgent};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::server::{self, Api, Server, Usage, mib};
+use crate::stats::{Rng, Summary, ms, ratio};
+
+/// Stored deployments at the first list measurement.
+const LIST_SMALL: usize = 100;
+const PAGE_SIZE: u64 = 100;
+
+/// Options of `ferry-bench writes`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Deployments to create.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: u64,
+    /// Concurrent POST clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Deployments per latency bucket.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    bucket: u64,
+    /// GET calls per list measurement.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    list_calls: u64,
+    /// postgres://… to benchmark PostgreSQL (a fresh schema, dropped afterwards) instead of SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let opts = server::Options { database_url: args.database_url.clone(), heartbeat_interval: None };
+    let mut server = Server::start(&opts).await?;
+    let result = tokio::select! {
+        r = measure(&args, &mut server) => r,
+        e = crate::interrupted() => Err(e),
+    };
+    if server.log_lines() > 0 {
+        println!(
+            "\nferry-server logged {} warning/error line(s); the last ones:\n{}",
+            server.log_lines(),
+            server.log_tail()
+        );
+    }
+    server.stop().await;
+    result
+}
+
+/// One POST's outcome: the deployment's index and its latency, or what went wrong.
+type Post = (usize, Result<Duration, String>);
+
+async fn measure(args: &Args, server: &mut Server) -> anyhow::Result<()> {
+    let count = args.count as usize;
+    let backend = if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" };
+    println!(
+        "writes: {count} deployments, {} concurrent clients, {backend}, ferry-server pid {}",
+        args.concurrency,
+        server.pid()
+    );
+
+    let api = server.api.clone();
+    let endpoints = sim::Endpoints::new(server.quic_addr, 1, 1)?;
+    let token = api.token(&json!({})).await?;
+    let identity = sim::enroll(endpoints.for_agent(0), server.quic_addr, &token, "bench-writes")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let agent = SimAgent::start(endpoints.for_agent(0).clone(), server.quic_addr, identity, "bench-writes".into());
+    agent.wait_connected(Duration::from_secs(30)).await.map_err(anyhow::Error::msg).context("simulated agent")?;
+
+    let started = Instant::now();
+    let mut posts = Vec::with_capacity(count);
+    posts.extend(create(&api, &agent.agent_id, 0, count.min(LIST_SMALL), args.concurrency as usize).await);
+    let list_small = list_latency(&api, count.min(LIST_SMALL), args.list_calls).await?;
+    if count > LIST_SMALL {
+        posts.extend(create(&api, &agent.agent_id, LIST_SMALL, count, args.concurrency as usize).await);
+    }
+    let elapsed = started.elapsed();
+    server.check_alive()?;
+    let list_large = list_latency(&api, count, args.list_calls).await?;
+
+    // The control plane has answered every POST; how long until the agent holds everything?
+    let last_post = Instant::now();
+    let caught_up = loop {
+        if agent.with_state(|s| s.workloads.len()) >= count {
+            break Some(last_post.elapsed());
+        }
+        if last_post.elapsed() > Duration::from_secs(120) || agent.ended().is_some() {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    report(args, &posts, elapsed)?;
+    println!("\nGET /v1/deployments?page=K&pageSize={PAGE_SIZE} (random K, {} sequential calls)", args.list_calls);
+    println!("{:>10}  {:>9}  {:>9}  {:>9}", "stored", "p50 ms", "p99 ms", "max ms");
+    for (stored, s) in [(count.min(LIST_SMALL), &list_small), (count, &list_large)] {
+        println!("{stored:>10}  {:>9.2}  {:>9.2}  {:>9.2}", ms(s.p50), ms(s.p99), ms(s.max));
+    }
+    println!(
+        "list ratio {count} / {} stored: p50 {:.2}x, p99 {:.2}x",
+        count.min(LIST_SMALL),
+        ratio(list_large.p50, list_small.p50),
+        ratio(list_large.p99, list_small.p99)
+    );
+
+    let (generation, held, statuses) =
+        agent.with_state(|s| (s.workloads.generation(), s.workloads.len(), s.statuses_sent));
+    match caught_up {
+        Some(d) => println!(
+            "\nagent: holds {held} workloads at generation {generation} ({statuses} status reports); \
+             caught up {:.0} ms after the last POST",
+            ms(d)
+        ),
+        None => println!(
+            "\nagent: holds {held} of {count} workloads at generation {generation} after 120 s{}",
+            agent.ended().map(|e| format!("; its session ended: {e}")).unwrap_or_default()
+        ),
+    }
+    let usage = server.usage()?;
+    let own = Usage::own()?;
+    println!(
+        "ferry-server: {:.1} s CPU in total, RSS {:.0} MiB (peak {:.0} MiB); ferry-bench: {:.1} s CPU",
+        usage.cpu.as_secs_f64(),
+        mib(usage.rss_kib),
+        mib(usage.hwm_kib),
+        own.cpu.as_secs_f64()
+    );
+    agent.stop().await;
+    Ok(())
+}
+
+/// POSTs deployments `from..to` from `clients` concurrent clients; returns every outcome.
+async fn create(api: &Api, agent_id: &str, from: usize, to: usize, clients: usize) -> Vec<Post> {
+    let next = Arc::new(AtomicUsize::new(from));
+    let progress = tokio::spawn({
+        let next = next.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("… {} of {to} deployments posted", next.load(Ordering::Relaxed).min(to));
+            }
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (api, next, agent_id) = (api.clone(), next.clone(), agent_id.to_string());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    return out;
+                }
+                let body = json!({
+                    "deploymentName": format!("bench-{i:06}"),
+                    "environment": "development",
+                    "target": { "agentIds": [agent_id] },
+                    "configuration": { "replicas": 1, "command": "/bin/sleep", "args": ["3600"] }
+                });
+                let t0 = Instant::now();
+                let r = match api.call(Method::POST, "/v1/deployments", Some(&body)).await {
+                    Ok((StatusCode::ACCEPTED, _)) => Ok(t0.elapsed()),
+                    Ok((status, res)) => Err(format!("{status} {}", res["error"]["code"].as_str().unwrap_or("?"))),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                out.push((i, r));
+            }
+        });
+    }
+    let mut posts = Vec::with_capacity(to - from);
+    while let Some(r) = tasks.join_next().await {
+        posts.extend(r.expect("POST client"));
+    }
+    progress.abort();
+    posts
+}
+
+/// `calls` sequential list calls on random pages of `stored` deployments.
+async fn list_latency(api: &Api, stored: usize, calls: u64) -> anyhow::Result<Summary> {
+    let pages = (stored as u64).div_ceil(PAGE_SIZE).max(1);
+    let mut rng = Rng::from_time();
+    let mut samples = Vec::with_capacity(calls as usize);
+    for _ in 0..calls {
+        let path = format!("/v1/deployments?page={}&pageSize={PAGE_SIZE}", rng.one_to(pages));
+        let t0 = Instant::now();
+        let (status, res) = api.call(Method::GET, &path, None).await?;
+        samples.push(t0.elapsed());
+        if status != StatusCode::OK {
+            bail!("GET {path}: {status} {res}");
+        }
+    }
+    Ok(Summary::of(&samples).expect("at least one call"))
+}
+
+fn report(args: &Args, posts: &[Post], elapsed: Duration) -> anyhow::Result<()> {
+    let bucket = args.bucket as usize;
+    let count = args.count as usize;
+    let buckets = count.div_ceil(bucket);
+    let mut by_bucket: Vec<Vec<Duration>> = vec![Vec::new(); buckets];
+    let mut errors: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (i, r) in posts {
+        match r {
+            Ok(d) => by_bucket[i / bucket].push(*d),
+            Err(e) => *errors.entry(e.as_str()).or_default() += 1,
+        }
+    }
+    let ok = posts.len() - errors.values().sum::<usize>();
+    println!(
+        "\nPOST /v1/deployments: {ok} accepted in {:.1} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64()
+    );
+    for (e, n) in &errors {
+        println!("  {n} failed: {e}");
+    }
+    println!("{:>16}  {:>5}  {:>9}  {:>9}  {:>9}", "existing", "n", "p50 ms", "p99 ms", "max ms");
+    let summaries: Vec<Option<Summary>> = by_bucket.iter().map(|b| Summary::of(b)).collect();
+    for (b, s) in summaries.iter().enumerate() {
+        if !(b == 0 || (b + 1) % 10 == 0 || b + 1 == buckets) {
+            continue;
+        }
+        let range = format!("{}–{}", b * bucket, ((b + 1) * bucket).min(count));
+        match s {
+            Some(s) => {
+                println!("{range:>16}  {:>5}  {:>9.2}  {:>9.2}  {:>9.2}", s.n, ms(s.p50), ms(s.p99), ms(s.max))
+            }
+            None => println!("{range:>16}  {:>5}  (every POST failed)", 0),
+        }
+    }
+    match (summaries.first().copied().flatten(), summaries.last().copied().flatten()) {
+        (Some(first), Some(last)) if buckets > 1 => println!(
+            "p99 ratio last / first bucket: {:.2}x (p50 {:.2}x)",
+            ratio(last.p99, first.p99),
+            ratio(last.p50, first.p50)
+        ),
+        _ => println!("p99 ratio last / first bucket: n/a (one bucket, or a bucket without successes)"),
+    }
+    if ok == 0 {
+        bail!("no deployment was created");
+    }
+    Ok(())
+}
