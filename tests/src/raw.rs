@@ -76,21 +76,32 @@ pub async fn hello(c: &Conn, agent_id: &str) -> Result<(SendStream, RecvStream, 
     hello_at(c, agent_id, 0).await
 }
 
-/// [`hello`] from an agent that says it last applied `last_generation`.
+/// [`hello`] from an agent that says it last applied `last_generation`. It speaks protocol 1
+/// only, as agents built before intent deltas do (see [`hello_with`]).
 pub async fn hello_at(
     c: &Conn,
     agent_id: &str,
     last_generation: u64,
 ) -> Result<(SendStream, RecvStream, Welcome), TransportError> {
+    hello_with(c, agent_id, last_generation, 1).await
+}
+
+/// Hello from an agent speaking protocols `1..=protocol_max` that runs processes.
+pub async fn hello_with(
+    c: &Conn,
+    agent_id: &str,
+    last_generation: u64,
+    protocol_max: u16,
+) -> Result<(SendStream, RecvStream, Welcome), TransportError> {
     let (mut send, mut recv) = c.conn.open_bi().await?;
     let msg = AgentMessage::Hello(Hello {
         protocol_min: ferry_protocol::PROTOCOL_VERSION_MIN,
-        protocol_max: ferry_protocol::PROTOCOL_VERSION,
+        protocol_max,
         agent_id: agent_id.into(),
         agent_version: "test".into(),
         name: "raw".into(),
         labels: BTreeMap::new(),
-        capabilities: vec![],
+        capabilities: vec!["runtime:process".into()],
         last_generation,
     });
     ferry_transport::write_frame(&mut send, &msg).await?;
@@ -100,7 +111,17 @@ pub async fn hello_at(
     }
 }
 
-/// Connects with `identity` and completes Hello/Welcome.
+/// Connects with `identity` and completes Hello/Welcome speaking protocol 2 (intent deltas).
+pub async fn session_v2(
+    addr: SocketAddr,
+    id: &Identity,
+) -> Result<(Conn, SendStream, RecvStream, Welcome), TransportError> {
+    let c = connect(addr, &id.ca_pem, &id.cert_pem, &id.key_pem).await?;
+    let (send, recv, welcome) = hello_with(&c, &id.agent_id, 0, 2).await?;
+    Ok((c, send, recv, welcome))
+}
+
+/// Connects with `identity` and completes Hello/Welcome (protocol 1).
 pub async fn session(
     addr: SocketAddr,
     id: &Identity,

@@ -278,7 +278,9 @@ async fn a_deployment_may_ask_for_up_to_ten_thousand_replicas() {
     assert_error(status, &res, StatusCode::BAD_REQUEST, "DEPLOY_004");
     assert!(res["error"]["message"].as_str().unwrap().contains("limit of 10000 replicas"), "{res}");
     assert_eq!(res["error"]["details"]["field"], "configuration.replicas", "{res}");
-    // 10,000 passes validation: what stops it here is only that no agent is enrolled.
+    // 10,000 is accepted; with no agent enrolled yet it waits, pending, for one.
     let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(body(10_000))).await;
-    assert_error(status, &res, StatusCode::UNPROCESSABLE_ENTITY, "DEPLOY_007");
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    assert_eq!(res["deployment"]["status"], "pending", "{res}");
+    assert_eq!(res["deployment"]["health"]["issues"][0], "no agent matches the target", "{res}");
 }
