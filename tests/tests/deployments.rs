@@ -331,3 +331,138 @@ async fn an_agent_ahead_of_the_store_gets_a_generation_it_accepts() {
     assert!(next.generation > first.generation);
     assert_eq!(next.workloads.len(), 1);
 }
+
+#[tokio::test]
+async fn concurrent_changes_without_if_match_all_apply() {
+    let cp = ControlPlane::spawn().await;
+    let (s, body) = cp.api(Method::POST, "/v1/deployments", Some(web("busy", 1))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let id = body["deployment"]["id"].as_str().unwrap().to_string();
+    let version = body["deployment"]["resourceVersion"].as_i64().unwrap();
+    let calls = (0..20u32).map(|i| {
+        let cp = &cp;
+        let id = id.clone();
+        async move {
+            let (s, body) =
+                cp.api(Method::POST, &format!("/v1/deployments/{id}/scale"), Some(json!({ "replicas": i + 1 }))).await;
+            assert_eq!(s, StatusCode::ACCEPTED, "no precondition was asked, so none may fail: {body}");
+        }
+    });
+    futures_join_all(calls).await;
+    let (_, d) = cp.api(Method::GET, &format!("/v1/deployments/{id}"), None).await;
+    assert_eq!(d["resourceVersion"].as_i64().unwrap(), version + 20, "every change was applied once: {d}");
+    let actions = cp.running_store().audit_for(&id).await.unwrap();
+    assert_eq!(actions.iter().filter(|a| a.0 == "deployment.scale").count(), 20);
+}
+
+/// Runs the futures concurrently on this task.
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot {
+                if f.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    all = false;
+                }
+            }
+        }
+        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+}
+
+async fn next_intent(recv: &mut RecvStream) -> ferry_protocol::IntentUpdate {
+    loop {
+        match ferry_transport::read_frame_timeout::<ServerMessage>(recv, DEADLINE).await.unwrap() {
+            Some(ServerMessage::Intent(u)) => return u,
+            Some(_) => continue,
+            None => panic!("control stream closed"),
+        }
+    }
+}
+
+/// Protocol 2: a deployment that matches no agent waits, pending; an agent that matches gets
+/// it; every later change reaches the agent as just that change (a delta on the generation it
+/// holds); a new template is a new revision replacing the old; an agent that lost track asks
+/// for, and gets, the whole intent.
+#[tokio::test]
+async fn intent_reaches_protocol_2_agents_as_changes_since_what_they_hold() {
+    let cp = ControlPlane::builder().heartbeat(Duration::from_secs(5)).spawn().await;
+    let mut spec = web("first", 1);
+    spec["target"] = json!({ "selector": { "role": "web" } });
+    let (s, body) = cp.api(Method::POST, "/v1/deployments", Some(spec)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deployment"]["status"], "pending", "{body}");
+    let first = body["deployment"]["id"].as_str().unwrap().to_string();
+
+    let agent =
+        raw::enroll(cp.quic_addr(), &cp.token(600, &[("role", "web")]).await, &cp.ca().fingerprint()).await.unwrap();
+    let (_c, mut send, mut recv, welcome) = raw::session_v2(cp.quic_addr(), &agent).await.unwrap();
+    assert_eq!(welcome.protocol_version, 2);
+    let whole = next_intent(&mut recv).await;
+    assert_eq!(whole.base, None, "a new agent gets its whole intent");
+    assert_eq!(whole.upserts.len(), 1);
+    let w = &whole.upserts[0];
+    assert_eq!((w.id.clone(), w.deployment_id.as_str(), w.revision), (format!("{first}@1"), first.as_str(), 1));
+    let up = |id: &str, n: u32| WorkloadStatus {
+        id: id.to_string(),
+        replicas: (0..n).map(|i| replica(i, Phase::Running, true, None)).collect(),
+    };
+    report(&mut send, whole.generation, vec![up(&format!("{first}@1"), 1)]).await;
+    wait_status(&cp, &first, "running").await;
+
+    // Scale: one changed row, sent as a delta on the generation the agent holds.
+    cp.api(Method::POST, &format!("/v1/deployments/{first}/scale"), Some(json!({ "replicas": 2 }))).await;
+    let scaled = next_intent(&mut recv).await;
+    assert_eq!(scaled.base, Some(whole.generation));
+    assert_eq!((scaled.upserts.len(), scaled.removals.len()), (1, 0));
+    assert_eq!(scaled.upserts[0].spec.replicas(), 2);
+
+    // Another deployment: the delta carries it alone, not the agent's other workloads.
+    let mut second_spec = web("second", 1);
+    second_spec["target"] = json!({ "selector": { "role": "web" } });
+    let (_, body) = cp.api(Method::POST, "/v1/deployments", Some(second_spec)).await;
+    let second = body["deployment"]["id"].as_str().unwrap().to_string();
+    let added = next_intent(&mut recv).await;
+    assert_eq!(added.base, Some(scaled.generation));
+    assert_eq!(added.upserts.iter().map(|w| w.deployment_id.as_str()).collect::<Vec<_>>(), [second.as_str()]);
+
+    // A new command is a new revision: the new one in, the old one out, in one update.
+    let (s, body) = cp
+        .api(
+            Method::PUT,
+            &format!("/v1/deployments/{first}"),
+            Some(json!({ "configuration": { "replicas": 2, "command": "hello-web", "args": ["--v2"] } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["deployment"]["revision"], 2);
+    let revised = next_intent(&mut recv).await;
+    assert_eq!(revised.upserts.iter().map(|w| w.id.clone()).collect::<Vec<_>>(), [format!("{first}@2")]);
+    assert_eq!(revised.removals, [format!("{first}@1")]);
+    report(&mut send, revised.generation, vec![up(&format!("{first}@2"), 2), up(&format!("{second}@1"), 1)]).await;
+    wait_status(&cp, &first, "running").await;
+    wait_status(&cp, &second, "running").await;
+
+    // An agent that does not hold the base asks for everything, and gets it.
+    let ask = ferry_protocol::Ack {
+        generation: revised.generation,
+        outcome: ferry_protocol::AckOutcome::NeedFull { held: 0 },
+    };
+    ferry_transport::write_frame(&mut send, &AgentMessage::Ack(ask)).await.unwrap();
+    let resync = next_intent(&mut recv).await;
+    assert_eq!(resync.base, None);
+    let mut ids: Vec<String> = resync.upserts.iter().map(|w| w.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![format!("{first}@2"), format!("{second}@1")];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(resync.removals.is_empty());
+}

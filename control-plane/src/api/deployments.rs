@@ -315,76 +315,57 @@ async fn mutate(
     id: &str,
     headers: &HeaderMap,
     kind: &'static str,
-    change: impl Fn(&mut Parsed) -> ApiResult<()>,
+    change: impl FnOnce(&mut Parsed) -> ApiResult<()>,
 ) -> ApiResult<Response> {
     let if_match = if_match(headers)?;
-    // Without If-Match the write is still a compare-and-set against the version this request
-    // read, retried a few times, so two concurrent changes never silently undo each other.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut parsed = load(state, id).await?;
-        let expected = if_match.unwrap_or(parsed.record.resource_version);
-        change(&mut parsed)?;
-        match write(state, actor, rid, id, kind, parsed, expected).await? {
-            Write::Conflict { .. } if if_match.is_none() && attempts < 5 => continue,
-            Write::Done(updated) => return Ok(updated),
-            Write::NotFound => return Err(not_found(id)),
-            Write::Conflict { current } => {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    ErrorCode::StaleResourceVersion,
-                    "the deployment changed since you read it; fetch it again and retry",
-                )
-                .with_details(json!({ "resourceVersion": current })));
+    let mut made = None;
+    let outcome = state
+        .store
+        .modify_deployment(id, if_match, |stored| {
+            let before = Parsed::from_record(stored.clone())?;
+            let mut parsed = Parsed::from_record(stored.clone())?;
+            change(&mut parsed)?;
+            let now = now_ms();
+            let mut record = parsed.record.clone();
+            // A new template (what the processes run, or the version label) is a new revision.
+            if before.record.active_version != parsed.record.active_version || template(&before) != template(&parsed) {
+                record.revision += 1;
             }
+            record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
+            record.target = serde_json::to_string(&parsed.target).expect("target serializes");
+            record.updated_at = now;
+            if kind != "stop" {
+                record.last_deployed_at = now;
+            }
+            let op = operation(kind, id, rid, now);
+            let details = json!({
+                "version": record.active_version,
+                "desiredState": record.desired_state,
+                "revision": record.revision,
+            });
+            let action = match kind {
+                "update" => "deployment.update",
+                "start" => "deployment.start",
+                "stop" => "deployment.stop",
+                "restart" => "deployment.restart",
+                _ => "deployment.scale",
+            };
+            made = Some(op.clone());
+            Ok::<_, ApiError>((record, op, audit(actor, rid, action, id, details)))
+        })
+        .await??;
+    match outcome {
+        Write::Done(updated) => {
+            accepted(state, updated, made.as_ref().expect("a written change has its operation")).await
         }
+        Write::NotFound => Err(not_found(id)),
+        Write::Conflict { current } => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            ErrorCode::StaleResourceVersion,
+            "the deployment changed since you read it; fetch it again and retry",
+        )
+        .with_details(json!({ "resourceVersion": current }))),
     }
-}
-
-/// Stores one changed deployment with its operation; answers 202 when it was written.
-async fn write(
-    state: &AppState,
-    actor: &Actor,
-    rid: &RequestId,
-    id: &str,
-    kind: &'static str,
-    parsed: Parsed,
-    expected: i64,
-) -> ApiResult<Write<Response>> {
-    let now = now_ms();
-    let mut record = parsed.record.clone();
-    // A new template (what the processes run, or the version label) is a new revision.
-    let before = Parsed::from_record(parsed.record.clone())?;
-    if before.record.active_version != parsed.record.active_version || template(&before) != template(&parsed) {
-        record.revision += 1;
-    }
-    record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
-    record.target = serde_json::to_string(&parsed.target).expect("target serializes");
-    record.updated_at = now;
-    if kind != "stop" {
-        record.last_deployed_at = now;
-    }
-    let op = operation(kind, id, rid, now);
-    let details = json!({ "version": record.active_version, "desiredState": record.desired_state });
-    let action = match kind {
-        "update" => "deployment.update",
-        "start" => "deployment.start",
-        "stop" => "deployment.stop",
-        "restart" => "deployment.restart",
-        _ => "deployment.scale",
-    };
-    Ok(
-        match state
-            .store
-            .update_deployment(&record, Some(expected), &op, &audit(actor, rid, action, id, details))
-            .await?
-        {
-            Write::Done(updated) => Write::Done(accepted(state, updated, &op).await?),
-            Write::NotFound => Write::NotFound,
-            Write::Conflict { current } => Write::Conflict { current },
-        },
-    )
 }
 
 /// What a revision pins: the process template, whatever the replica count.

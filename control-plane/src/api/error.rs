@@ -61,8 +61,6 @@ error_codes! {
     ReplicaLimit = "DEPLOY_004",
     /// 404: no deployment with this id.
     DeploymentNotFound = "DEPLOY_006",
-    /// 422: the target matches no enrolled, non-revoked agent.
-    NoMatchingAgent = "DEPLOY_007",
     /// 409: a deployment with this name already exists in the environment.
     DeploymentExists = "DEPLOY_008",
     /// 412: the deployment changed since the caller read it (`If-Match`).

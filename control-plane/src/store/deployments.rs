@@ -351,29 +351,35 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a deployment's desired state (compare-and-set on `resource_version` when
-    /// `if_match` is given) and records the operation, atomically.
-    pub async fn update_deployment(
+    /// Changes a deployment's desired state as one read-modify-write under the row's write
+    /// lock: `change` sees the stored record and returns the new one with its operation and
+    /// audit record, all stored in one transaction. Concurrent changes therefore serialize and
+    /// none is lost, without a precondition; with `if_match`, a stale version is a conflict.
+    /// `change` may refuse (its error is returned as is, and nothing is written).
+    pub async fn modify_deployment<E>(
         &self,
-        d: &DeploymentRecord,
+        id: &str,
         if_match: Option<i64>,
-        op: &OperationRecord,
-        audit: &Audit,
-    ) -> Result<Write<DeploymentRecord>> {
+        change: impl FnOnce(&DeploymentRecord) -> std::result::Result<(DeploymentRecord, OperationRecord, Audit), E>,
+    ) -> Result<std::result::Result<Write<DeploymentRecord>, E>> {
         let mut tx = self.write_tx().await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT resource_version FROM deployments WHERE id = $1 AND deleted_at IS NULL")
-                .bind(&d.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(current) = current else { return Ok(Write::NotFound) };
-        if if_match.is_some_and(|v| v != current) {
-            return Ok(Write::Conflict { current });
+        let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND deleted_at IS NULL{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await?;
+        let Some(current) = row.as_ref().map(deployment_from_row).transpose()? else {
+            return Ok(Ok(Write::NotFound));
+        };
+        if if_match.is_some_and(|v| v != current.resource_version) {
+            return Ok(Ok(Write::Conflict { current: current.resource_version }));
         }
-        let n = sqlx::query(
+        let (d, op, audit) = match change(&current) {
+            Ok(next) => next,
+            Err(e) => return Ok(Err(e)),
+        };
+        sqlx::query(
             "UPDATE deployments SET active_version = $1, spec = $2, target = $3, desired_state = $4, \
              restart_nonce = $5, resource_version = resource_version + 1, updated_at = $6, last_deployed_at = $7, \
-             revision = $10 WHERE id = $8 AND resource_version = $9 AND deleted_at IS NULL",
+             revision = $9 WHERE id = $8",
         )
         .bind(&d.active_version)
         .bind(&d.spec)
@@ -382,23 +388,17 @@ impl Store {
         .bind(d.restart_nonce)
         .bind(d.updated_at)
         .bind(d.last_deployed_at)
-        .bind(&d.id)
-        .bind(current)
+        .bind(id)
         .bind(d.revision)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(Write::Conflict { current });
-        }
-        Self::insert_revision(&mut tx, d).await?;
-        Self::insert_operation(&mut tx, op).await?;
-        Self::write_audit(&mut tx, audit, d.updated_at).await?;
+        .await?;
+        Self::insert_revision(&mut tx, &d).await?;
+        Self::insert_operation(&mut tx, &op).await?;
+        Self::write_audit(&mut tx, &audit, d.updated_at).await?;
         tx.commit().await?;
-        Ok(match self.get_deployment(&d.id).await? {
-            Some(d) => Write::Done(d),
-            None => Write::NotFound,
-        })
+        let mut updated = d;
+        updated.resource_version = current.resource_version + 1;
+        Ok(Ok(Write::Done(updated)))
     }
 
     /// Soft-deletes (the planner drops it; the row stays for audit) and records the operation.
