@@ -6,6 +6,9 @@
 
 pub mod api;
 pub mod config;
+pub mod context;
+pub mod deployments;
+pub mod domain;
 pub mod ids;
 pub mod logs;
 pub mod model;

@@ -1,18 +1,23 @@
-//! `/v1/deployments` and `/v1/operations`: desired state in, 202 + an operation to poll out.
+//! `/v1/deployments` and `/v1/operations`: handlers parse the request, call the deployments
+//! service ([`crate::deployments`]) with the request context, and render the answer (202 + an
+//! operation to poll for every change).
 
 use axum::Json;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, RequestId, page_json};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, page_json};
 use crate::AppState;
-use crate::ids::{now_ms, random_id, rfc3339};
-use crate::model::{self, Configuration, Invalid, TargetJson};
+use crate::context::RequestContext;
+use crate::deployments::{Accepted, Change, Deployments, NewDeployment};
+use crate::ids::rfc3339;
+use crate::model::{Configuration, TargetJson};
 use crate::reconcile::Parsed;
-use crate::store::{Audit, DeploymentFilter, DeploymentRecord, OperationRecord, StatusSummary, Write};
+use crate::status::DeploymentStatus;
+use crate::store::{DeploymentFilter, DeploymentRecord, OperationRecord, StatusSummary};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -24,7 +29,6 @@ pub struct CreateDeployment {
     #[serde(default = "any_agent")]
     target: TargetJson,
     configuration: Configuration,
-    /// Only `direct` (the process runtime) exists today.
     #[serde(default)]
     deployment_source: Option<String>,
 }
@@ -59,33 +63,6 @@ pub struct ListParams {
     status: Option<String>,
     environment: Option<String>,
     name: Option<String>,
-}
-
-fn bad(i: Invalid) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, i.code, i.message).with_details(json!({ "field": i.field }))
-}
-
-pub fn not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
-        .with_details(json!({ "deploymentId": id }))
-}
-
-fn audit(actor: &Actor, rid: &RequestId, action: &'static str, target: &str, details: Value) -> Audit {
-    Audit { actor: actor.0.clone(), action, target: target.into(), request_id: rid.0.clone(), details }
-}
-
-fn operation(kind: &str, deployment_id: &str, rid: &RequestId, now: i64) -> OperationRecord {
-    OperationRecord {
-        id: random_id("op"),
-        kind: kind.into(),
-        deployment_id: deployment_id.into(),
-        status: "in_progress".into(),
-        message: String::new(),
-        request_id: rid.0.clone(),
-        created_at: now,
-        updated_at: now,
-        finished_at: None,
-    }
 }
 
 pub fn operation_view(op: &OperationRecord) -> Value {
@@ -148,93 +125,46 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
         .map_err(|_| ApiError::validation("If-Match", "If-Match must be a quoted resourceVersion, e.g. \"3\""))
 }
 
-/// A target is checked for shape only: desired state is declarative, so a deployment whose
-/// target matches no agent yet is accepted and stays `pending` until one enrolls.
-fn check_target(target: &TargetJson) -> ApiResult<crate::planner::Target> {
-    target.validate().map_err(bad)
-}
-
-/// Reconciles the changed deployment at once (so the answer reflects its new intent) and
-/// answers 202 with the operation to poll.
-async fn accepted(state: &AppState, record: DeploymentRecord, op: &OperationRecord) -> ApiResult<Response> {
-    reconcile_now(state, &record.id).await;
-    let tag = etag(&record);
-    let parsed = Parsed::from_record(record)?;
-    let summary = state.store.status_summary(&parsed.record.id).await?;
-    let body = json!({ "deployment": deployment_view(&parsed, summary.as_ref()), "operation": operation_view(op) });
-    let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("ids are valid header values");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response())
+/// 202 with the deployment, the operation to poll (`Location`) and the new `ETag`.
+fn accepted(a: Accepted) -> Response {
+    let tag = etag(&a.deployment.record);
+    let body = json!({
+        "deployment": deployment_view(&a.deployment, a.summary.as_ref()),
+        "operation": operation_view(&a.operation),
+    });
+    let location =
+        HeaderValue::from_str(&format!("/v1/operations/{}", a.operation.id)).expect("ids are valid header values");
+    (StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response()
 }
 
 pub async fn create(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiJson(req): ApiJson<CreateDeployment>,
 ) -> ApiResult<Response> {
-    model::validate_name("deploymentName", &req.deployment_name).map_err(bad)?;
-    model::validate_version(&req.active_version).map_err(bad)?;
-    if req.deployment_source.as_deref().is_some_and(|s| s != "direct") {
-        return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
-    }
-    req.configuration.validate().map_err(bad)?;
-    let env = state.store.get_environment(&req.environment).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::EnvironmentNotFound,
-            format!("environment {:?} not found", req.environment),
-        )
-        .with_details(json!({ "field": "environment" }))
-    })?;
-    if env.locked {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::EnvironmentLocked,
-            format!("environment {:?} is locked", env.name),
-        ));
-    }
-    let target = check_target(&req.target)?;
-    let now = now_ms();
-    let record = DeploymentRecord {
-        id: random_id("deploy"),
+    let new = NewDeployment {
         name: req.deployment_name,
-        environment: env.name,
-        active_version: req.active_version,
-        spec: serde_json::to_string(&req.configuration).expect("configuration serializes"),
-        target: serde_json::to_string(&req.target).expect("target serializes"),
-        desired_state: "running".into(),
-        restart_nonce: 0,
-        revision: 1,
-        resource_version: 1,
-        created_at: now,
-        updated_at: now,
-        last_deployed_at: now,
+        environment: req.environment,
+        version: req.active_version,
+        target: req.target,
+        configuration: req.configuration,
+        source: req.deployment_source,
     };
-    let op = operation("create", &record.id, &rid, now);
-    let details = json!({ "name": record.name, "environment": record.environment, "version": record.active_version });
-    if !state
-        .store
-        .create_deployment(&record, &op, &audit(&actor, &rid, "deployment.create", &record.id, details))
-        .await?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::DeploymentExists,
-            format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
-        ));
-    }
-    state.reconciler.directory.deployment_changed(&record.id, Some(target));
-    accepted(&state, record, &op).await
+    Ok(accepted(Deployments::new(&state).create(&ctx, new).await?))
 }
 
-pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<Value>> {
     let (page, page_size) = super::PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
     if let Some(s) = q.status.as_deref()
-        && crate::status::DeploymentStatus::parse(s).is_none()
+        && DeploymentStatus::parse(s).is_none()
     {
         return Err(ApiError::validation(
             "status",
-            format!("unknown status {s:?}: one of {}", crate::status::DeploymentStatus::ALL.join(", ")),
+            format!("unknown status {s:?}: one of {}", DeploymentStatus::ALL.join(", ")),
         ));
     }
     let filter = DeploymentFilter {
@@ -244,39 +174,28 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListParam
         page,
         page_size,
     };
-    let (rows, total) = state.store.list_deployments(filter).await?;
-    let mut data = Vec::with_capacity(rows.len());
-    for (record, summary) in rows {
-        data.push(deployment_view(&Parsed::from_record(record)?, summary.as_ref()));
-    }
+    let (rows, total) = Deployments::new(&state).list(&ctx, filter).await?;
+    let data = rows.iter().map(|(p, s)| deployment_view(p, s.as_ref())).collect();
     Ok(Json(page_json(data, page, page_size, total)))
 }
 
-/// Reconciles one deployment now; a failure is logged (the queue retries, and the desired state
-/// is safely stored).
-async fn reconcile_now(state: &AppState, id: &str) {
-    if let Err(e) = state.reconciler.reconcile_now(state, id).await {
-        tracing::warn!(deployment = %id, error = %e, "reconcile after a change failed; it will be retried");
-        state.reconciler.enqueue(id);
-    }
-}
-
-async fn load(state: &AppState, id: &str) -> ApiResult<Parsed> {
-    let record = state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
-    Ok(Parsed::from_record(record)?)
-}
-
-pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
-    let parsed = load(&state, &id).await?;
-    let summary = state.store.status_summary(&id).await?;
+pub async fn get(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let (parsed, summary) = Deployments::new(&state).get(&ctx, &id).await?;
     let tag = etag(&parsed.record);
     Ok(([(header::ETAG, tag)], Json(deployment_view(&parsed, summary.as_ref()))).into_response())
 }
 
 /// The seed's Deployment Status entity, with per-replica detail.
-pub async fn status(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
-    let parsed = load(&state, &id).await?;
-    let d = crate::reconcile::derive(&state, &parsed).await?;
+pub async fn status(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let (parsed, d) = Deployments::new(&state).status(&ctx, &id).await?;
     let r = &parsed.record;
     let checks = &parsed.config.health_checks;
     let check = |configured: bool, ok: bool| match (configured, ok) {
@@ -292,6 +211,7 @@ pub async fn status(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
         "status": d.status,
         "environment": r.environment,
         "version": r.active_version,
+        "revision": r.revision,
         "deployment": { "lastDeployed": rfc3339(r.last_deployed_at), "strategy": "rolling" },
         "health": {
             "status": d.status.health(),
@@ -307,120 +227,27 @@ pub async fn status(State(state): State<AppState>, ApiPath(id): ApiPath<String>)
     })))
 }
 
-/// Loads, changes and stores a deployment as one operation of `kind`.
-async fn mutate(
-    state: &AppState,
-    actor: &Actor,
-    rid: &RequestId,
-    id: &str,
-    headers: &HeaderMap,
-    kind: &'static str,
-    change: impl FnOnce(&mut Parsed) -> ApiResult<()>,
-) -> ApiResult<Response> {
-    let if_match = if_match(headers)?;
-    let mut made = None;
-    let outcome = state
-        .store
-        .modify_deployment(id, if_match, |stored| {
-            let before = Parsed::from_record(stored.clone())?;
-            let mut parsed = Parsed::from_record(stored.clone())?;
-            change(&mut parsed)?;
-            let now = now_ms();
-            let mut record = parsed.record.clone();
-            // A new template (what the processes run, or the version label) is a new revision.
-            if before.record.active_version != parsed.record.active_version || template(&before) != template(&parsed) {
-                record.revision += 1;
-            }
-            record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
-            record.target = serde_json::to_string(&parsed.target).expect("target serializes");
-            record.updated_at = now;
-            if kind != "stop" {
-                record.last_deployed_at = now;
-            }
-            let op = operation(kind, id, rid, now);
-            let details = json!({
-                "version": record.active_version,
-                "desiredState": record.desired_state,
-                "revision": record.revision,
-            });
-            let action = match kind {
-                "update" => "deployment.update",
-                "start" => "deployment.start",
-                "stop" => "deployment.stop",
-                "restart" => "deployment.restart",
-                _ => "deployment.scale",
-            };
-            made = Some(op.clone());
-            Ok::<_, ApiError>((record, op, audit(actor, rid, action, id, details)))
-        })
-        .await??;
-    match outcome {
-        Write::Done(updated) => {
-            accepted(state, updated, made.as_ref().expect("a written change has its operation")).await
-        }
-        Write::NotFound => Err(not_found(id)),
-        Write::Conflict { current } => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            ErrorCode::StaleResourceVersion,
-            "the deployment changed since you read it; fetch it again and retry",
-        )
-        .with_details(json!({ "resourceVersion": current }))),
-    }
-}
-
-/// What a revision pins: the process template, whatever the replica count.
-fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
-    let mut spec = p.config.to_process_spec();
-    spec.replicas = 0;
-    spec
-}
-
 pub async fn update(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<UpdateDeployment>,
 ) -> ApiResult<Response> {
-    if let Some(v) = &req.active_version {
-        model::validate_version(v).map_err(bad)?;
-    }
-    if let Some(c) = &req.configuration {
-        c.validate().map_err(bad)?;
-    }
-    let target = req.target.as_ref().map(check_target).transpose()?;
-    mutate(&state, &actor, &rid, &id, &headers, "update", |p| {
-        if let Some(v) = &req.active_version {
-            p.record.active_version.clone_from(v);
-        }
-        if let Some(t) = &req.target {
-            p.target = t.clone();
-        }
-        if let Some(t) = &target {
-            state.reconciler.directory.deployment_changed(&p.record.id, Some(t.clone()));
-        }
-        if let Some(c) = &req.configuration {
-            p.config = c.clone();
-        }
-        Ok(())
-    })
-    .await
+    let change = Change::Update {
+        version: req.active_version,
+        target: req.target,
+        configuration: req.configuration.map(Box::new),
+    };
+    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let now = now_ms();
-    let op = operation("delete", &id, &rid, now);
-    if !state.store.delete_deployment(&id, &op, &audit(&actor, &rid, "deployment.delete", &id, json!({})), now).await? {
-        return Err(not_found(&id));
-    }
-    state.reconciler.directory.deployment_changed(&id, None);
-    reconcile_now(&state, &id).await;
+    let op = Deployments::new(&state).delete(&ctx, &id).await?;
     let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("valid header");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({ "operation": operation_view(&op) })))
         .into_response())
@@ -429,46 +256,34 @@ pub async fn delete(
 /// `POST /v1/deployments/{id}/start|stop|restart`: one desired-state change each.
 pub async fn lifecycle(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath((id, action)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let kind = match action.as_str() {
-        "start" => "start",
-        "stop" => "stop",
-        "restart" => "restart",
+    let change = match action.as_str() {
+        "start" => Change::Start,
+        "stop" => Change::Stop,
+        "restart" => Change::Restart,
         _ => return Err(ApiError::route_not_found(&format!("/v1/deployments/{id}/{action}"))),
     };
-    mutate(&state, &actor, &rid, &id, &headers, kind, |p| {
-        p.record.desired_state = if kind == "stop" { "stopped" } else { "running" }.into();
-        if kind == "restart" {
-            p.record.restart_nonce += 1;
-        }
-        Ok(())
-    })
-    .await
+    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
 }
 
 pub async fn scale(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Scale>,
 ) -> ApiResult<Response> {
-    mutate(&state, &actor, &rid, &id, &headers, "scale", |p| {
-        p.config.replicas = req.replicas;
-        p.config.validate().map_err(bad)
-    })
-    .await
+    let change = Change::Scale(req.replicas);
+    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
 }
 
-pub async fn get_operation(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
-    let op = state.store.get_operation(&id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
-            .with_details(json!({ "operationId": id }))
-    })?;
-    Ok(Json(operation_view(&op)))
+pub async fn get_operation(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(operation_view(&Deployments::new(&state).operation(&ctx, &id).await?)))
 }

@@ -23,6 +23,7 @@ pub use directory::{Directory, candidate};
 use queue::{KeyLocks, Queue};
 
 use crate::AppState;
+use crate::domain::{DesiredState, OperationKind, OperationStatus};
 use crate::ids::now_ms;
 use crate::model::{Configuration, TargetJson};
 use crate::planner::{self, Desired};
@@ -64,7 +65,7 @@ impl Parsed {
     }
 
     pub fn stopped(&self) -> bool {
-        self.record.desired_state == "stopped"
+        self.record.desired_state == DesiredState::Stopped
     }
 
     /// Replicas wanted now (0 when stopped).
@@ -249,7 +250,7 @@ async fn settle(
     let min_ready_ms = parsed.config.min_ready() as i64 * 1000;
     let mut next: Option<i64> = None;
     for op in ops {
-        let (done, wait) = if op.kind == "stop" {
+        let (done, wait) = if op.kind == OperationKind::Stop {
             (d.status == DeploymentStatus::Stopped, None)
         } else {
             match running_since {
@@ -261,10 +262,10 @@ async fn settle(
             }
         };
         let outcome = if done {
-            Some(("succeeded", format!("{} of {} replicas ready", d.ready, d.desired)))
+            Some((OperationStatus::Succeeded, format!("{} of {} replicas ready", d.ready, d.desired)))
         } else if now - op.created_at > deadline_ms {
             let why = if d.reasons.is_empty() { d.status.as_str().to_string() } else { d.reasons.join("; ") };
-            Some(("failed", format!("progress deadline exceeded: {why}")))
+            Some((OperationStatus::Failed, format!("progress deadline exceeded: {why}")))
         } else {
             let until_deadline = op.created_at + deadline_ms + 1 - now;
             let soonest = wait.map_or(until_deadline, |w| w.min(until_deadline));
@@ -290,12 +291,15 @@ async fn settle_delete(
         state.store.observed_of(id).await?.into_iter().filter(|o| !o.replicas.is_empty()).map(|o| o.agent_id).collect();
     let mut next = None;
     for op in ops {
-        let outcome = if op.kind != "delete" {
-            Some(("failed", "the deployment was deleted".to_string()))
+        let outcome = if op.kind != OperationKind::Delete {
+            Some((OperationStatus::Failed, "the deployment was deleted".to_string()))
         } else if reporting.is_empty() {
-            Some(("succeeded", "all replicas removed".to_string()))
+            Some((OperationStatus::Succeeded, "all replicas removed".to_string()))
         } else if now - op.created_at > DELETE_DEADLINE_MS {
-            Some(("failed", format!("progress deadline exceeded: still running on {}", reporting.join(", "))))
+            Some((
+                OperationStatus::Failed,
+                format!("progress deadline exceeded: still running on {}", reporting.join(", ")),
+            ))
         } else {
             next = Some(Duration::from_millis((op.created_at + DELETE_DEADLINE_MS + 1 - now).max(1) as u64));
             None
@@ -308,13 +312,13 @@ async fn settle_delete(
 async fn finish(
     state: &AppState,
     op: &OperationRecord,
-    outcome: Option<(&str, String)>,
+    outcome: Option<(OperationStatus, String)>,
     now: i64,
 ) -> Result<(), StoreError> {
     if let Some((status, message)) = outcome
         && state.store.finish_operation(&op.id, status, &message, now).await?
     {
-        tracing::info!(operation = %op.id, kind = %op.kind, deployment = %op.deployment_id, status, %message, "operation finished");
+        tracing::info!(operation = %op.id, kind = %op.kind, deployment = %op.deployment_id, %status, %message, "operation finished");
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Audit, Result, StatusSummary, Store};
+use super::{Audit, Result, StatusSummary, Store, StoreError};
+use crate::domain::{DesiredState, OperationKind, OperationStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvironmentRecord {
@@ -26,8 +27,7 @@ pub struct DeploymentRecord {
     pub active_version: String,
     pub spec: String,
     pub target: String,
-    /// `running` or `stopped`.
-    pub desired_state: String,
+    pub desired_state: DesiredState,
     pub restart_nonce: i64,
     /// The current revision of the template (`spec` + `active_version`); a new one is stored
     /// whenever either changes, and revisions are immutable.
@@ -42,10 +42,9 @@ pub struct DeploymentRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationRecord {
     pub id: String,
-    pub kind: String,
+    pub kind: OperationKind,
     pub deployment_id: String,
-    /// `in_progress`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: OperationStatus,
     pub message: String,
     pub request_id: String,
     pub created_at: i64,
@@ -76,7 +75,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
         active_version: r.try_get("active_version")?,
         spec: r.try_get("spec")?,
         target: r.try_get("target")?,
-        desired_state: r.try_get("desired_state")?,
+        desired_state: parse_named(r, "deployments", "desired_state", DesiredState::parse)?,
         restart_nonce: r.try_get("restart_nonce")?,
         resource_version: r.try_get("resource_version")?,
         created_at: r.try_get("created_at")?,
@@ -84,6 +83,12 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
         last_deployed_at: r.try_get("last_deployed_at")?,
         revision: r.try_get("revision")?,
     })
+}
+
+/// A column holding one of an enum's names.
+fn parse_named<T>(r: &AnyRow, table: &'static str, column: &'static str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = r.try_get(column)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt { table, column, message: format!("unknown value {text:?}") })
 }
 
 fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
@@ -101,9 +106,9 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
 fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
     Ok(OperationRecord {
         id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
+        kind: parse_named(r, "operations", "kind", OperationKind::parse)?,
         deployment_id: r.try_get("deployment_id")?,
-        status: r.try_get("status")?,
+        status: parse_named(r, "operations", "status", OperationStatus::parse)?,
         message: r.try_get("message")?,
         request_id: r.try_get("request_id")?,
         created_at: r.try_get("created_at")?,
@@ -215,7 +220,7 @@ impl Store {
             .bind(&d.active_version)
             .bind(&d.spec)
             .bind(&d.target)
-            .bind(&d.desired_state)
+            .bind(d.desired_state.as_str())
             .bind(d.restart_nonce)
             .bind(d.resource_version)
             .bind(d.created_at)
@@ -384,7 +389,7 @@ impl Store {
         .bind(&d.active_version)
         .bind(&d.spec)
         .bind(&d.target)
-        .bind(&d.desired_state)
+        .bind(d.desired_state.as_str())
         .bind(d.restart_nonce)
         .bind(d.updated_at)
         .bind(d.last_deployed_at)
@@ -441,9 +446,9 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         )
         .bind(&op.id)
-        .bind(&op.kind)
+        .bind(op.kind.as_str())
         .bind(&op.deployment_id)
-        .bind(&op.status)
+        .bind(op.status.as_str())
         .bind(&op.message)
         .bind(&op.request_id)
         .bind(op.created_at)
@@ -476,12 +481,18 @@ impl Store {
     }
 
     /// Ends an operation unless it already ended (first writer wins across replicas).
-    pub async fn finish_operation(&self, id: &str, status: &str, message: &str, now_ms: i64) -> Result<bool> {
+    pub async fn finish_operation(
+        &self,
+        id: &str,
+        status: OperationStatus,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE operations SET status = $1, message = $2, updated_at = $3, finished_at = $3 \
              WHERE id = $4 AND status = 'in_progress'",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(id)

@@ -1,0 +1,105 @@
+//! The states the control plane reasons about, as enums (stored as their lower-case names).
+
+use serde::Serialize;
+
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// Every name, comma-separated (for error messages).
+            pub fn names() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// What the user wants a deployment to be doing.
+    DesiredState {
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+named_enum! {
+    /// The change an operation tracks.
+    OperationKind {
+        Create = "create",
+        Update = "update",
+        Scale = "scale",
+        Start = "start",
+        Stop = "stop",
+        Restart = "restart",
+        Delete = "delete",
+    }
+}
+
+named_enum! {
+    /// Where an operation is.
+    OperationStatus {
+        InProgress = "in_progress",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+impl OperationKind {
+    /// The audit action recorded for it.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            OperationKind::Create => "deployment.create",
+            OperationKind::Update => "deployment.update",
+            OperationKind::Scale => "deployment.scale",
+            OperationKind::Start => "deployment.start",
+            OperationKind::Stop => "deployment.stop",
+            OperationKind::Restart => "deployment.restart",
+            OperationKind::Delete => "deployment.delete",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in OperationKind::ALL {
+            assert_eq!(OperationKind::parse(k.as_str()), Some(*k));
+        }
+        for s in OperationStatus::ALL {
+            assert_eq!(OperationStatus::parse(s.as_str()), Some(*s));
+        }
+        assert_eq!(DesiredState::parse("stopped"), Some(DesiredState::Stopped));
+        assert_eq!(DesiredState::parse("Stopped"), None);
+        assert_eq!(serde_json::to_value(OperationStatus::InProgress).unwrap(), "in_progress");
+        assert_eq!(DesiredState::names(), "running, stopped");
+    }
+}
