@@ -4,11 +4,13 @@
 //! the [`store`], Ferry's CA (`ferry-certs`), the REST [`api`] and the [`quic`] endpoint agents
 //! dial. Both listeners share one shutdown signal. `main.rs` only parses flags and calls [`start`].
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod context;
 pub mod deployments;
 pub mod domain;
+pub mod environments;
 pub mod ids;
 pub mod logs;
 pub mod model;

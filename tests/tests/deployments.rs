@@ -466,3 +466,29 @@ async fn intent_reaches_protocol_2_agents_as_changes_since_what_they_hold() {
     assert_eq!(ids, want);
     assert!(resync.removals.is_empty());
 }
+
+/// A revoked agent's share moves to the agents left, at once (not at the next periodic reload
+/// of the agents' placement facts, which is 10 s away).
+#[tokio::test]
+async fn a_revoked_agents_share_moves_to_the_others() {
+    let cp = ControlPlane::builder().heartbeat(Duration::from_secs(5)).spawn().await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let agent = raw::enroll(cp.quic_addr(), &cp.token(600, &[]).await, &cp.ca().fingerprint()).await.unwrap();
+        let (c, send, recv, _) = raw::session_v2(cp.quic_addr(), &agent).await.unwrap();
+        sessions.push((agent, c, send, recv));
+    }
+    let (_, body) = cp.api(Method::POST, "/v1/deployments", Some(web("spread", 2))).await;
+    let id = body["deployment"]["id"].as_str().unwrap().to_string();
+    for (_, _, _, recv) in sessions.iter_mut() {
+        let first = next_intent(recv).await;
+        assert_eq!(first.upserts[0].spec.replicas(), 1, "one replica each");
+    }
+    let (gone, _, _, _) = &sessions[1];
+    let (s, _) = cp.api(Method::DELETE, &format!("/v1/agents/{}", gone.agent_id), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, _, recv) = &mut sessions[0];
+    let moved = tokio::time::timeout(Duration::from_secs(8), next_intent(recv)).await.expect("the share moved");
+    assert_eq!(moved.upserts.len(), 1);
+    assert_eq!((moved.upserts[0].deployment_id.as_str(), moved.upserts[0].spec.replicas()), (id.as_str(), 2));
+}

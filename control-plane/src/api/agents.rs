@@ -1,23 +1,21 @@
-//! `/v1/agents`: bootstrap tokens, the agent registry and revocation.
+//! `/v1/agents`: bootstrap tokens, the agent registry and revocation. Handlers parse and render;
+//! the rules are in the agents service ([`crate::agents`]).
 
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{
-    Actor, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorCode, PageParams, RequestId, page_json, paginate,
-};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, page_json, paginate};
 use crate::AppState;
+use crate::agents::Agents;
+use crate::context::RequestContext;
 use crate::ids::{now_ms, rfc3339};
-use crate::store::{AgentFilter, AgentRecord, AgentStatus, Audit, BootstrapTokenRecord};
-
-const MAX_TOKEN_TTL_SECONDS: i64 = 7 * 24 * 3600;
-const MAX_DESCRIPTION_LEN: usize = 256;
+use crate::store::{AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -44,14 +42,7 @@ struct TokenView {
 }
 
 impl TokenView {
-    fn new(t: BootstrapTokenRecord, now: i64) -> Self {
-        let state = if t.used_at.is_some() {
-            "used"
-        } else if t.expires_at <= now {
-            "expired"
-        } else {
-            "active"
-        };
+    fn new(t: BootstrapTokenRecord, state: &'static str) -> Self {
         Self {
             id: t.id,
             description: t.description,
@@ -98,31 +89,12 @@ impl AgentView {
     }
 }
 
-fn audit(actor: &Actor, rid: &RequestId, action: &'static str, target: &str, details: serde_json::Value) -> Audit {
-    Audit { actor: actor.0.clone(), action, target: target.to_string(), request_id: rid.0.clone(), details }
-}
-
 pub async fn create_token(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiJson(req): ApiJson<CreateToken>,
 ) -> ApiResult<impl IntoResponse> {
-    let ttl = req.ttl_seconds.unwrap_or(3600);
-    if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
-        return Err(ApiError::validation(
-            "ttlSeconds",
-            format!("ttlSeconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}"),
-        ));
-    }
-    ferry_protocol::limits::validate_labels(&req.labels).map_err(|m| ApiError::validation("labels", m))?;
-    if req.description.len() > MAX_DESCRIPTION_LEN {
-        return Err(ApiError::validation(
-            "description",
-            format!("description is limited to {MAX_DESCRIPTION_LEN} bytes"),
-        ));
-    }
-    let (token, record) = crate::tokens::issue(&state, ttl, req.labels, req.description, &actor.0, &rid.0).await?;
+    let (token, record) = Agents::new(&state).issue_token(&ctx, req.ttl_seconds, req.labels, req.description).await?;
     let server: &str = &state.advertise_addr;
     let body = json!({
         "id": token.id,
@@ -138,30 +110,17 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Token states, for `?status=`.
-const TOKEN_STATES: [&str; 3] = ["active", "used", "expired"];
-
 pub async fn list_tokens(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<impl IntoResponse> {
     let (page, page_size) = q.resolve()?;
-    if let Some(s) = q.status.as_deref()
-        && !TOKEN_STATES.contains(&s)
-    {
-        return Err(ApiError::validation(
-            "status",
-            format!("unknown status {s:?}: one of {}", TOKEN_STATES.join(", ")),
-        ));
-    }
-    let now = now_ms();
-    let tokens: Vec<TokenView> = state
-        .store
-        .list_bootstrap_tokens()
+    let tokens: Vec<TokenView> = Agents::new(&state)
+        .tokens(&ctx, q.status.as_deref())
         .await?
         .into_iter()
-        .map(|t| TokenView::new(t, now))
-        .filter(|t| q.status.as_deref().is_none_or(|s| s == t.state))
+        .map(|(t, st)| TokenView::new(t, st))
         .collect();
     let total = tokens.len() as i64;
     Ok(Json(page_json(paginate(tokens, page, page_size), page, page_size, total)))
@@ -169,19 +128,18 @@ pub async fn list_tokens(
 
 pub async fn delete_token(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let audit = audit(&actor, &rid, "token.delete", &id, json!({}));
-    if state.store.delete_bootstrap_token(&id, &audit, now_ms()).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(token_not_found(&id))
-    }
+    Agents::new(&state).delete_token(&ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParams>) -> ApiResult<impl IntoResponse> {
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<impl IntoResponse> {
     let (page, page_size) = q.resolve()?;
     let status = match q.status.as_deref() {
         None => None,
@@ -196,37 +154,23 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PageParam
         page,
         page_size,
     };
-    let (agents, total) = state.store.list_agents(filter).await?;
+    let (agents, total) = Agents::new(&state).list(&ctx, filter).await?;
     let views: Vec<AgentView> = agents.into_iter().map(|a| AgentView::new(a, &state)).collect();
     Ok(Json(page_json(views, page, page_size, total)))
 }
 
-pub async fn get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<AgentView>> {
-    let agent = state.store.get_agent(&id).await?.ok_or_else(|| agent_not_found(&id))?;
-    Ok(Json(AgentView::new(agent, &state)))
-}
-
-/// Revokes the agent: its certificate is refused from now on and its live session, if this
-/// replica holds it, is closed at once (other replicas notice at the next heartbeat).
-pub async fn revoke(
+pub async fn get(
     State(state): State<AppState>,
-    Extension(actor): Extension<Actor>,
-    Extension(rid): Extension<RequestId>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<AgentView>> {
-    let audit = audit(&actor, &rid, "agent.revoke", &id, json!({}));
-    let agent = state.store.revoke_agent(&id, &audit, now_ms()).await?.ok_or_else(|| agent_not_found(&id))?;
-    state.sessions.close(&id, ferry_protocol::CloseCode::Revoked, "agent revoked");
-    tracing::info!(agent_id = %id, actor = %actor.0, "agent revoked");
-    Ok(Json(AgentView::new(agent, &state)))
+    Ok(Json(AgentView::new(Agents::new(&state).get(&ctx, &id).await?, &state)))
 }
 
-fn agent_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::AgentNotFound, format!("agent {id:?} not found"))
-        .with_details(json!({ "agentId": id }))
-}
-
-fn token_not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::TokenNotFound, format!("bootstrap token {id:?} not found"))
-        .with_details(json!({ "tokenId": id }))
+pub async fn revoke(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<AgentView>> {
+    Ok(Json(AgentView::new(Agents::new(&state).revoke(&ctx, &id).await?, &state)))
 }
