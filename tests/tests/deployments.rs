@@ -406,6 +406,7 @@ async fn intent_reaches_protocol_2_agents_as_changes_since_what_they_hold() {
         raw::enroll(cp.quic_addr(), &cp.token(600, &[("role", "web")]).await, &cp.ca().fingerprint()).await.unwrap();
     let (_c, mut send, mut recv, welcome) = raw::session_v2(cp.quic_addr(), &agent).await.unwrap();
     assert_eq!(welcome.protocol_version, 2);
+    assert_eq!(cp.agent_json(&agent.agent_id).await["capabilities"], json!(["runtime:process"]));
     let whole = next_intent(&mut recv).await;
     assert_eq!(whole.base, None, "a new agent gets its whole intent");
     assert_eq!(whole.upserts.len(), 1);

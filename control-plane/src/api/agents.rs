@@ -63,6 +63,8 @@ pub struct AgentView {
     name: String,
     status: AgentStatus,
     labels: BTreeMap<String, String>,
+    /// What the agent can run, as it said in its last `Hello` (`runtime:process`, …).
+    capabilities: Vec<String>,
     version: String,
     enrolled_at: String,
     connected_since: Option<String>,
@@ -80,6 +82,7 @@ impl AgentView {
             name: a.name,
             status,
             labels: a.labels,
+            capabilities: a.capabilities,
             version: a.version,
             enrolled_at: rfc3339(a.enrolled_at),
             last_heartbeat: a.last_heartbeat.map(rfc3339),
