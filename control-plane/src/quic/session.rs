@@ -249,7 +249,7 @@ impl Session {
         if self.protocol < 2 {
             // Protocol-1 reports name deployments; learn which workload each one is.
             if held == head.generation {
-                self.sent = held;
+                self.set_sent(held);
                 if let Ok((_, rows)) = self.state.store.intent_snapshot(&self.agent_id, None).await {
                     self.learn(rows.iter().map(|r| (&r.deployment_id, &r.workload_id)));
                 }
@@ -258,10 +258,19 @@ impl Session {
             return self.push_intent(send, true).await;
         }
         if held == head.generation || (held > 0 && held >= head.floor) {
-            self.sent = held;
+            self.set_sent(held);
             return self.push_intent(send, false).await;
         }
         self.push_intent(send, true).await
+    }
+
+    /// Records the generation the agent has (or was sent), also for the liveness pass, which
+    /// wakes a session only when the store's generation moved past it.
+    fn set_sent(&mut self, generation: u64) {
+        self.sent = generation;
+        if let Some(h) = &self.handle {
+            h.sent.store(generation, Ordering::Relaxed);
+        }
     }
 
     fn learn<'a>(&mut self, pairs: impl Iterator<Item = (&'a String, &'a String)>) {
@@ -419,10 +428,7 @@ impl Session {
             }
         };
         ferry_transport::write_frame_timeout(send, &msg, WRITE_TIMEOUT).await?;
-        self.sent = head.generation;
-        if let Some(h) = &self.handle {
-            h.sent.store(head.generation, Ordering::Relaxed);
-        }
+        self.set_sent(head.generation);
         tracing::debug!(agent_id = %self.agent_id, generation = head.generation, delta = base.is_some(),
             rows = rows.len(), "intent sent");
         Ok(())

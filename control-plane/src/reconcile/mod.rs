@@ -214,7 +214,9 @@ async fn reconcile(state: &AppState, id: &str) -> Result<Option<Duration>, Store
         reasons: derived.reasons.clone(),
         running_since,
     };
-    state.store.put_status_summary(id, &summary, now).await?;
+    if previous.as_ref() != Some(&summary) {
+        state.store.put_status_summary(id, &summary, now).await?;
+    }
     settle(state, &parsed, &derived, running_since, &ops, now).await
 }
 
