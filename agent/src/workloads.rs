@@ -165,7 +165,17 @@ async fn apply_latest(
     while desired.changed().await.is_ok() {
         let Some(assignment) = desired.borrow_and_update().clone() else { continue };
         let started = Instant::now();
-        runtime.apply(&assignment.workloads).await;
+        let workloads: Vec<ferry_runtime::Workload> = assignment
+            .workloads
+            .iter()
+            .map(|w| ferry_runtime::Workload {
+                id: w.id.clone(),
+                deployment_id: w.id.clone(),
+                restart_nonce: w.restart_nonce,
+                spec: ferry_protocol::WorkloadSpec::Process(w.spec.clone()),
+            })
+            .collect();
+        runtime.apply(&workloads).await;
         tracing::info!(
             generation = assignment.generation,
             workloads = assignment.workloads.len(),
