@@ -1,17 +1,19 @@
 //! Ferry's agent: enrolls with a bootstrap token, then dials the control plane over mutually
 //! authenticated QUIC, keeps its session alive with heartbeats, renews its certificate over the
-//! live connection, persists the assignments it receives and runs their workloads with a
+//! live connection, persists the intent it receives (protocol 2: whole or as changes since a
+//! generation it holds; protocol 1: whole assignments) and runs its workloads with a
 //! runtime (`ferry_runtime::Runtime`, held as `Arc<dyn Runtime>`; today the process runtime,
 //! announced in `Hello` as the capability `runtime:process`), reporting their status and shipping
 //! their logs.
 //!
 //! # Workloads
 //!
-//! * At start-up, before connecting, the agent applies the assignment stored in the state
-//!   directory: it converges on its last assignment even while the control plane is
-//!   unreachable. Every newer assignment received is persisted, handed to the runtime and
-//!   acknowledged `Applied` (the runtime applies it on a task of its own; only the newest
-//!   pending one is applied).
+//! * At start-up, before connecting, the agent applies the intent stored in the state
+//!   directory: it converges on its last intent even while the control plane is unreachable.
+//!   Every newer intent received is persisted, handed to the runtime and acknowledged `Applied`
+//!   (the runtime applies it on a task of its own; only the newest pending one is applied).
+//!   Workloads go to the runtime of their kind; a new revision of a deployment takes over from
+//!   the old one replica by replica.
 //! * Status: `AgentMessage::Status { generation, workloads }` on the control stream right after
 //!   Welcome, 100 ms after the runtime observes a change (changes within that window are
 //!   coalesced), and at least once per heartbeat interval. `generation` is the last one the
@@ -25,7 +27,7 @@
 //!   itself dies.
 //! * **Agent restarts restart workloads; control-plane restarts do not.** Sessions come and go
 //!   around the runtime, so a lost connection, a reconnect or a control-plane restart leaves
-//!   every process running (re-applying the same assignment is a no-op). When the agent exits
+//!   every process running (re-applying the same intent is a no-op). When the agent exits
 //!   (shutdown requested, or a terminal error such as revocation) it stops every workload —
 //!   SIGTERM to each process group, SIGKILL after the grace period — so none outlives it. If the
 //!   agent process dies without that (crash, SIGKILL, a second SIGINT), the next start kills
@@ -34,17 +36,18 @@
 //!
 //! * [`config`] — flags, `FERRY_*` variables and an optional TOML file, validated up front.
 //! * [`token`] — the `ferry1.<id>.<secret>.<ca-fingerprint>` bootstrap token.
-//! * [`state`] — the state directory (`client.pem`, `ca.crt`, `identity.json`, `assignment.json`).
-//! * [`backoff`], [`assignment`], [`renewal`] — the pure decisions, unit-tested in isolation.
+//! * [`state`] — the state directory (`client.pem`, `ca.crt`, `identity.json`, `intent.json`;
+//!   an older agent's `assignment.json` is still read).
+//! * [`backoff`], [`intent`], [`renewal`] — the pure decisions, unit-tested in isolation.
 //! * [`run`] — the supervisor loop: enroll if needed, run a session, back off, reconnect.
 //! * `workloads` — the runtime host: applier, observer, log collector; `logs` — the log
 //!   buffer and telemetry stream.
 
-pub mod assignment;
 pub mod backoff;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod intent;
 pub mod renewal;
 pub mod state;
 pub mod token;
@@ -77,7 +80,7 @@ pub struct AgentState {
     pub cert_not_after: Option<time::OffsetDateTime>,
     /// Certificates renewed over a live session since start.
     pub renewals: u64,
-    /// Generation of the last assignment applied (persisted).
+    /// Generation of the last intent applied (persisted).
     pub last_generation: u64,
     /// The last error that interrupted enrollment or a session.
     pub last_error: Option<String>,

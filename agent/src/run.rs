@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use ferry_protocol::Assignment;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -12,6 +11,7 @@ use crate::config::AgentConfig;
 use crate::credentials::{Credentials, fmt_time};
 use crate::enroll::enroll;
 use crate::error::AgentError;
+use crate::intent::Intent;
 use crate::net::shutdown_requested;
 use crate::session::{self, Session};
 use crate::state::StateDir;
@@ -71,7 +71,8 @@ struct Agent<'s> {
     config: AgentConfig,
     store: StateDir,
     creds: Option<Credentials>,
-    last_generation: u64,
+    /// The last intent applied (persisted).
+    intent: Intent,
     backoff: Backoff,
     state: &'s watch::Sender<AgentState>,
     workloads: Workloads,
@@ -84,8 +85,9 @@ impl<'s> Agent<'s> {
         let _ = ferry_certs::tls::provider();
         let store = StateDir::open(&config.state_dir)?;
         let creds = store.load_credentials()?;
-        let stored = store.load_assignment()?;
-        let last_generation = stored.as_ref().map_or(0, |a| a.generation);
+        // One stored without credentials belongs to an identity that is gone.
+        let intent = store.load_intent()?.filter(|_| creds.is_some()).unwrap_or_default();
+        let last_generation = intent.generation;
         state.send_modify(|st| {
             st.agent_id = creds.as_ref().map(|c| c.agent_id.clone());
             st.cert_serial = creds.as_ref().map(|c| c.info.serial.clone());
@@ -104,17 +106,17 @@ impl<'s> Agent<'s> {
         }
         let backoff = Backoff::new(BASE_DELAY, config.max_backoff);
         let workloads = Workloads::start(&config, state);
-        // Converge on the last assignment now, whether or not the control plane answers. (One
-        // stored without credentials belongs to an identity that is gone.)
-        if let Some(assignment) = stored.filter(|_| creds.is_some()) {
+        // Converge on the last intent now, whether or not the control plane answers.
+        if intent.generation > 0 {
             tracing::info!(
-                generation = assignment.generation,
-                workloads = assignment.workloads.len(),
-                "applying the stored assignment"
+                generation = intent.generation,
+                naming = ?intent.naming,
+                workloads = intent.workloads.len(),
+                "applying the stored intent"
             );
-            workloads.assign(assignment);
+            workloads.assign(&intent);
         }
-        Ok(Self { config, store, creds, last_generation, backoff, state, workloads })
+        Ok(Self { config, store, creds, intent, backoff, state, workloads })
     }
 
     /// Sessions, backoff and reconnects until shutdown or a terminal error.
@@ -180,7 +182,7 @@ impl<'s> Agent<'s> {
                 config: &self.config,
                 store: &self.store,
                 creds,
-                last_generation: &mut self.last_generation,
+                intent: &mut self.intent,
                 state: self.state,
                 workloads: &self.workloads,
             },
@@ -190,10 +192,10 @@ impl<'s> Agent<'s> {
         (outcome.lasted, outcome.result)
     }
 
-    /// A new identity: assignments of the previous one no longer apply, and its workloads stop.
+    /// A new identity: the intent of the previous one no longer applies, and its workloads stop.
     fn adopt(&mut self, creds: Credentials) {
-        self.last_generation = 0;
-        self.workloads.assign(Assignment { generation: 0, workloads: Vec::new() });
+        self.intent = Intent::default();
+        self.workloads.assign(&self.intent);
         self.state.send_modify(|st| {
             st.agent_id = Some(creds.agent_id.clone());
             st.cert_serial = Some(creds.info.serial.clone());

@@ -1,11 +1,15 @@
-//! A session: Hello/Welcome on the control stream, then heartbeats, assignments and
+//! A session: Hello/Welcome on the control stream, then heartbeats, intent updates and
 //! certificate renewals until shutdown or until the connection is lost.
+//!
+//! The agent speaks protocols 1 and 2. With protocol 2 the control plane sends `Intent`
+//! updates (whole, or the changes since a generation the agent holds); with protocol 1 (an
+//! older control plane) whole `Assignment`s. See [`crate::intent`] for what is applied.
 
 use std::time::Duration;
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
+    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
@@ -14,13 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AgentState;
-
-/// The newest protocol version this agent speaks (the control plane already speaks 2).
-const PROTOCOL_VERSION: u16 = 1;
-use crate::assignment::{Decision, decide};
 use crate::config::AgentConfig;
 use crate::credentials::{Credentials, fmt_time};
 use crate::error::AgentError;
+use crate::intent::{Decision, Intent, Naming, decide};
 use crate::logs;
 use crate::net::{self, Link, REPLY_TIMEOUT, now_ms, shutdown_requested};
 use crate::renewal::Renewer;
@@ -42,7 +43,8 @@ pub(crate) struct Session<'a> {
     pub config: &'a AgentConfig,
     pub store: &'a StateDir,
     pub creds: &'a mut Credentials,
-    pub last_generation: &'a mut u64,
+    /// The last intent applied (persisted).
+    pub intent: &'a mut Intent,
     pub state: &'a watch::Sender<AgentState>,
     pub workloads: &'a Workloads,
 }
@@ -123,6 +125,7 @@ async fn converse(
     let shipper = AbortOnDrop(tokio::spawn(logs::ship(link.conn.clone(), s.workloads.logs())));
     let observed = s.workloads.observed();
     let mut control = Control {
+        naming: Naming::of_protocol(welcome.protocol_version),
         renewer: Renewer::new(&creds.info, OffsetDateTime::now_utc()),
         s,
         link,
@@ -136,7 +139,7 @@ async fn converse(
         observed,
         report: StatusSchedule::new(Instant::now(), heartbeat_every),
     };
-    let result = control.run(shutdown).await;
+    let result = control.start(shutdown).await;
     // Close while the streams are still open: dropping them finishes them, and the control
     // plane must learn why the session ended (the close code), not merely that a stream did.
     let (code, reason) = close_code(&result);
@@ -158,7 +161,7 @@ async fn handshake(link: &Link, s: &Session<'_>) -> Result<(SendStream, RecvStre
         labels: s.config.labels.clone(),
         // What this agent can run: its runtime's capability (`runtime:process`).
         capabilities: vec![s.workloads.capability()],
-        last_generation: *s.last_generation,
+        last_generation: s.intent.generation,
     };
     net::send(&mut send, &AgentMessage::Hello(hello))
         .await
@@ -254,6 +257,8 @@ struct Control<'c, 'a> {
     _reader: AbortOnDrop<()>,
     _shipper: AbortOnDrop<()>,
     heartbeat_every: Duration,
+    /// How the negotiated protocol names workloads.
+    naming: Naming,
     seq: u64,
     renewer: Renewer,
     /// When the control plane last sent a message on the control stream.
@@ -264,6 +269,22 @@ struct Control<'c, 'a> {
 }
 
 impl Control<'_, '_> {
+    /// Asks for the whole intent first if the held one is named for the other protocol (the
+    /// state of an agent upgraded from protocol 1): a delta cannot apply to it, and if the
+    /// control plane thinks the agent is up to date it would send nothing at all. Then runs.
+    async fn start(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
+        let held = self.s.intent.generation;
+        if self.naming == Naming::Revision && self.s.intent.needs_renaming(self.naming) {
+            tracing::info!(
+                generation = held,
+                "the held intent names workloads by deployment; asking for the whole intent"
+            );
+            let ack = Ack { generation: held, outcome: AckOutcome::NeedFull { held } };
+            self.write("ask for the whole intent", AgentMessage::Ack(ack)).await?;
+        }
+        self.run(shutdown).await
+    }
+
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + self.heartbeat_every, self.heartbeat_every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -334,7 +355,8 @@ impl Control<'_, '_> {
 
     async fn handle(&mut self, msg: ServerMessage) -> Result<(), AgentError> {
         match msg {
-            ServerMessage::Assignment(a) => self.assignment(a).await,
+            ServerMessage::Assignment(a) if self.naming == Naming::Deployment => self.assignment(a).await,
+            ServerMessage::Intent(u) if self.naming == Naming::Revision => self.intent(u).await,
             ServerMessage::CertificateRenewed(c) => {
                 self.renewed(c);
                 Ok(())
@@ -352,34 +374,64 @@ impl Control<'_, '_> {
                 tracing::warn!(code = ?e.code, message = %e.message, "control plane reported an error");
                 Ok(())
             }
-            other @ (ServerMessage::Welcome(_) | ServerMessage::Enrolled(_) | ServerMessage::Intent(_)) => {
+            other @ (ServerMessage::Welcome(_)
+            | ServerMessage::Enrolled(_)
+            | ServerMessage::Assignment(_)
+            | ServerMessage::Intent(_)) => {
                 tracing::warn!(kind = message_name(&other), "ignoring an unexpected message");
                 Ok(())
             }
         }
     }
 
-    /// Persists a newer assignment and hands it to the runtime (which applies it on its own
-    /// task), then acknowledges; an older or equal one is stale.
+    /// Protocol 1: a whole assignment.
     async fn assignment(&mut self, a: Assignment) -> Result<(), AgentError> {
         let generation = a.generation;
-        let decision = decide(*self.s.last_generation, generation);
+        let decision = decide(self.s.intent, generation, None, Naming::Deployment);
+        self.accept(generation, decision, move |_| Intent::from_assignment(a)).await
+    }
+
+    /// Protocol 2: an intent update, whole or on top of a generation.
+    async fn intent(&mut self, u: IntentUpdate) -> Result<(), AgentError> {
+        let generation = u.generation;
+        let decision = decide(self.s.intent, generation, u.base, Naming::Revision);
+        tracing::debug!(generation, base = ?u.base, upserts = u.upserts.len(), removals = u.removals.len(),
+            ?decision, "intent update");
+        self.accept(generation, decision, move |held| held.updated(u)).await
+    }
+
+    /// Carries out `decision` on an update of `generation` and acknowledges it: a newer intent
+    /// (built from the held one by `next`) is persisted first, then handed to the runtime
+    /// (which applies it on its own task); one that cannot be persisted is rejected.
+    async fn accept(
+        &mut self,
+        generation: u64,
+        decision: Decision,
+        next: impl FnOnce(&Intent) -> Intent,
+    ) -> Result<(), AgentError> {
         let outcome = match decision {
-            Decision::Apply => match self.s.store.save_assignment(&a) {
-                Ok(()) => {
-                    *self.s.last_generation = generation;
-                    self.s.state.send_modify(|st| st.last_generation = generation);
-                    tracing::info!(generation, workloads = a.workloads.len(), "assignment accepted");
-                    self.s.workloads.assign(a);
-                    decision.outcome()
+            Decision::Apply => {
+                let intent = next(self.s.intent);
+                match self.s.store.save_intent(&intent) {
+                    Ok(()) => {
+                        tracing::info!(generation, workloads = intent.workloads.len(), "intent accepted");
+                        self.s.workloads.assign(&intent);
+                        *self.s.intent = intent;
+                        self.s.state.send_modify(|st| st.last_generation = generation);
+                        decision.outcome()
+                    }
+                    Err(e) => {
+                        tracing::warn!(generation, error = %e, "cannot persist the intent");
+                        AckOutcome::Rejected { reason: format!("cannot persist the intent: {e}") }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(generation, error = %e, "cannot persist the assignment");
-                    AckOutcome::Rejected { reason: format!("cannot persist the assignment: {e}") }
-                }
-            },
+            }
             Decision::Stale { current } => {
-                tracing::debug!(generation, current, "stale assignment");
+                tracing::debug!(generation, current, "stale intent");
+                decision.outcome()
+            }
+            Decision::NeedFull { held } => {
+                tracing::info!(generation, held, "an update on a generation not held; asking for the whole intent");
                 decision.outcome()
             }
         };
@@ -462,6 +514,8 @@ mod tests {
 
     #[test]
     fn welcome_checks() {
+        assert_eq!(PROTOCOL_VERSION, 2, "this agent speaks protocol 2");
+        assert!(check_welcome(&welcome(1, "agent-1"), "agent-1").is_ok(), "and still protocol 1");
         assert!(check_welcome(&welcome(PROTOCOL_VERSION, "agent-1"), "agent-1").is_ok());
         let e = check_welcome(&welcome(PROTOCOL_VERSION, "agent-2"), "agent-1").unwrap_err();
         assert!(matches!(e, AgentError::Protocol(_)) && !e.is_terminal());

@@ -4,23 +4,36 @@
 //!   means "enrolled"; it is written last during enrollment.
 //! * `ca.crt` — the CA the agent trusts.
 //! * `identity.json` — `{"agentId": "..."}`.
-//! * `assignment.json` (0600, it may carry secrets in environment variables) — the last
-//!   applied [`Assignment`].
+//! * `intent.json` (0600, it may carry secrets in environment variables) — the last applied
+//!   intent: `{"format": 2, "generation": …, "naming": "revision" | "deployment", "workloads":
+//!   [WorkloadIntent…]}` (`naming` says whether workload ids are `<deployment>@<revision>`,
+//!   protocol 2, or deployment ids, protocol 1).
+//! * `assignment.json` — what agents before protocol 2 stored instead (a protocol-1
+//!   [`Assignment`]). It is still read when there is no `intent.json` (the workloads keep their
+//!   ids, the deployment ids, until the control plane sends a whole intent that replaces them)
+//!   and removed once `intent.json` is written. An older agent started on this directory finds
+//!   no `assignment.json` and gets its whole assignment from the control plane.
 //!
 //! Every file is replaced atomically (write to a temporary name, then rename).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ferry_protocol::Assignment;
+use ferry_protocol::{Assignment, WorkloadIntent};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::Credentials;
+use crate::intent::{Intent, Naming};
 
 pub const CLIENT_PEM: &str = "client.pem";
 pub const CA_CRT: &str = "ca.crt";
 pub const IDENTITY_JSON: &str = "identity.json";
+pub const INTENT_JSON: &str = "intent.json";
+/// The state file of agents before protocol 2 (read, never written).
 pub const ASSIGNMENT_JSON: &str = "assignment.json";
+
+/// The `format` of `intent.json` this agent reads and writes.
+const INTENT_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -37,6 +50,16 @@ pub enum StateError {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Identity {
     pub agent_id: String,
+}
+
+/// `intent.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IntentFile {
+    format: u32,
+    generation: u64,
+    naming: Naming,
+    workloads: Vec<WorkloadIntent>,
 }
 
 /// An opened (existing or newly created) state directory.
@@ -85,6 +108,7 @@ impl StateDir {
     /// that is simply not enrolled. The previous identity's assignment is removed: generations
     /// belong to an agent id.
     pub fn save_enrollment(&self, creds: &Credentials) -> Result<(), StateError> {
+        self.remove(INTENT_JSON)?;
         self.remove(ASSIGNMENT_JSON)?;
         self.remove(CLIENT_PEM)?;
         let identity = Identity { agent_id: creds.agent_id.clone() };
@@ -100,17 +124,42 @@ impl StateDir {
             .map_err(|e| self.write_err(CLIENT_PEM, e))
     }
 
-    /// The last applied assignment, if any.
-    pub fn load_assignment(&self) -> Result<Option<Assignment>, StateError> {
+    /// The last applied intent, if any: `intent.json`, or else the `assignment.json` of an
+    /// agent before protocol 2, converted.
+    pub fn load_intent(&self) -> Result<Option<Intent>, StateError> {
+        if let Some(text) = self.read_optional(INTENT_JSON)? {
+            let corrupt = |reason: String| StateError::Corrupt { path: self.file(INTENT_JSON), reason };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+            match value.get("format").and_then(serde_json::Value::as_u64) {
+                Some(f) if f == u64::from(INTENT_FORMAT) => {}
+                Some(f) => return Err(corrupt(format!("format {f}, not {INTENT_FORMAT} (written by a newer agent?)"))),
+                None => return Err(corrupt("no format".into())),
+            }
+            let file: IntentFile =
+                serde_json::from_value(value).map_err(|e| corrupt(format!("invalid intent: {e}")))?;
+            let workloads = file.workloads.into_iter().map(|w| (w.id.clone(), w)).collect();
+            return Ok(Some(Intent { generation: file.generation, naming: file.naming, workloads }));
+        }
         if self.read_optional(ASSIGNMENT_JSON)?.is_none() {
             return Ok(None);
         }
-        self.read_json(ASSIGNMENT_JSON).map(Some)
+        let old: Assignment = self.read_json(ASSIGNMENT_JSON)?;
+        Ok(Some(Intent::from_assignment(old)))
     }
 
-    pub fn save_assignment(&self, assignment: &Assignment) -> Result<(), StateError> {
-        let json = serde_json::to_string_pretty(assignment).map_err(|e| self.write_err(ASSIGNMENT_JSON, e))?;
-        ferry_certs::write_private(&self.file(ASSIGNMENT_JSON), &json).map_err(|e| self.write_err(ASSIGNMENT_JSON, e))
+    /// Replaces `intent.json` (atomically, 0600), then removes a pre-protocol-2
+    /// `assignment.json` (a crash in between leaves both; `intent.json` wins).
+    pub fn save_intent(&self, intent: &Intent) -> Result<(), StateError> {
+        let file = IntentFile {
+            format: INTENT_FORMAT,
+            generation: intent.generation,
+            naming: intent.naming,
+            workloads: intent.workloads.values().cloned().collect(),
+        };
+        let json = serde_json::to_string_pretty(&file).map_err(|e| self.write_err(INTENT_JSON, e))?;
+        ferry_certs::write_private(&self.file(INTENT_JSON), &json).map_err(|e| self.write_err(INTENT_JSON, e))?;
+        self.remove(ASSIGNMENT_JSON)
     }
 
     fn write_err(&self, name: &str, e: impl std::fmt::Display) -> StateError {
@@ -157,10 +206,11 @@ mod tests {
     use std::time::Duration;
 
     use ferry_certs::Ca;
-    use ferry_protocol::{ProcessSpec, RestartPolicy, Workload};
+    use ferry_protocol::{HealthCheck, Probe, ProcessSpec, RestartPolicy, WorkloadSpec};
 
     use super::*;
     use crate::credentials::tests::issue;
+    use crate::intent::tests::workload;
 
     #[cfg(unix)]
     fn mode(path: &Path) -> u32 {
@@ -168,28 +218,9 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
-    fn assignment(generation: u64) -> Assignment {
-        Assignment {
-            generation,
-            workloads: vec![Workload {
-                id: "dep-1".into(),
-                name: "web".into(),
-                version: "v1".into(),
-                spec: ProcessSpec {
-                    command: "/bin/true".into(),
-                    args: vec![],
-                    env: [("SECRET".to_string(), "x".to_string())].into(),
-                    working_dir: None,
-                    replicas: 1,
-                    restart_policy: RestartPolicy::Always,
-                    liveness: None,
-                    readiness: None,
-                    startup: None,
-                    stop_grace_ms: 1000,
-                },
-                restart_nonce: 0,
-            }],
-        }
+    fn intent(generation: u64) -> Intent {
+        let workloads = [workload("dep-1", 2, 1), workload("dep-2", 1, 3)];
+        Intent { generation, naming: Naming::Revision, workloads: workloads.map(|w| (w.id.clone(), w)).into() }
     }
 
     #[test]
@@ -200,7 +231,7 @@ mod tests {
         #[cfg(unix)]
         assert_eq!(mode(&root), 0o700);
         assert!(dir.load_credentials().unwrap().is_none());
-        assert!(dir.load_assignment().unwrap().is_none());
+        assert!(dir.load_intent().unwrap().is_none());
 
         let ca = Ca::generate("t").unwrap();
         let creds = issue(&ca, "agent-1", Duration::from_secs(600));
@@ -214,10 +245,10 @@ mod tests {
         let identity = std::fs::read_to_string(root.join(IDENTITY_JSON)).unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&identity).unwrap()["agentId"], "agent-1");
 
-        dir.save_assignment(&assignment(3)).unwrap();
-        assert_eq!(dir.load_assignment().unwrap(), Some(assignment(3)));
+        dir.save_intent(&intent(3)).unwrap();
+        assert_eq!(dir.load_intent().unwrap(), Some(intent(3)));
         #[cfg(unix)]
-        assert_eq!(mode(&root.join(ASSIGNMENT_JSON)), 0o600);
+        assert_eq!(mode(&root.join(INTENT_JSON)), 0o600);
 
         // A renewal replaces client.pem and keeps it private.
         let renewed = issue(&ca, "agent-1", Duration::from_secs(900));
@@ -230,7 +261,7 @@ mod tests {
         let other = issue(&ca, "agent-2", Duration::from_secs(600));
         dir.save_enrollment(&other).unwrap();
         assert_eq!(dir.load_credentials().unwrap().unwrap().agent_id, "agent-2");
-        assert!(dir.load_assignment().unwrap().is_none());
+        assert!(dir.load_intent().unwrap().is_none());
         // No temporary files left behind.
         let names: Vec<_> =
             std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -273,6 +304,100 @@ mod tests {
         assert!(matches!(dir.load_credentials(), Err(StateError::Corrupt { .. })));
 
         std::fs::write(tmp.path().join(ASSIGNMENT_JSON), "[]").unwrap();
-        assert!(matches!(dir.load_assignment(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(dir.load_intent(), Err(StateError::Corrupt { .. })));
+        std::fs::write(tmp.path().join(INTENT_JSON), "[]").unwrap();
+        assert!(matches!(dir.load_intent(), Err(StateError::Corrupt { .. })));
+        std::fs::write(tmp.path().join(INTENT_JSON), r#"{"format":3,"generation":1}"#).unwrap();
+        let e = dir.load_intent().unwrap_err();
+        assert!(e.to_string().contains("format 3"), "{e}");
+    }
+
+    /// `assignment.json` exactly as the agent before protocol 2 wrote it.
+    const OLD_ASSIGNMENT_JSON: &str = r#"{
+  "generation": 12,
+  "workloads": [
+    {
+      "id": "dep-1",
+      "name": "web",
+      "version": "v1",
+      "spec": {
+        "command": "/bin/true",
+        "args": [
+          "--port",
+          "$(PORT)"
+        ],
+        "env": {
+          "SECRET": "x"
+        },
+        "working_dir": null,
+        "replicas": 2,
+        "restart_policy": "Always",
+        "liveness": null,
+        "readiness": {
+          "probe": {
+            "Http": {
+              "path": "/healthz",
+              "port": 0
+            }
+          },
+          "initial_delay_ms": 0,
+          "period_ms": 1000,
+          "timeout_ms": 1000,
+          "success_threshold": 1,
+          "failure_threshold": 3
+        },
+        "startup": null,
+        "stop_grace_ms": 1000
+      },
+      "restart_nonce": 4
+    }
+  ]
+}"#;
+
+    #[test]
+    fn an_assignment_json_of_the_previous_agent_loads_and_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join(ASSIGNMENT_JSON), OLD_ASSIGNMENT_JSON).unwrap();
+
+        let old = dir.load_intent().unwrap().expect("the old file loads");
+        assert_eq!((old.generation, old.naming), (12, Naming::Deployment));
+        assert_eq!(old.workloads.keys().collect::<Vec<_>>(), ["dep-1"], "it keeps its old id");
+        let w = &old.workloads["dep-1"];
+        assert_eq!((w.deployment_id.as_str(), w.revision, w.restart_nonce), ("dep-1", 0, 4));
+        let expected = ProcessSpec {
+            command: "/bin/true".into(),
+            args: vec!["--port".into(), "$(PORT)".into()],
+            env: [("SECRET".to_string(), "x".to_string())].into(),
+            working_dir: None,
+            replicas: 2,
+            restart_policy: RestartPolicy::Always,
+            liveness: None,
+            readiness: Some(HealthCheck {
+                probe: Probe::Http { path: "/healthz".into(), port: 0 },
+                initial_delay_ms: 0,
+                period_ms: 1000,
+                timeout_ms: 1000,
+                success_threshold: 1,
+                failure_threshold: 3,
+            }),
+            startup: None,
+            stop_grace_ms: 1000,
+        };
+        assert_eq!(w.spec, WorkloadSpec::Process(expected));
+
+        // Saved again (as the first intent is): the new format, and the old file is gone.
+        dir.save_intent(&old).unwrap();
+        assert!(!tmp.path().join(ASSIGNMENT_JSON).exists());
+        assert_eq!(dir.load_intent().unwrap(), Some(old));
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join(INTENT_JSON)).unwrap()).unwrap();
+        assert_eq!((saved["format"].as_u64(), saved["naming"].as_str()), (Some(2), Some("deployment")));
+
+        // Both present (a crash between writing one and removing the other): intent.json wins.
+        std::fs::write(tmp.path().join(ASSIGNMENT_JSON), OLD_ASSIGNMENT_JSON).unwrap();
+        dir.save_intent(&intent(13)).unwrap();
+        std::fs::write(tmp.path().join(ASSIGNMENT_JSON), OLD_ASSIGNMENT_JSON).unwrap();
+        assert_eq!(dir.load_intent().unwrap(), Some(intent(13)));
     }
 }

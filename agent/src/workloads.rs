@@ -1,22 +1,29 @@
 //! The agent's workloads: the runtime (an `Arc<dyn Runtime>`; today always the process
-//! runtime), fed the latest assignment by a dedicated task, observed for status reports, and its
+//! runtime), fed the latest intent by a dedicated task, observed for status reports, and its
 //! output collected for shipping.
 //!
 //! The runtime lives as long as [`crate::run`]: sessions come and go around it, so losing the
-//! control plane never touches a workload, and re-applying the same assignment after a
-//! reconnect is a no-op. [`Workloads::shutdown`] stops everything when the agent exits.
+//! control plane never touches a workload, and re-applying the same intent after a reconnect is
+//! a no-op. [`Workloads::shutdown`] stops everything when the agent exits.
+//!
+//! Workloads are routed by [`WorkloadSpec::kind`] to the runtime of that kind. A workload of a
+//! kind no runtime here runs is not dropped silently: it is reported with every replica `Failed`
+//! and a reason saying so (the control plane places workloads only on agents that advertise
+//! their kind, so this only happens if it and the agent disagree).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_protocol::{Assignment, Status};
-use ferry_runtime::{ProcessRuntime, Runtime};
+use ferry_protocol::{Phase, ReplicaStatus, Status, WorkloadIntent, WorkloadStatus};
+use ferry_runtime::{ProcessRuntime, Runtime, Workload};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AgentState;
 use crate::config::AgentConfig;
+use crate::intent::Intent;
 use crate::logs::{self, Limits, LogCounts, LogHub};
+use crate::net::now_ms;
 use crate::task::AbortOnDrop;
 
 /// Capacity of the runtime's log channel; the collector drains it continuously.
@@ -27,8 +34,8 @@ const LOG_COUNTS_REFRESH: Duration = Duration::from_secs(1);
 /// The runtime and the tasks around it.
 pub(crate) struct Workloads {
     runtime: Arc<dyn Runtime>,
-    /// The newest assignment for the applier (only the latest matters).
-    desired: watch::Sender<Option<Arc<Assignment>>>,
+    /// The newest intent for the applier (only the latest matters).
+    desired: watch::Sender<Option<Arc<Routed>>>,
     observed: watch::Receiver<Status>,
     hub: Arc<LogHub>,
     publisher: Arc<Publisher>,
@@ -53,6 +60,7 @@ impl Workloads {
             hub: Arc::clone(&hub),
             state: state.clone(),
             observed: observed_tx,
+            unrunnable: Mutex::new(Vec::new()),
         });
         let (desired, desired_rx) = watch::channel(None);
         let applier = AbortOnDrop(tokio::spawn(apply_latest(Arc::clone(&runtime), desired_rx, Arc::clone(&publisher))));
@@ -68,10 +76,14 @@ impl Workloads {
         Self { runtime, desired, observed, hub, publisher, applier, collector, observer }
     }
 
-    /// Hands `assignment` to the applier and returns at once; a newer one handed over before
-    /// the applier got to this one replaces it.
-    pub(crate) fn assign(&self, assignment: Assignment) {
-        self.desired.send_replace(Some(Arc::new(assignment)));
+    /// Hands `intent` to the applier and returns at once; a newer one handed over before the
+    /// applier got to this one replaces it.
+    pub(crate) fn assign(&self, intent: &Intent) {
+        let (workloads, unrunnable) = route(intent.workloads.values(), self.runtime.kind(), now_ms());
+        for w in &unrunnable {
+            tracing::warn!(workload = %w.id, "no runtime here runs this workload's kind; reported as failed");
+        }
+        self.desired.send_replace(Some(Arc::new(Routed { generation: intent.generation, workloads, unrunnable })));
     }
 
     /// The observed state (generation applied by the runtime, workloads' status), updated on
@@ -97,7 +109,7 @@ impl Workloads {
         tracing::info!("stopping the workloads");
         runtime.shutdown().await;
         if let Err(e) = (&mut applier.0).await {
-            tracing::error!(error = %e, "the assignment applier failed");
+            tracing::error!(error = %e, "the intent applier failed");
         }
         for mut task in [collector, observer] {
             task.0.abort();
@@ -108,17 +120,69 @@ impl Workloads {
     }
 }
 
+/// An intent split by runtime: what the runtime runs, and the status of what none runs.
+struct Routed {
+    generation: u64,
+    workloads: Vec<Workload>,
+    unrunnable: Vec<WorkloadStatus>,
+}
+
+/// Splits `workloads` into those of the runtime's `kind` and the status of the others: every
+/// replica `Failed`, with a reason, since `now_ms`.
+fn route<'a>(
+    workloads: impl Iterator<Item = &'a WorkloadIntent>,
+    kind: &str,
+    now_ms: u64,
+) -> (Vec<Workload>, Vec<WorkloadStatus>) {
+    let mut runnable = Vec::new();
+    let mut unrunnable = Vec::new();
+    for w in workloads {
+        if w.spec.kind() == kind {
+            runnable.push(Workload::from(w));
+            continue;
+        }
+        let reason = format!("this agent has no runtime for kind `{}` (it runs `{kind}`)", w.spec.kind());
+        let replicas = (0..w.spec.replicas())
+            .map(|index| ReplicaStatus {
+                index,
+                phase: Phase::Failed,
+                pid: None,
+                port: None,
+                ready: false,
+                restarts: 0,
+                reason: Some(reason.clone()),
+                since_ms: now_ms,
+            })
+            .collect();
+        unrunnable.push(WorkloadStatus { id: w.id.clone(), replicas });
+    }
+    (runnable, unrunnable)
+}
+
 /// Publishes what the runtime observes to the session (as a [`Status`]) and to [`AgentState`].
 struct Publisher {
     runtime: Arc<dyn Runtime>,
     hub: Arc<LogHub>,
     state: watch::Sender<AgentState>,
     observed: watch::Sender<Status>,
+    /// The status of the applied workloads no runtime runs.
+    unrunnable: Mutex<Vec<WorkloadStatus>>,
 }
 
 impl Publisher {
+    /// The runtime's status and that of the workloads it cannot run, ordered by id.
+    fn snapshot(&self) -> Vec<WorkloadStatus> {
+        let mut all = self.runtime.status();
+        let unrunnable = self.unrunnable.lock().unwrap_or_else(PoisonError::into_inner);
+        if !unrunnable.is_empty() {
+            all.extend(unrunnable.iter().cloned());
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        all
+    }
+
     fn workloads(&self) {
-        let now = self.runtime.status();
+        let now = self.snapshot();
         self.observed.send_if_modified(|s| replace_if_changed(&mut s.workloads, &now));
         self.state.send_if_modified(|st| replace_if_changed(&mut st.workloads, &now));
         self.log_counts();
@@ -126,8 +190,9 @@ impl Publisher {
 
     /// The runtime finished applying `generation`: publish it together with a fresh snapshot in
     /// one update, so a report can never pair the new generation with pre-apply workloads.
-    fn applied(&self, generation: u64) {
-        let now = self.runtime.status();
+    fn applied(&self, generation: u64, unrunnable: &[WorkloadStatus]) {
+        *self.unrunnable.lock().unwrap_or_else(PoisonError::into_inner) = unrunnable.to_vec();
+        let now = self.snapshot();
         self.observed.send_if_modified(|s| {
             let g = replace_if_changed(&mut s.generation, &generation);
             replace_if_changed(&mut s.workloads, &now) || g
@@ -156,23 +221,24 @@ fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
     true
 }
 
-/// Applies the newest assignment, one at a time, until the sender goes away.
+/// Applies the newest intent, one at a time, until the sender goes away.
 async fn apply_latest(
     runtime: Arc<dyn Runtime>,
-    mut desired: watch::Receiver<Option<Arc<Assignment>>>,
+    mut desired: watch::Receiver<Option<Arc<Routed>>>,
     publisher: Arc<Publisher>,
 ) {
     while desired.changed().await.is_ok() {
-        let Some(assignment) = desired.borrow_and_update().clone() else { continue };
+        let Some(routed) = desired.borrow_and_update().clone() else { continue };
         let started = Instant::now();
-        runtime.apply(&assignment.workloads).await;
+        runtime.apply(&routed.workloads).await;
         tracing::info!(
-            generation = assignment.generation,
-            workloads = assignment.workloads.len(),
+            generation = routed.generation,
+            workloads = routed.workloads.len(),
+            unrunnable = routed.unrunnable.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "assignment handed to the runtime"
+            "intent handed to the runtime"
         );
-        publisher.applied(assignment.generation);
+        publisher.applied(routed.generation, &routed.unrunnable);
     }
 }
 
@@ -195,5 +261,33 @@ async fn observe(publisher: Arc<Publisher>) {
             }
             _ = refresh.tick() => publisher.log_counts(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::WorkloadSpec;
+
+    use super::*;
+    use crate::intent::tests::workload;
+
+    #[test]
+    fn workloads_go_to_the_runtime_of_their_kind_and_others_are_reported_failed() {
+        let intents = [workload("a", 1, 2), workload("b", 3, 1)];
+        let (runnable, unrunnable) = route(intents.iter(), "process", 7);
+        assert!(unrunnable.is_empty());
+        let ids: Vec<(&str, &str)> = runnable.iter().map(|w| (w.id.as_str(), w.deployment_id.as_str())).collect();
+        assert_eq!(ids, [("a@1", "a"), ("b@3", "b")]);
+        assert!(matches!(runnable[0].spec, WorkloadSpec::Process(ref p) if p.replicas == 2));
+
+        // An agent whose runtime is of another kind cannot run them: reported, not dropped.
+        let (runnable, unrunnable) = route(intents.iter(), "kubernetes", 7);
+        assert!(runnable.is_empty());
+        assert_eq!(unrunnable.len(), 2);
+        assert_eq!(unrunnable[0].id, "a@1");
+        assert_eq!(unrunnable[0].replicas.len(), 2);
+        let r = &unrunnable[0].replicas[1];
+        assert_eq!((r.index, r.phase, r.ready, r.since_ms), (1, Phase::Failed, false, 7));
+        assert!(r.reason.as_deref().unwrap().contains("no runtime for kind `process`"), "{r:?}");
     }
 }

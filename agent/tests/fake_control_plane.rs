@@ -1,19 +1,21 @@
 //! The agent against a small in-process control plane speaking the real protocol over real
 //! QUIC + mutual TLS (ferry-certs, ferry-transport): enrollment, Hello/Welcome, assignments,
 //! heartbeats, renewal over the live connection, close codes, restart from the state dir,
-//! workloads run by the process runtime, status reports and log shipping.
+//! workloads run by the process runtime, status reports and log shipping; protocol 1 by
+//! default, protocol 2 (intent updates, `NeedFull`) when told to.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::{AgentConfig, AgentState, Exit};
 use ferry_certs::{Ca, Validity};
 use ferry_protocol::{
-    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, Enrolled, ErrorCode, HeartbeatAck, Phase,
-    ProcessSpec, RestartPolicy, ServerMessage, Status, TelemetryAck, Welcome, WireError, Workload, WorkloadStatus,
+    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, Enrolled, ErrorCode, HeartbeatAck,
+    IntentUpdate, Phase, ProcessSpec, RestartPolicy, ServerMessage, Status, TelemetryAck, Welcome, WireError, Workload,
+    WorkloadIntent, WorkloadSpec, WorkloadStatus,
 };
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{broadcast, watch};
@@ -60,6 +62,12 @@ struct Shared {
     generation: Mutex<u64>,
     workloads: Mutex<Vec<Workload>>,
     pushes: broadcast::Sender<Assignment>,
+    /// The protocol version the fake speaks (1 unless a test says otherwise). With 2 it sends
+    /// nothing after Welcome (as a control plane that thinks the agent is up to date), pushes
+    /// `intents`, and answers `NeedFull` with `full`.
+    protocol: AtomicU16,
+    intents: broadcast::Sender<IntentUpdate>,
+    full: Mutex<Option<IntentUpdate>>,
     next_id: Mutex<u32>,
     sessions: Mutex<u32>,
     /// Status reports, tagged with their session.
@@ -108,6 +116,9 @@ impl Fake {
             generation: Mutex::new(1),
             workloads: Mutex::default(),
             pushes: broadcast::channel(16).0,
+            protocol: AtomicU16::new(1),
+            intents: broadcast::channel(16).0,
+            full: Mutex::default(),
             next_id: Mutex::new(0),
             sessions: Mutex::new(0),
             statuses: Mutex::default(),
@@ -233,15 +244,19 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
             }
         })
     };
+    let protocol = shared.protocol.load(Ordering::SeqCst);
     let welcome = Welcome {
-        protocol_version: 1,
+        protocol_version: protocol,
         agent_id: agent_id.clone(),
         heartbeat_interval_ms: HEARTBEAT_MS,
         server_time_ms: 0,
     };
     let mut pushes = shared.pushes.subscribe();
+    let mut intents = shared.intents.subscribe();
     ferry_transport::write_frame(&mut send, &ServerMessage::Welcome(welcome)).await.unwrap();
-    ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(shared.assignment())).await.unwrap();
+    if protocol == 1 {
+        ferry_transport::write_frame(&mut send, &ServerMessage::Assignment(shared.assignment())).await.unwrap();
+    }
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
@@ -260,6 +275,10 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
                 }
                 continue;
             }
+            Ok(u) = intents.recv() => {
+                let _ = ferry_transport::write_frame(&mut send, &ServerMessage::Intent(u)).await;
+                continue;
+            }
         };
         let Some(msg) = msg else { break };
         if shared.is_silent(number) {
@@ -274,8 +293,16 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
                 ServerMessage::HeartbeatAck(HeartbeatAck { seq: hb.seq, server_time_ms: 0 })
             }
             AgentMessage::Ack(ack) => {
+                let need_full = matches!(ack.outcome, AckOutcome::NeedFull { .. });
+                if need_full && protocol == 1 {
+                    shared.violation(format!("NeedFull under protocol 1: {ack:?}"));
+                }
                 shared.record(Event::Ack(ack));
-                continue;
+                let full = shared.full.lock().unwrap().clone();
+                match full {
+                    Some(full) if need_full => ServerMessage::Intent(full),
+                    _ => continue,
+                }
             }
             AgentMessage::Status(status) => {
                 shared.statuses.lock().unwrap().push((number, status));
@@ -387,8 +414,8 @@ async fn enroll_session_assignments_renewal_restart() {
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
     let identity: serde_json::Value = serde_json::from_str(&read("identity.json")).unwrap();
     assert_eq!(identity["agentId"], "agent-1");
-    let saved: Assignment = serde_json::from_str(&read("assignment.json")).unwrap();
-    assert_eq!(saved.generation, 3);
+    let saved: serde_json::Value = serde_json::from_str(&read("intent.json")).unwrap();
+    assert_eq!((saved["generation"].as_u64(), saved["naming"].as_str()), (Some(3), Some("deployment")));
     assert_eq!(read("ca.crt"), fake.ca.cert_pem());
     let client = read("client.pem");
     assert!(client.contains("BEGIN CERTIFICATE") && client.contains("PRIVATE KEY"));
@@ -664,4 +691,89 @@ async fn runs_workloads_reports_status_and_ships_logs() {
     assert_eq!(agent.stop().await, Exit::Stopped);
     assert_gone(&offline_pids);
     assert!(fake.shared.violations.lock().unwrap().is_empty(), "{:?}", fake.shared.violations.lock().unwrap());
+}
+
+/// A protocol-2 workload: revision `revision` of deployment `deployment`, sleeping.
+fn sleeper(deployment: &str, revision: u64) -> WorkloadIntent {
+    let Workload { name, version, spec, restart_nonce, .. } = sh_workload(deployment, "exec sleep 1000", 1);
+    WorkloadIntent {
+        id: WorkloadIntent::id_for(deployment, revision),
+        deployment_id: deployment.into(),
+        revision,
+        name,
+        version,
+        restart_nonce,
+        spec: WorkloadSpec::Process(spec),
+    }
+}
+
+fn workload_ids(s: &AgentState) -> Vec<&str> {
+    s.workloads.iter().map(|w| w.id.as_str()).collect()
+}
+
+fn all_running(s: &AgentState) -> bool {
+    s.workloads.iter().all(|w| w.replicas.iter().all(|r| r.phase == Phase::Running))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_2_intents_after_an_upgrade_from_protocol_1() {
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    *fake.shared.workloads.lock().unwrap() = vec![sh_workload("dep-1", "exec sleep 1000", 1)];
+    fake.push(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+    agent
+        .wait("the protocol-1 assignment running", |s| {
+            s.last_generation == 4 && workload_ids(s) == ["dep-1"] && all_running(s)
+        })
+        .await;
+    assert_eq!(agent.stop().await, Exit::Stopped);
+
+    // The control plane now speaks protocol 2 and thinks the agent up to date (it sends nothing):
+    // the agent, holding workloads named by deployment, asks for the whole intent at once.
+    fake.shared.protocol.store(2, Ordering::SeqCst);
+    *fake.shared.full.lock().unwrap() =
+        Some(IntentUpdate { generation: 4, base: None, upserts: vec![sleeper("dep-1", 1)], removals: vec![] });
+    let mut config = fake.config(dir.path());
+    config.token = None;
+    let mut agent = start(config);
+    let ack = |generation, outcome| Event::Ack(Ack { generation, outcome });
+    eventually("NeedFull", || fake.events().contains(&ack(4, AckOutcome::NeedFull { held: 4 }))).await;
+    agent.wait("dep-1@1 replaced dep-1", |s| workload_ids(s) == ["dep-1@1"] && all_running(s)).await;
+    eventually("applied", || fake.events().contains(&ack(4, AckOutcome::Applied))).await;
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("intent.json")).unwrap()).unwrap();
+    assert_eq!((saved["generation"].as_u64(), saved["naming"].as_str()), (Some(4), Some("revision")));
+    assert!(!dir.path().join("assignment.json").exists());
+
+    // A delta on the generation held: a new revision takes over.
+    let delta = |generation, base| IntentUpdate {
+        generation,
+        base: Some(base),
+        upserts: vec![sleeper("dep-1", 2)],
+        removals: vec!["dep-1@1".into()],
+    };
+    let _ = fake.shared.intents.send(delta(5, 4));
+    agent.wait("dep-1@2", |s| s.last_generation == 5 && workload_ids(s) == ["dep-1@2"] && all_running(s)).await;
+    let status = fake.wait_status("a status naming the revision", |_, s| s.generation == 5).await;
+    assert_eq!(status.workloads.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["dep-1@2"]);
+
+    // A delta on a generation the agent does not hold: NeedFull, then the whole intent.
+    *fake.shared.full.lock().unwrap() = Some(IntentUpdate {
+        generation: 7,
+        base: None,
+        upserts: vec![sleeper("dep-1", 2), sleeper("dep-2", 1)],
+        removals: vec![],
+    });
+    let _ = fake.shared.intents.send(delta(7, 6));
+    eventually("NeedFull for a foreign base", || fake.events().contains(&ack(7, AckOutcome::NeedFull { held: 5 })))
+        .await;
+    agent.wait("generation 7", |s| s.last_generation == 7 && workload_ids(s) == ["dep-1@2", "dep-2@1"]).await;
+    eventually("applied 7", || fake.events().contains(&ack(7, AckOutcome::Applied))).await;
+
+    // Not newer: stale, delta or not.
+    let _ = fake.shared.intents.send(delta(7, 5));
+    eventually("stale", || fake.events().contains(&ack(7, AckOutcome::Stale { current: 7 }))).await;
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert!(fake.shared.violations.lock().unwrap().is_empty());
 }

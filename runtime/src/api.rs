@@ -1,8 +1,10 @@
 //! [`Runtime`]: what the agent needs from whatever runs its workloads.
 
 use async_trait::async_trait;
-use ferry_protocol::{Workload, WorkloadStatus};
+use ferry_protocol::WorkloadStatus;
 use tokio::sync::watch;
+
+use crate::Workload;
 
 /// Runs an agent's workloads and observes them. [`crate::ProcessRuntime`] is one
 /// implementation (local process groups); another one (say, Kubernetes) plugs in beside it.
@@ -17,9 +19,13 @@ use tokio::sync::watch;
 ///   given list. Applying the same list again changes nothing; a workload whose spec (ignoring
 ///   `replicas`) or `restart_nonce` changed is replaced; a workload no longer listed is stopped
 ///   and removed from the status; a changed replica count removes the highest indices or adds
-///   the missing ones without touching the others. If two workloads share an id, the last one
-///   wins. It never fails: problems (a spawn that fails, a cluster that is unreachable) show in
+///   the missing ones without touching the others. When an `apply` removes workloads of a
+///   deployment and adds others of the same deployment (a new revision), the new ones replace
+///   the old ones one replica at a time, never all at once. If two workloads share an id, the
+///   last one wins. It never fails: problems (a spawn that fails, a cluster that is unreachable) show in
 ///   the replicas' status, and the implementation keeps converging on its own.
+/// * The agent hands a runtime only workloads whose [`ferry_protocol::WorkloadSpec::kind`] is
+///   its [`Runtime::kind`].
 /// * [`Runtime::status`] lists every applied workload (ordered by id) with its replicas
 ///   (ordered by index), and [`Runtime::changes`] changes whenever any of that does.
 /// * After [`Runtime::shutdown`], `apply` does nothing.

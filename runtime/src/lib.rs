@@ -1,8 +1,8 @@
 //! Ferry's runtimes: the [`Runtime`] trait — what the agent needs from whatever runs its
 //! workloads (apply a list level-triggered, observe status and changes, count dropped log lines,
 //! shut down, name its kind) — and [`ProcessRuntime`], the implementation that runs each assigned
-//! [`Workload`](ferry_protocol::Workload) as `spec.replicas` local processes and reports what it
-//! observes. The agent holds an `Arc<dyn Runtime>` and advertises `runtime:<kind>` to the control
+//! [`Workload`] (one revision of one deployment, id `<deployment>@<revision>`) of kind
+//! `process` as `replicas` local processes and reports what it observes. The agent holds an `Arc<dyn Runtime>` and advertises `runtime:<kind>` to the control
 //! plane (`runtime:process` here), so another implementation (Kubernetes) can sit beside this one.
 //!
 //! The rest of these docs describe the process runtime.
@@ -19,8 +19,11 @@
 //!   changed is replaced one replica at a time (stop old `i`, start new `i`; the new replica's
 //!   readiness is not awaited before moving on); a workload no longer listed is stopped and
 //!   removed from the status; a changed `replicas` count removes the highest indices first or
-//!   adds the missing ones without touching the others. `apply` returns once the stops it needed
-//!   are done; starts are not awaited.
+//!   adds the missing ones without touching the others. A new revision of a deployment (a
+//!   workload added while another of the same `deployment_id` is removed) takes over the same
+//!   way, replica by replica: stop old replica `i`, start new replica `i` — during the handover
+//!   the status lists both ids, the old one with fewer replicas, the new one with more. `apply`
+//!   returns once the stops it needed are done; starts are not awaited.
 //! * [`ProcessRuntime::status`] / [`ProcessRuntime::changes`] — observed state, and a counter
 //!   that changes whenever any replica's observed state does.
 //! * [`ProcessRuntime::shutdown`] — stops everything and waits for it.
@@ -120,12 +123,14 @@ mod process;
 mod replica;
 mod runtime;
 mod status;
+mod workload;
 
 use std::ops::Range;
 use std::path::PathBuf;
 
 pub use api::Runtime;
 pub use runtime::{PROCESS_RUNTIME_KIND, ProcessRuntime};
+pub use workload::Workload;
 
 /// How a [`ProcessRuntime`] runs its processes.
 #[derive(Debug, Clone, PartialEq, Eq)]

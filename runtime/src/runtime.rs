@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use ferry_protocol::{ProcessSpec, Workload, WorkloadStatus};
+use ferry_protocol::{ProcessSpec, WorkloadSpec, WorkloadStatus};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::ports::PortPool;
 use crate::replica::{ReplicaHandle, Shared};
 use crate::status::StatusBoard;
-use crate::{Runtime, RuntimeConfig, SourcedLine, pidfile};
+use crate::{Runtime, RuntimeConfig, SourcedLine, Workload, pidfile};
 
 /// Supervises workloads' replicas as local process groups. See the crate docs.
 pub struct ProcessRuntime {
@@ -64,6 +64,10 @@ impl ProcessRuntime {
     /// `replicas`) or `restart_nonce` changed is replaced replica by replica (stop old `i`, start
     /// new `i`); a workload no longer listed is stopped and removed; a changed replica count
     /// stops the highest indices first or starts the missing ones, leaving the others alone.
+    /// When workloads of a deployment are removed and new workloads of the same deployment are
+    /// added (a new revision), the new ones take over replica by replica the same way: stop old
+    /// replica `i`, start new replica `i`, so the deployment never loses more than one replica
+    /// at once; old replicas left over once every new one started are stopped together.
     /// If two workloads share an id, the last one wins. Does nothing after [`Self::shutdown`].
     pub async fn apply(&self, workloads: &[Workload]) {
         let mut state = self.state.lock().await;
@@ -77,11 +81,25 @@ impl ProcessRuntime {
                 tracing::warn!(id = %workload.id, "workload listed twice; the last one wins");
             }
         }
+        // New workloads, by deployment: each group takes over from the removed workloads of its
+        // deployment, if any.
+        let mut added: BTreeMap<&str, Vec<&Workload>> = BTreeMap::new();
+        for workload in desired.values().filter(|w| !state.workloads.contains_key(&w.id)) {
+            added.entry(&workload.deployment_id).or_default().push(workload);
+        }
 
         let gone: Vec<String> =
             state.workloads.keys().filter(|id| !desired.contains_key(id.as_str())).cloned().collect();
-        let removed: Vec<(String, Entry)> =
-            gone.into_iter().filter_map(|id| state.workloads.remove(&id).map(|entry| (id, entry))).collect();
+        let mut removed: Vec<(String, Entry)> = Vec::new();
+        let mut handed_over: BTreeMap<String, Vec<(String, Entry)>> = BTreeMap::new();
+        for id in gone {
+            let Some(entry) = state.workloads.remove(&id) else { continue };
+            if added.contains_key(entry.workload.deployment_id.as_str()) {
+                handed_over.entry(entry.workload.deployment_id.clone()).or_default().push((id, entry));
+            } else {
+                removed.push((id, entry));
+            }
+        }
         stop_all(removed.iter().flat_map(|(_, entry)| entry.replicas.values()));
         for (id, entry) in removed {
             join_all(entry.replicas.into_values()).await;
@@ -89,30 +107,72 @@ impl ProcessRuntime {
             tracing::info!(%id, "workload removed");
         }
 
-        for (id, workload) in desired {
-            match state.workloads.get_mut(id) {
-                Some(entry) => self.reconcile(entry, workload).await,
-                None => {
-                    let entry = self.create(workload);
-                    state.workloads.insert(id.to_owned(), entry);
-                }
+        for (id, workload) in &desired {
+            if let Some(entry) = state.workloads.get_mut(*id) {
+                self.reconcile(entry, workload).await;
+            }
+        }
+
+        for (deployment, new) in added {
+            let old = handed_over.remove(deployment).unwrap_or_default();
+            for (id, entry) in self.hand_over(old, &new).await {
+                state.workloads.insert(id, entry);
             }
         }
     }
 
-    fn create(&self, workload: &Workload) -> Entry {
-        tracing::info!(id = %workload.id, replicas = workload.spec.replicas, "starting workload");
-        self.shared.board.add_workload(&workload.id);
-        let spec = Arc::new(workload.spec.clone());
-        let replicas = (0..workload.spec.replicas)
-            .map(|i| (i, ReplicaHandle::start(&self.shared, &workload.id, i, Arc::clone(&spec))))
+    /// Starts `new` (workloads of one deployment), taking over from `old` (removed workloads of
+    /// the same deployment, possibly none) one replica at a time: stop the next old replica,
+    /// start the next new one; old replicas left once every new one started are stopped
+    /// together. Returns the new entries by id.
+    async fn hand_over(&self, old: Vec<(String, Entry)>, new: &[&Workload]) -> Vec<(String, Entry)> {
+        let board = &self.shared.board;
+        if !old.is_empty() {
+            let from: Vec<&str> = old.iter().map(|(id, _)| id.as_str()).collect();
+            let to: Vec<&str> = new.iter().map(|w| w.id.as_str()).collect();
+            tracing::info!(?from, ?to, "handing over to a new revision replica by replica");
+        }
+        let old_ids: Vec<String> = old.iter().map(|(id, _)| id.clone()).collect();
+        let mut old_replicas: Vec<(String, u32, ReplicaHandle)> = old
+            .into_iter()
+            .flat_map(|(id, entry)| entry.replicas.into_iter().map(move |(i, h)| (id.clone(), i, h)))
             .collect();
-        Entry { workload: workload.clone(), spec, replicas }
+        // Stop in the order the new replicas start: replica 0 of the first old workload first.
+        old_replicas.sort_by_key(|(_, index, _)| *index);
+        let mut old_replicas = old_replicas.into_iter();
+
+        let mut entries: Vec<(String, Entry)> = Vec::with_capacity(new.len());
+        for workload in new {
+            let spec = Arc::new(process_spec(workload).clone());
+            tracing::info!(id = %workload.id, replicas = spec.replicas, "starting workload");
+            board.add_workload(&workload.id);
+            let entry = Entry { workload: (*workload).clone(), spec, replicas: BTreeMap::new() };
+            entries.push((workload.id.clone(), entry));
+        }
+        for (id, entry) in &mut entries {
+            for index in 0..entry.spec.replicas {
+                if let Some((old_id, old_index, handle)) = old_replicas.next() {
+                    handle.stop().await;
+                    board.remove_replica(&old_id, old_index);
+                }
+                entry.replicas.insert(index, ReplicaHandle::start(&self.shared, id, index, Arc::clone(&entry.spec)));
+            }
+        }
+        let rest: Vec<(String, u32, ReplicaHandle)> = old_replicas.collect();
+        stop_all(rest.iter().map(|(_, _, handle)| handle));
+        for (_, _, handle) in rest {
+            handle.join().await;
+        }
+        for id in old_ids {
+            board.remove_workload(&id);
+            tracing::info!(%id, "workload removed");
+        }
+        entries
     }
 
     async fn reconcile(&self, entry: &mut Entry, workload: &Workload) {
         let id = &workload.id;
-        let wanted = workload.spec.replicas;
+        let wanted = workload.replicas();
         // Scale down first, highest index first, so that removed replicas are not replaced.
         while let Some((&index, _)) = entry.replicas.last_key_value()
             && index >= wanted
@@ -125,7 +185,7 @@ impl ProcessRuntime {
         }
         if !same_template(&entry.workload, workload) {
             tracing::info!(%id, "workload changed; replacing its replicas");
-            let spec = Arc::new(workload.spec.clone());
+            let spec = Arc::new(process_spec(workload).clone());
             let indices: Vec<u32> = entry.replicas.keys().copied().collect();
             for index in indices {
                 if let Some(old) = entry.replicas.remove(&index) {
@@ -203,10 +263,17 @@ impl Runtime for ProcessRuntime {
     }
 }
 
+/// The process spec of a workload. The agent hands this runtime only workloads of its kind
+/// ([`PROCESS_RUNTIME_KIND`]); a new [`WorkloadSpec`] variant has to be handled here.
+fn process_spec(workload: &Workload) -> &ProcessSpec {
+    let WorkloadSpec::Process(spec) = &workload.spec;
+    spec
+}
+
 /// Whether two versions of a workload run the same processes (replica count aside).
 fn same_template(old: &Workload, new: &Workload) -> bool {
     let strip = |spec: &ProcessSpec| ProcessSpec { replicas: 0, ..spec.clone() };
-    old.restart_nonce == new.restart_nonce && strip(&old.spec) == strip(&new.spec)
+    old.restart_nonce == new.restart_nonce && strip(process_spec(old)) == strip(process_spec(new))
 }
 
 fn stop_all<'a>(handles: impl Iterator<Item = &'a ReplicaHandle>) {
@@ -257,33 +324,31 @@ mod tests {
 
     #[test]
     fn replica_count_alone_is_not_a_template_change() {
-        let workload = Workload {
-            id: "w".to_owned(),
-            name: "w".to_owned(),
-            version: "1".to_owned(),
-            spec: ProcessSpec {
-                command: "true".to_owned(),
-                args: Vec::new(),
-                env: BTreeMap::new(),
-                working_dir: None,
-                replicas: 1,
-                restart_policy: ferry_protocol::RestartPolicy::Always,
-                liveness: None,
-                readiness: None,
-                startup: None,
-                stop_grace_ms: 0,
-            },
-            restart_nonce: 0,
+        let spec = ProcessSpec {
+            command: "true".to_owned(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            replicas: 1,
+            restart_policy: ferry_protocol::RestartPolicy::Always,
+            liveness: None,
+            readiness: None,
+            startup: None,
+            stop_grace_ms: 0,
         };
-        let mut scaled = workload.clone();
-        scaled.spec.replicas = 5;
-        scaled.version = "2".to_owned();
-        assert!(same_template(&workload, &scaled));
-        let mut restarted = workload.clone();
-        restarted.restart_nonce = 1;
-        assert!(!same_template(&workload, &restarted));
-        let mut changed = workload.clone();
-        changed.spec.args.push("x".to_owned());
-        assert!(!same_template(&workload, &changed));
+        let with = |f: &dyn Fn(&mut ProcessSpec), nonce: u64| {
+            let mut spec = spec.clone();
+            f(&mut spec);
+            Workload {
+                id: "w@1".to_owned(),
+                deployment_id: "w".to_owned(),
+                restart_nonce: nonce,
+                spec: WorkloadSpec::Process(spec),
+            }
+        };
+        let workload = with(&|_| {}, 0);
+        assert!(same_template(&workload, &with(&|s| s.replicas = 5, 0)));
+        assert!(!same_template(&workload, &with(&|_| {}, 1)), "a new restart nonce");
+        assert!(!same_template(&workload, &with(&|s| s.args.push("x".to_owned()), 0)));
     }
 }

@@ -6,14 +6,14 @@ mod common;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::time::Duration;
 
-use common::{Harness, alive, eventually, group_members, sh, start_time};
+use common::{Harness, Process, alive, eventually, group_members, sh, start_time};
 use ferry_protocol::Phase;
 use ferry_runtime::{ProcessRuntime, RuntimeConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// A replica whose shell leader has a grandchild that ignores SIGTERM.
-fn with_grandchild(id: &str) -> ferry_protocol::Workload {
+fn with_grandchild(id: &str) -> ferry_runtime::Workload {
     sh(id, "(trap '' TERM; exec sleep 1000) & wait")
 }
 
@@ -37,7 +37,7 @@ fn pidfiles(h: &Harness) -> usize {
 async fn apply_is_idempotent_and_replaces_scales_and_removes() {
     let h = Harness::new("reconcile");
     let mut w = with_grandchild("app");
-    w.spec.replicas = 2;
+    w.process().replicas = 2;
     h.rt.apply(std::slice::from_ref(&w)).await;
     let (pid0, _) = family(&h, "app", 0).await;
     let (pid1, family1) = family(&h, "app", 1).await;
@@ -59,13 +59,13 @@ async fn apply_is_idempotent_and_replaces_scales_and_removes() {
     assert!(new0 != pid0 && new1 != pid1, "a new nonce replaces every replica");
     assert_eq!(h.replica("app", 0).expect("r0").restarts, 0, "a replacement is not a restart");
 
-    w.spec.replicas = 1;
+    w.process().replicas = 1;
     h.rt.apply(std::slice::from_ref(&w)).await;
     assert!(new_family1.iter().all(|&p| !alive(p)), "scaled-down replica and grandchild gone");
     let left: Vec<_> = h.replicas("app").iter().map(|r| (r.index, r.pid)).collect();
     assert_eq!(left, vec![(0, Some(new0))], "replica 0 untouched by scaling");
 
-    w.spec.replicas = 3;
+    w.process().replicas = 3;
     h.rt.apply(std::slice::from_ref(&w)).await;
     h.wait_running("app", 2).await;
     assert_eq!(h.replica("app", 0).expect("r0").pid, Some(new0), "scaling up leaves replica 0 alone");
@@ -83,7 +83,7 @@ async fn apply_is_idempotent_and_replaces_scales_and_removes() {
 async fn sigterm_ignored_means_sigkill_after_the_grace_period() {
     let h = Harness::new("grace");
     let mut stubborn = sh("stubborn", "trap '' TERM; sleep 1000");
-    stubborn.spec.stop_grace_ms = 500;
+    stubborn.process().stop_grace_ms = 500;
     let polite = sh("polite", "exec sleep 1000");
     h.rt.apply(&[stubborn, polite.clone()]).await;
     let (stubborn_pid, members) = family(&h, "stubborn", 0).await;
@@ -107,7 +107,7 @@ async fn sigterm_ignored_means_sigkill_after_the_grace_period() {
 async fn shutdown_stops_everything_without_orphans() {
     let h = Harness::new("shutdown");
     let mut a = with_grandchild("a");
-    a.spec.replicas = 2;
+    a.process().replicas = 2;
     let b = with_grandchild("b");
     h.rt.apply(&[a.clone(), b]).await;
     let mut pids = Vec::new();
@@ -159,4 +159,84 @@ async fn dropping_the_runtime_stops_its_replicas() {
     drop(h);
     eventually("replica stopped after the runtime was dropped", || members.iter().all(|&p| !alive(p)).then_some(()))
         .await;
+}
+
+#[tokio::test]
+async fn a_new_revision_takes_over_one_replica_at_a_time() {
+    let h = Harness::new("handover");
+    let dir = common::temp_dir("handover-events");
+    let events = dir.join("events");
+    // Each replica notes when its stop begins and ends (stopping takes a moment).
+    let script = format!(
+        "trap 'echo \"begin $FERRY_WORKLOAD_ID/$FERRY_REPLICA\" >> {e}; sleep 0.2; \
+         echo \"end $FERRY_WORKLOAD_ID/$FERRY_REPLICA\" >> {e}; exit 0' TERM; sleep 1000 & wait",
+        e = events.display()
+    );
+    let mut old = sh("web@1", &script);
+    old.process().replicas = 3;
+    let other = sh("api@1", "exec sleep 1000");
+    h.rt.apply(&[old.clone(), other.clone()]).await;
+    let mut old_pids = Vec::new();
+    for index in 0..3 {
+        old_pids.push(h.wait_running("web@1", index).await.pid.expect("pid"));
+    }
+    let other_pid = h.wait_running("api@1", 0).await.pid.expect("pid");
+
+    let mut new = sh("web@2", &format!("{script} # v2"));
+    new.process().replicas = 3;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut changes = h.rt.changes();
+    let apply = async {
+        h.rt.apply(&[new.clone(), other.clone()]).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    // Every state observed along the way keeps at least two of web's three replicas up.
+    let observe = async {
+        let mut fewest = usize::MAX;
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let up =
+                h.rt.status()
+                    .iter()
+                    .filter(|w| w.id.starts_with("web@"))
+                    .flat_map(|w| &w.replicas)
+                    .filter(|r| r.phase != Phase::Stopped)
+                    .count();
+            fewest = fewest.min(up);
+            if finished {
+                return fewest;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed()).await;
+        }
+    };
+    let ((), fewest) = tokio::join!(apply, observe);
+    assert!(fewest >= 2, "the deployment dropped to {fewest} replicas during the handover");
+
+    // Old replicas were stopped strictly one after the other, in index order.
+    let log = std::fs::read_to_string(&events).expect("events");
+    let lines: Vec<&str> = log.lines().collect();
+    let expected: Vec<String> = (0..3).flat_map(|i| [format!("begin web@1/{i}"), format!("end web@1/{i}")]).collect();
+    assert_eq!(lines, expected, "old replicas stopped one at a time");
+    assert!(old_pids.iter().all(|&p| !alive(p)), "old replicas gone");
+
+    for index in 0..3 {
+        let pid = h.wait_running("web@2", index).await.pid.expect("pid");
+        assert!(!old_pids.contains(&pid));
+    }
+    let ids: Vec<String> = h.rt.status().into_iter().map(|w| w.id).collect();
+    assert_eq!(ids, ["api@1", "web@2"], "the old revision left the status");
+    assert_eq!(h.replica("api@1", 0).expect("api").pid, Some(other_pid), "another deployment is untouched");
+    eventually("one pidfile per replica", || (pidfiles(&h) == 4).then_some(())).await;
+
+    // A smaller new revision: extra old replicas go once the new ones started.
+    let mut smaller = sh("web@3", "exec sleep 1000");
+    smaller.process().replicas = 1;
+    h.rt.apply(&[smaller, other]).await;
+    let ids: Vec<String> = h.rt.status().into_iter().map(|w| w.id).collect();
+    assert_eq!(ids, ["api@1", "web@3"]);
+    h.wait_running("web@3", 0).await;
+    assert_eq!(h.replicas("web@3").len(), 1);
+    eventually("one pidfile per replica", || (pidfiles(&h) == 2).then_some(())).await;
+    h.rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Harness, check, http_server, sh};
+use common::{Harness, Process, check, http_server, sh};
 use ferry_protocol::{Phase, Probe};
 
 fn exec(args: &[&str]) -> Probe {
@@ -13,7 +13,7 @@ fn exec(args: &[&str]) -> Probe {
 async fn failing_readiness_degrades_without_restarting() {
     let h = Harness::new("readiness");
     let mut w = sh("idle", "exec sleep 1000");
-    w.spec.readiness = Some(check(Probe::Http { path: "/healthz".to_owned(), port: 0 }));
+    w.process().readiness = Some(check(Probe::Http { path: "/healthz".to_owned(), port: 0 }));
     h.rt.apply(&[w]).await;
     let degraded = h.wait_for("idle", 0, "degraded", |r| r.phase == Phase::Degraded).await;
     assert!(!degraded.ready);
@@ -33,13 +33,13 @@ async fn failing_readiness_degrades_without_restarting() {
 async fn failing_liveness_and_startup_probes_restart_the_process() {
     let h = Harness::new("liveness");
     let mut live = sh("live", "exec sleep 1000");
-    live.spec.stop_grace_ms = 200;
-    live.spec.liveness = Some(check(Probe::Tcp { port: 0 }));
+    live.process().stop_grace_ms = 200;
+    live.process().liveness = Some(check(Probe::Tcp { port: 0 }));
     let mut startup = sh("startup", "exec sleep 1000");
-    startup.spec.stop_grace_ms = 200;
-    startup.spec.startup = Some(check(exec(&["false"])));
+    startup.process().stop_grace_ms = 200;
+    startup.process().startup = Some(check(exec(&["false"])));
     // Never reached: the startup probe gates it.
-    startup.spec.readiness = Some(check(exec(&["true"])));
+    startup.process().readiness = Some(check(exec(&["true"])));
     h.rt.apply(&[live, startup]).await;
 
     let first = h.wait_for("live", 0, "spawned", |r| r.pid.is_some()).await.pid;
@@ -59,14 +59,14 @@ async fn failing_liveness_and_startup_probes_restart_the_process() {
 async fn exec_probes_see_the_replica_environment_and_time_out() {
     let h = Harness::new("exec");
     let mut ok = sh("exec-ok", "exec sleep 1000");
-    ok.spec.readiness =
+    ok.process().readiness =
         Some(check(exec(&["sh", "-c", "test \"$PORT\" -gt 0 && test \"$FERRY_WORKLOAD_ID\" = exec-ok"])));
     let mut failing = sh("exec-fail", "exec sleep 1000");
-    failing.spec.readiness = Some(check(exec(&["false"])));
+    failing.process().readiness = Some(check(exec(&["false"])));
     let mut slow = sh("exec-slow", "exec sleep 1000");
     let mut slow_check = check(exec(&["sleep", "5"]));
     slow_check.timeout_ms = 150;
-    slow.spec.readiness = Some(slow_check);
+    slow.process().readiness = Some(slow_check);
     h.rt.apply(&[ok, failing, slow]).await;
 
     h.wait_running("exec-ok", 0).await;
@@ -98,14 +98,14 @@ fn probe_sleepers() -> usize {
 async fn tcp_readiness_passes_and_readiness_recovers() {
     let h = Harness::new("tcp");
     let mut server = http_server("tcp");
-    server.spec.readiness = Some(check(Probe::Tcp { port: 0 }));
+    server.process().readiness = Some(check(Probe::Tcp { port: 0 }));
     let dir = common::temp_dir("flip");
     let mut flip = sh("flip", "sleep 0.6; touch ready; exec sleep 1000");
-    flip.spec.working_dir = Some(dir.display().to_string());
+    flip.process().working_dir = Some(dir.display().to_string());
     let mut flip_check = check(exec(&["test", "-f", "ready"]));
     flip_check.failure_threshold = 1;
     flip_check.success_threshold = 2;
-    flip.spec.readiness = Some(flip_check);
+    flip.process().readiness = Some(flip_check);
     h.rt.apply(&[server, flip]).await;
 
     h.wait_running("tcp", 0).await;

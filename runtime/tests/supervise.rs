@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, http_get, http_server, sh, workload};
+use common::{Harness, Process, http_get, http_server, sh, workload};
 use ferry_protocol::{LogStream, Phase, Probe, RestartPolicy};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -14,8 +14,8 @@ use tokio::time::Instant;
 async fn http_replicas_get_distinct_ports_and_a_killed_one_is_restarted() {
     let h = Harness::new("http");
     let mut w = http_server("web");
-    w.spec.replicas = 2;
-    w.spec.readiness = Some(common::check(Probe::Http { path: "/".to_owned(), port: 0 }));
+    w.process().replicas = 2;
+    w.process().readiness = Some(common::check(Probe::Http { path: "/".to_owned(), port: 0 }));
     h.rt.apply(std::slice::from_ref(&w)).await;
 
     let r0 = h.wait_running("web", 0).await;
@@ -48,11 +48,11 @@ async fn crash_loops_back_off_and_never_policy_keeps_the_verdict() {
     let h = Harness::new("crash");
     let crashing = sh("crash", "exit 3");
     let mut never_fail = sh("never-fail", "exit 3");
-    never_fail.spec.restart_policy = RestartPolicy::Never;
+    never_fail.process().restart_policy = RestartPolicy::Never;
     let mut never_ok = sh("never-ok", "exit 0");
-    never_ok.spec.restart_policy = RestartPolicy::Never;
+    never_ok.process().restart_policy = RestartPolicy::Never;
     let mut always = sh("always", "exit 0");
-    always.spec.restart_policy = RestartPolicy::Always;
+    always.process().restart_policy = RestartPolicy::Always;
     let started = Instant::now();
     h.rt.apply(&[crashing, never_fail, never_ok, always]).await;
 
@@ -79,10 +79,10 @@ async fn crash_loops_back_off_and_never_policy_keeps_the_verdict() {
 async fn spawn_failures_are_reported() {
     let h = Harness::new("spawn");
     let mut missing = workload("missing", "/nonexistent/ferry-test-binary", &[]);
-    missing.spec.restart_policy = RestartPolicy::Never;
+    missing.process().restart_policy = RestartPolicy::Never;
     let mut bad_dir = sh("bad-dir", "true");
-    bad_dir.spec.restart_policy = RestartPolicy::Never;
-    bad_dir.spec.working_dir = Some("/nonexistent/ferry-dir".to_owned());
+    bad_dir.process().restart_policy = RestartPolicy::Never;
+    bad_dir.process().working_dir = Some("/nonexistent/ferry-dir".to_owned());
     h.rt.apply(&[missing, bad_dir]).await;
     for id in ["missing", "bad-dir"] {
         let r = h.wait_for(id, 0, "failed", |r| r.phase == Phase::Failed).await;
@@ -100,10 +100,10 @@ async fn output_lines_arrive_tagged_with_stream_and_replica() {
         "echo \"out $FERRY_REPLICA port=$PORT id=$FERRY_WORKLOAD_ID foo=$FOO home=${HOME:-unset} cwd=$(pwd)\"; \
          printf 'err %s\\r\\n' \"$FERRY_REPLICA\" >&2; exec sleep 1000",
     );
-    w.spec.replicas = 2;
-    w.spec.env.insert("FOO".to_owned(), "bar".to_owned());
-    w.spec.env.insert("PORT".to_owned(), "1".to_owned());
-    w.spec.working_dir = Some(dir.display().to_string());
+    w.process().replicas = 2;
+    w.process().env.insert("FOO".to_owned(), "bar".to_owned());
+    w.process().env.insert("PORT".to_owned(), "1".to_owned());
+    w.process().working_dir = Some(dir.display().to_string());
     h.rt.apply(&[w]).await;
 
     let mut lines = Vec::new();
@@ -145,8 +145,8 @@ async fn command_and_args_expand_references_to_the_final_environment() {
             "$(PORT)",
         ],
     );
-    w.spec.env.insert("SHELL_BIN".to_owned(), "sh".to_owned());
-    w.spec.env.insert("GREETING".to_owned(), "hello world".to_owned());
+    w.process().env.insert("SHELL_BIN".to_owned(), "sh".to_owned());
+    w.process().env.insert("GREETING".to_owned(), "hello world".to_owned());
     h.rt.apply(&[w]).await;
 
     let port = h.wait_running("expand", 0).await.port.expect("port");
@@ -162,8 +162,8 @@ async fn a_server_given_its_port_as_an_argument_passes_its_readiness_probe() {
     let dir = common::temp_dir("expand-http-cwd");
     // README's example: `python3 -m http.server $(PORT)`.
     let mut w = workload("web", common::python(), &["-m", "http.server", "$(PORT)", "--bind", "127.0.0.1"]);
-    w.spec.working_dir = Some(dir.display().to_string());
-    w.spec.readiness = Some(common::check(Probe::Http { path: "/".to_owned(), port: 0 }));
+    w.process().working_dir = Some(dir.display().to_string());
+    w.process().readiness = Some(common::check(Probe::Http { path: "/".to_owned(), port: 0 }));
     h.rt.apply(&[w]).await;
 
     let port = h.wait_running("web", 0).await.port.expect("port");

@@ -138,6 +138,34 @@ async fn hello_web_runs_heals_scales_restarts_stops_and_is_deleted() {
 }
 
 #[tokio::test]
+async fn a_new_configuration_is_a_new_revision_that_replaces_the_replicas() {
+    let cp = ControlPlane::spawn().await;
+    let agent = Agent::spawn(&cp, &cp.token(600, &[]).await);
+    agent.wait_connected().await;
+    let (id, _) = create(&cp, hello("rolling", 2, json!({ "GREETING": "hi" }))).await;
+    let before = running(&cp, &id, 2).await;
+    let old_ids: Vec<String> = agent.state().workloads.iter().map(|w| w.id.clone()).collect();
+    assert_eq!(old_ids.len(), 1, "{old_ids:?}");
+    assert!(old_ids[0].starts_with(&format!("{id}@")), "workloads are named <deployment>@<revision>: {old_ids:?}");
+
+    let config = hello("rolling", 2, json!({ "GREETING": "hello" }))["configuration"].clone();
+    let (status, res) =
+        cp.api(Method::PUT, &format!("/v1/deployments/{id}"), Some(json!({ "configuration": config }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    op_succeeds(&cp, res["operation"]["href"].as_str().unwrap()).await;
+    let after = running(&cp, &id, 2).await;
+    for (old, new) in pids(&before).iter().zip(pids(&after)) {
+        assert_ne!(*old, new);
+    }
+    for (i, r) in after["replicas"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(http_get(r["port"].as_u64().unwrap(), "/").await, format!("hello (replica {i})\n"));
+    }
+    let state =
+        agent.wait_state("only the new revision", |s| s.workloads.len() == 1 && s.workloads[0].id != old_ids[0]).await;
+    assert!(state.workloads[0].id.starts_with(&format!("{id}@")), "{:?}", state.workloads);
+}
+
+#[tokio::test]
 async fn failing_readiness_and_crashing_processes_are_reported_with_reasons() {
     let cp = ControlPlane::spawn().await;
     let agent = Agent::spawn(&cp, &cp.token(600, &[]).await);

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use ferry_protocol::{HealthCheck, Phase, Probe, ProcessSpec, ReplicaStatus, RestartPolicy, Workload};
-use ferry_runtime::{ProcessRuntime, RuntimeConfig, SourcedLine};
+use ferry_protocol::{HealthCheck, Phase, Probe, ProcessSpec, ReplicaStatus, RestartPolicy, WorkloadSpec};
+use ferry_runtime::{ProcessRuntime, RuntimeConfig, SourcedLine, Workload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -108,13 +108,26 @@ impl Drop for Harness {
     }
 }
 
-/// A workload of one `OnFailure` replica with no probes and a 2 s grace period.
+/// The process spec of a test workload, to tweak it.
+pub trait Process {
+    fn process(&mut self) -> &mut ProcessSpec;
+}
+
+impl Process for Workload {
+    fn process(&mut self) -> &mut ProcessSpec {
+        let WorkloadSpec::Process(spec) = &mut self.spec;
+        spec
+    }
+}
+
+/// A workload of one `OnFailure` replica with no probes and a 2 s grace period; its deployment
+/// is `id` up to an `@`, if any.
 pub fn workload(id: &str, command: &str, args: &[&str]) -> Workload {
     Workload {
         id: id.to_owned(),
-        name: id.to_owned(),
-        version: "1".to_owned(),
-        spec: ProcessSpec {
+        deployment_id: id.split('@').next().unwrap_or(id).to_owned(),
+        restart_nonce: 0,
+        spec: WorkloadSpec::Process(ProcessSpec {
             command: command.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: BTreeMap::new(),
@@ -125,8 +138,7 @@ pub fn workload(id: &str, command: &str, args: &[&str]) -> Workload {
             readiness: None,
             startup: None,
             stop_grace_ms: 2000,
-        },
-        restart_nonce: 0,
+        }),
     }
 }
 
