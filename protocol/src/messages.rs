@@ -249,7 +249,9 @@ pub enum AckOutcome {
         reason: String,
     },
     /// Protocol 2: the update's base is not the generation the agent holds (it holds `held`);
-    /// the control plane answers with the whole intent.
+    /// the control plane answers with the whole intent. An agent may also send it unasked, at
+    /// any time in a session, when it cannot use what it holds (e.g. an intent it kept from
+    /// protocol 1); the answer is the same.
     NeedFull {
         held: u64,
     },
