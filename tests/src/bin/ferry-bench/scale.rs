@@ -80,8 +80,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if server.log_lines() > 0 {
         println!(
-            "\nferry-server logged {} warning/error line(s); the last ones:\n{}",
+            "\nferry-server logged {} line(s) at RUST_LOG={}; the last ones:\n{}",
             server.log_lines(),
+            server::log_filter(),
             server.log_tail()
         );
     }
