@@ -2,12 +2,18 @@
 //! process can stand in for thousands of agents in benchmarks.
 //!
 //! A simulated agent enrolls with a bootstrap token (pinning the CA by the token's fingerprint,
-//! as `ferry-agent` does), then holds one mTLS QUIC session: `Hello` (declaring
-//! `runtime:process`), heartbeats at the interval `Welcome` dictates, an `Ack` for every
-//! `Assignment` (`Applied` when newer than the last one, `Stale` otherwise), and `Status` reports
-//! — right after `Welcome`, after every applied assignment (at most one per 25 ms, like the real
-//! agent) and at every heartbeat — that show every assigned replica running and ready, with a
-//! fake pid and port.
+//! as `ferry-agent` does), then holds one mTLS QUIC session: `Hello` (protocols 1 to 2,
+//! declaring `runtime:process`), heartbeats at the interval `Welcome` dictates, an `Ack` for every
+//! protocol-2 `Intent` (`Applied`; `Stale` when not newer; `NeedFull` when a delta's base is not
+//! the generation it holds) and protocol-1 `Assignment` (`Applied` or `Stale`), and `Status`
+//! reports — right after `Welcome`, after every applied update (at most one per 25 ms, like the
+//! real agent) and at every heartbeat — that show every replica it holds running and ready, with a
+//! fake pid and port that stay the same while the replica "runs".
+//!
+//! A report is encoded once per change and the same bytes are sent again at later heartbeats, so
+//! an agent holding 10,000 workloads costs the benchmark's process one encoding per change (the
+//! real agent clones and encodes its observed state at every report), while the control plane
+//! receives exactly what the real agent would send.
 //!
 //! What it does not do: reconnect (a lost session is recorded in [`SimState::ended`] and the
 //! agent stops, so a benchmark reports it instead of hiding it), renew its certificate (runs are
@@ -16,8 +22,8 @@
 //! Many agents share a few quinn [`Endpoint`]s (one UDP socket each) instead of one per agent;
 //! see [`Endpoints`].
 //!
-//! All assignment handling lives in [`Workloads`]: the workloads by id and the generation they
-//! came with, what to acknowledge, and the status to report.
+//! All intent handling lives in [`Workloads`]: the workloads by id and the generation they came
+//! with, what to acknowledge, and the status to report.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::{
-    AckOutcome, AgentMessage, Assignment, CloseCode, Enroll, Heartbeat, Hello, Phase, ReplicaStatus, ServerMessage,
-    Status, Workload, WorkloadStatus,
+    Ack, AckOutcome, AgentMessage, Assignment, CloseCode, Enroll, FrameError, Heartbeat, Hello, IntentUpdate, Phase,
+    ProcessSpec, ReplicaStatus, ServerMessage, Status, WorkloadSpec, WorkloadStatus,
 };
 use ferry_transport::TransportError;
 use quinn::{Endpoint, RecvStream, SendStream};
@@ -39,6 +45,9 @@ use crate::raw::Identity;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for writing one frame (a peer that stops reading must not block us forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The protocol versions the simulated agent speaks (it implements exactly these two).
+pub const PROTOCOL_MIN: u16 = 1;
+pub const PROTOCOL_MAX: u16 = 2;
 /// The real agent's status rate limit: at once after a change, at most one report per 25 ms.
 const STATUS_GAP: Duration = Duration::from_millis(25);
 
@@ -120,23 +129,51 @@ pub async fn enroll(endpoint: &Endpoint, server: SocketAddr, token: &str, name: 
     }
 }
 
+/// The first fake pid; each replica start takes the next one.
+const FIRST_PID: u32 = 100_000;
+
 /// The workloads a simulated agent holds and the generation they came with. This is the only
-/// place that interprets assignments; a delta message would be applied here too.
+/// place that interprets intent: protocol-2 [`IntentUpdate`]s (whole or deltas) and protocol-1
+/// [`Assignment`]s.
 #[derive(Debug, Default)]
 pub struct Workloads {
     generation: u64,
     by_id: BTreeMap<String, Held>,
+    /// Replica starts so far, for fake pids that stay put while a replica "runs".
+    starts: u32,
+    /// The `Status` frame for what is held, encoded on first use after a change.
+    frame: Option<Arc<[u8]>>,
+    /// `Status` frames encoded so far.
+    encodings: u64,
 }
 
+/// One workload held (keyed by its id: `<deployment>@<revision>`, or the deployment id under
+/// protocol 1).
 #[derive(Debug)]
 struct Held {
-    workload: Workload,
-    /// When its replicas "started" (Unix ms): kept while the spec and restart nonce stay.
+    spec: WorkloadSpec,
+    restart_nonce: u64,
+    replicas: Vec<Replica>,
+}
+
+/// A replica "running" since `since_ms` (Unix ms) as process `pid`.
+#[derive(Debug, Clone, Copy)]
+struct Replica {
+    pid: u32,
     since_ms: u64,
 }
 
+/// The same template, whatever the replica count.
+fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
+    match (a, b) {
+        (WorkloadSpec::Process(a), WorkloadSpec::Process(b)) => {
+            ProcessSpec { replicas: 0, ..a.clone() } == ProcessSpec { replicas: 0, ..b.clone() }
+        }
+    }
+}
+
 impl Workloads {
-    /// The generation of the last applied assignment (0 before the first).
+    /// The generation of the last applied update (0 before the first).
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -149,68 +186,146 @@ impl Workloads {
         self.by_id.is_empty()
     }
 
+    /// Whether a workload with this id is held (`<deployment>@<revision>`, or the deployment id
+    /// under protocol 1).
     pub fn contains(&self, id: &str) -> bool {
         self.by_id.contains_key(id)
     }
 
-    /// Applies a full assignment if it is newer than the last one. Replicas of an unchanged
-    /// workload keep their start time; changed ones "restart" now.
-    pub fn apply(&mut self, assignment: Assignment, now_ms: u64) -> Applied {
+    /// Applies a protocol-2 update if it is newer than what is held: a whole intent (`base:
+    /// None`) replaces everything; a delta applies only on top of exactly its base generation,
+    /// otherwise the answer is `NeedFull` and nothing changes.
+    pub fn apply_intent(&mut self, update: IntentUpdate, now_ms: u64) -> Applied {
+        if update.generation <= self.generation {
+            return Applied::not(AckOutcome::Stale { current: self.generation });
+        }
+        let mut old = match update.base {
+            None => std::mem::take(&mut self.by_id),
+            Some(base) if base != self.generation => {
+                return Applied::not(AckOutcome::NeedFull { held: self.generation });
+            }
+            Some(_) => {
+                for id in &update.removals {
+                    self.by_id.remove(id);
+                }
+                BTreeMap::new()
+            }
+        };
+        let mut added = Vec::new();
+        for w in update.upserts {
+            let previous = old.remove(&w.id).or_else(|| self.by_id.remove(&w.id));
+            if previous.is_none() {
+                added.push(w.deployment_id);
+            }
+            let held = self.place(previous, w.spec, w.restart_nonce, now_ms);
+            self.by_id.insert(w.id, held);
+        }
+        self.changed(update.generation);
+        Applied { outcome: AckOutcome::Applied, added }
+    }
+
+    /// Applies a protocol-1 assignment (the whole list; workloads named by deployment id) if it
+    /// is newer than what is held.
+    pub fn apply_assignment(&mut self, assignment: Assignment, now_ms: u64) -> Applied {
         if assignment.generation <= self.generation {
-            return Applied { outcome: AckOutcome::Stale { current: self.generation }, added: Vec::new() };
+            return Applied::not(AckOutcome::Stale { current: self.generation });
         }
         let mut old = std::mem::take(&mut self.by_id);
         let mut added = Vec::new();
-        for workload in assignment.workloads {
-            let since_ms = match old.remove(&workload.id) {
-                Some(h) if h.workload.spec == workload.spec && h.workload.restart_nonce == workload.restart_nonce => {
-                    h.since_ms
-                }
-                Some(_) => now_ms,
-                None => {
-                    added.push(workload.id.clone());
-                    now_ms
-                }
-            };
-            self.by_id.insert(workload.id.clone(), Held { workload, since_ms });
+        for w in assignment.workloads {
+            let previous = old.remove(&w.id);
+            if previous.is_none() {
+                added.push(w.id.clone());
+            }
+            let held = self.place(previous, WorkloadSpec::Process(w.spec), w.restart_nonce, now_ms);
+            self.by_id.insert(w.id, held);
         }
-        self.generation = assignment.generation;
+        self.changed(assignment.generation);
         Applied { outcome: AckOutcome::Applied, added }
+    }
+
+    /// A workload as it runs after an update, given what ran before under the same id: the same
+    /// template and restart nonce keep their replicas (scaled to the new count, new ones
+    /// starting now); anything else "restarts" every replica now.
+    fn place(&mut self, previous: Option<Held>, spec: WorkloadSpec, restart_nonce: u64, now_ms: u64) -> Held {
+        let mut replicas = match previous {
+            Some(p) if p.restart_nonce == restart_nonce && same_template(&p.spec, &spec) => p.replicas,
+            _ => Vec::new(),
+        };
+        let want = spec.replicas() as usize;
+        replicas.truncate(want);
+        while replicas.len() < want {
+            let pid = FIRST_PID.wrapping_add(self.starts);
+            self.starts = self.starts.wrapping_add(1);
+            replicas.push(Replica { pid, since_ms: now_ms });
+        }
+        Held { spec, restart_nonce, replicas }
+    }
+
+    fn changed(&mut self, generation: u64) {
+        self.generation = generation;
+        self.frame = None;
     }
 
     /// Every held replica running and ready, echoing the generation in force.
     pub fn status(&self) -> Status {
         let workloads = self
             .by_id
-            .values()
-            .enumerate()
-            .map(|(w, h)| WorkloadStatus {
-                id: h.workload.id.clone(),
-                replicas: (0..h.workload.spec.replicas)
-                    .map(|index| ReplicaStatus {
+            .iter()
+            .map(|(id, h)| WorkloadStatus {
+                id: id.clone(),
+                replicas: h
+                    .replicas
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(r, index)| ReplicaStatus {
                         index,
                         phase: Phase::Running,
-                        pid: Some(100_000 + w as u32 * 100 + index),
-                        port: Some(20_000 + ((w as u32 * 100 + index) % 40_000) as u16),
+                        pid: Some(r.pid),
+                        port: Some(20_000 + (r.pid % 40_000) as u16),
                         ready: true,
                         restarts: 0,
                         reason: None,
-                        since_ms: h.since_ms,
+                        since_ms: r.since_ms,
                     })
                     .collect(),
             })
             .collect();
         Status { generation: self.generation, workloads }
     }
+
+    /// [`Workloads::status`] as an encoded `AgentMessage::Status` frame, encoded once per change.
+    pub fn status_frame(&mut self) -> Result<Arc<[u8]>, FrameError> {
+        if let Some(frame) = &self.frame {
+            return Ok(frame.clone());
+        }
+        let frame: Arc<[u8]> = ferry_protocol::encode_frame(&AgentMessage::Status(self.status()))?.into();
+        self.frame = Some(frame.clone());
+        self.encodings += 1;
+        Ok(frame)
+    }
+
+    /// How many `Status` frames were encoded (a report repeats the last one when nothing
+    /// changed since).
+    pub fn status_encodings(&self) -> u64 {
+        self.encodings
+    }
 }
 
-/// The outcome of [`Workloads::apply`].
+/// The outcome of applying an update to [`Workloads`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// What to acknowledge.
     pub outcome: AckOutcome,
-    /// Workload ids the agent did not hold before.
+    /// The deployments of the workloads the update brought that were not held before.
     pub added: Vec<String>,
+}
+
+impl Applied {
+    /// Nothing applied; acknowledge with `outcome`.
+    fn not(outcome: AckOutcome) -> Self {
+        Self { outcome, added: Vec::new() }
+    }
 }
 
 /// What a simulated agent has seen, for the benchmark to read.
@@ -219,19 +334,28 @@ pub struct SimState {
     /// A session is established (Welcome received) and has not ended.
     pub connected: bool,
     pub heartbeat_interval: Option<Duration>,
+    /// The protocol version the control plane chose in `Welcome`.
+    pub protocol: Option<u16>,
     pub workloads: Workloads,
-    /// When each workload id first appeared in an applied assignment.
+    /// When a workload of each deployment first arrived in an applied update. Keyed by
+    /// deployment id, so that it reads the same under protocol 1 and 2.
     pub received_at: HashMap<String, Instant>,
-    /// When a status first reported each workload (all replicas ready) to the control plane.
+    /// When a status first reported each deployment's workload (all replicas ready) to the
+    /// control plane, by deployment id.
     pub reported_at: HashMap<String, Instant>,
-    pub assignments_applied: u64,
-    pub assignments_stale: u64,
+    /// Updates (`Intent` or `Assignment`) applied, whole ones among them.
+    pub updates_applied: u64,
+    pub full_updates_applied: u64,
+    /// Updates acknowledged `Stale` (not newer than what was held).
+    pub updates_stale: u64,
+    /// Deltas answered `NeedFull` (their base was not the generation held).
+    pub need_full_sent: u64,
     pub statuses_sent: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_acked: u64,
     /// Why the session ended (close code and reason, or the transport error), if it did.
     pub ended: Option<String>,
-    /// Workloads received but not reported yet.
+    /// Deployments received but not reported yet.
     unreported: Vec<String>,
 }
 
@@ -288,12 +412,14 @@ impl SimAgent {
         self.with_state(|s| s.ended.clone())
     }
 
-    pub fn received_at(&self, workload: &str) -> Option<Instant> {
-        self.with_state(|s| s.received_at.get(workload).copied())
+    /// When a workload of `deployment` first arrived.
+    pub fn received_at(&self, deployment: &str) -> Option<Instant> {
+        self.with_state(|s| s.received_at.get(deployment).copied())
     }
 
-    pub fn reported_at(&self, workload: &str) -> Option<Instant> {
-        self.with_state(|s| s.reported_at.get(workload).copied())
+    /// When a status first reported `deployment`'s workload ready.
+    pub fn reported_at(&self, deployment: &str) -> Option<Instant> {
+        self.with_state(|s| s.reported_at.get(deployment).copied())
     }
 
     /// Closes the session (close code `Normal`) and waits for the task to finish.
@@ -364,8 +490,8 @@ impl Session {
     async fn serve(&self, conn: &quinn::Connection) -> Result<String, TransportError> {
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = AgentMessage::Hello(Hello {
-            protocol_min: ferry_protocol::PROTOCOL_VERSION_MIN,
-            protocol_max: ferry_protocol::PROTOCOL_VERSION,
+            protocol_min: PROTOCOL_MIN,
+            protocol_max: PROTOCOL_MAX,
             agent_id: self.identity.agent_id.clone(),
             agent_version: "ferry-sim".into(),
             name: self.name.clone(),
@@ -379,11 +505,18 @@ impl Session {
             Some(ServerMessage::Error(e)) => return Ok(format!("refused: {:?}: {}", e.code, e.message)),
             other => return Ok(format!("expected Welcome, got {other:?}")),
         };
+        if !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&welcome.protocol_version) {
+            return Ok(format!(
+                "the control plane chose protocol {}, we speak {PROTOCOL_MIN}..={PROTOCOL_MAX}",
+                welcome.protocol_version
+            ));
+        }
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         {
             let mut s = self.lock();
             s.connected = true;
             s.heartbeat_interval = Some(interval);
+            s.protocol = Some(welcome.protocol_version);
         }
         self.connected.send_replace(true);
         let mut frames = spawn_reader(recv);
@@ -403,16 +536,25 @@ impl Session {
                         Some(Ok(None)) | None => return Ok("the control plane finished the control stream".into()),
                         Some(Err(e)) => return Err(e),
                     };
-                    match msg {
-                        ServerMessage::Assignment(a) => {
-                            let at = Instant::now();
-                            let ack = self.apply(a, at);
-                            ferry_transport::write_frame_timeout(&mut send, &AgentMessage::Ack(ack.clone()), WRITE_TIMEOUT).await?;
-                            status_due |= ack.outcome == AckOutcome::Applied;
+                    let ack = match msg {
+                        ServerMessage::Intent(u) => {
+                            let (generation, full) = (u.generation, u.base.is_none());
+                            Some(self.apply(generation, full, |w, now| w.apply_intent(u, now)))
                         }
-                        ServerMessage::HeartbeatAck(_) => self.lock().heartbeats_acked += 1,
+                        ServerMessage::Assignment(a) => {
+                            let generation = a.generation;
+                            Some(self.apply(generation, true, |w, now| w.apply_assignment(a, now)))
+                        }
+                        ServerMessage::HeartbeatAck(_) => {
+                            self.lock().heartbeats_acked += 1;
+                            None
+                        }
                         ServerMessage::Error(e) => return Ok(format!("error from the control plane: {:?}: {}", e.code, e.message)),
                         other => return Ok(format!("unexpected message in session: {other:?}")),
+                    };
+                    if let Some(ack) = ack {
+                        status_due |= ack.outcome == AckOutcome::Applied;
+                        ferry_transport::write_frame_timeout(&mut send, &AgentMessage::Ack(ack), WRITE_TIMEOUT).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -420,7 +562,7 @@ impl Session {
                     let hb = AgentMessage::Heartbeat(Heartbeat { seq, sent_at_ms: now_ms() });
                     ferry_transport::write_frame_timeout(&mut send, &hb, WRITE_TIMEOUT).await?;
                     self.lock().heartbeats_sent += 1;
-                    // The real agent also reports its status at every heartbeat.
+                    // The real agent reports at least once per heartbeat interval, changed or not.
                     status_due = true;
                 }
                 () = tokio::time::sleep_until(next_status), if status_due => {}
@@ -433,34 +575,44 @@ impl Session {
         }
     }
 
-    /// Applies an assignment to the held workloads and records when new workloads arrived.
-    fn apply(&self, assignment: Assignment, at: Instant) -> ferry_protocol::Ack {
-        let generation = assignment.generation;
+    /// Applies an update (`generation`; `full` for a whole intent) to the held workloads with
+    /// `apply`, records when new deployments arrived, and returns the ack.
+    fn apply(&self, generation: u64, full: bool, apply: impl FnOnce(&mut Workloads, u64) -> Applied) -> Ack {
+        let at = Instant::now();
         let mut s = self.lock();
-        let Applied { outcome, added } = s.workloads.apply(assignment, now_ms());
-        if outcome == AckOutcome::Applied {
-            s.assignments_applied += 1;
-            for id in &added {
-                s.received_at.entry(id.clone()).or_insert(at);
+        let Applied { outcome, added } = apply(&mut s.workloads, now_ms());
+        match outcome {
+            AckOutcome::Applied => {
+                s.updates_applied += 1;
+                s.full_updates_applied += u64::from(full);
+                for deployment in &added {
+                    s.received_at.entry(deployment.clone()).or_insert(at);
+                }
+                s.unreported.extend(added);
             }
-            s.unreported.extend(added);
-        } else {
-            s.assignments_stale += 1;
+            AckOutcome::NeedFull { .. } => s.need_full_sent += 1,
+            AckOutcome::Stale { .. } => s.updates_stale += 1,
+            // `Workloads` never rejects an update.
+            AckOutcome::Rejected { .. } => {}
         }
-        ferry_protocol::Ack { generation, outcome }
+        Ack { generation, outcome }
     }
 
+    /// Sends the status of what is held: the frame encoded after the last change, again if
+    /// nothing changed since.
     async fn send_status(&self, send: &mut SendStream) -> Result<(), TransportError> {
-        let (status, reported) = {
+        let (frame, reported) = {
             let mut s = self.lock();
-            (s.workloads.status(), std::mem::take(&mut s.unreported))
+            (s.workloads.status_frame()?, std::mem::take(&mut s.unreported))
         };
-        ferry_transport::write_frame_timeout(send, &AgentMessage::Status(status), WRITE_TIMEOUT).await?;
+        tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&frame))
+            .await
+            .map_err(|_| TransportError::Timeout(WRITE_TIMEOUT))??;
         let at = Instant::now();
         let mut s = self.lock();
         s.statuses_sent += 1;
-        for id in reported {
-            s.reported_at.entry(id).or_insert(at);
+        for deployment in reported {
+            s.reported_at.entry(deployment).or_insert(at);
         }
         Ok(())
     }
@@ -483,42 +635,77 @@ fn spawn_reader(mut recv: RecvStream) -> mpsc::Receiver<Result<Option<ServerMess
 
 #[cfg(test)]
 mod tests {
-    use ferry_protocol::{ProcessSpec, RestartPolicy};
+    use ferry_protocol::{RestartPolicy, Workload, WorkloadIntent};
 
     use super::*;
 
-    fn workload(id: &str, replicas: u32) -> Workload {
-        Workload {
-            id: id.into(),
-            name: id.into(),
-            version: "v1".into(),
-            spec: ProcessSpec {
-                command: "/bin/sleep".into(),
-                args: vec!["3600".into()],
-                env: BTreeMap::new(),
-                working_dir: None,
-                replicas,
-                restart_policy: RestartPolicy::Always,
-                liveness: None,
-                readiness: None,
-                startup: None,
-                stop_grace_ms: 1000,
-            },
-            restart_nonce: 0,
+    fn spec(replicas: u32) -> ProcessSpec {
+        ProcessSpec {
+            command: "/bin/sleep".into(),
+            args: vec!["3600".into()],
+            env: BTreeMap::new(),
+            working_dir: None,
+            replicas,
+            restart_policy: RestartPolicy::Always,
+            liveness: None,
+            readiness: None,
+            startup: None,
+            stop_grace_ms: 1000,
         }
     }
 
+    fn workload(id: &str, replicas: u32) -> Workload {
+        Workload { id: id.into(), name: id.into(), version: "v1".into(), spec: spec(replicas), restart_nonce: 0 }
+    }
+
+    fn intent(deployment: &str, revision: u64, replicas: u32) -> WorkloadIntent {
+        WorkloadIntent {
+            id: WorkloadIntent::id_for(deployment, revision),
+            deployment_id: deployment.into(),
+            revision,
+            name: deployment.into(),
+            version: format!("v{revision}"),
+            restart_nonce: 0,
+            spec: WorkloadSpec::Process(spec(replicas)),
+        }
+    }
+
+    fn full(generation: u64, upserts: Vec<WorkloadIntent>) -> IntentUpdate {
+        IntentUpdate { generation, base: None, upserts, removals: vec![] }
+    }
+
+    fn delta(generation: u64, base: u64, upserts: Vec<WorkloadIntent>, removals: &[&str]) -> IntentUpdate {
+        IntentUpdate {
+            generation,
+            base: Some(base),
+            upserts,
+            removals: removals.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// Workload id → (replica count, pids, since_ms of the first replica).
+    fn seen(w: &Workloads) -> BTreeMap<String, (usize, Vec<u32>, u64)> {
+        w.status()
+            .workloads
+            .into_iter()
+            .map(|s| {
+                let pids = s.replicas.iter().map(|r| r.pid.expect("pid")).collect();
+                (s.id, (s.replicas.len(), pids, s.replicas[0].since_ms))
+            })
+            .collect()
+    }
+
     #[test]
-    fn applies_newer_and_acks_stale() {
+    fn applies_newer_assignments_and_acks_stale() {
         let mut w = Workloads::default();
         let a = Assignment { generation: 2, workloads: vec![workload("d-1", 2), workload("d-2", 1)] };
         assert_eq!(
-            w.apply(a.clone(), 10),
+            w.apply_assignment(a.clone(), 10),
             Applied { outcome: AckOutcome::Applied, added: vec!["d-1".into(), "d-2".into()] }
         );
-        assert_eq!(w.apply(a, 20), Applied { outcome: AckOutcome::Stale { current: 2 }, added: vec![] });
+        assert_eq!(w.apply_assignment(a, 20), Applied { outcome: AckOutcome::Stale { current: 2 }, added: vec![] });
         let old = Assignment { generation: 1, workloads: vec![] };
-        assert_eq!(w.apply(old, 30).outcome, AckOutcome::Stale { current: 2 });
+        assert_eq!(w.apply_assignment(old, 30).outcome, AckOutcome::Stale { current: 2 });
         assert_eq!((w.generation(), w.len()), (2, 2));
         let status = w.status();
         assert_eq!(status.generation, 2);
@@ -527,14 +714,90 @@ mod tests {
     }
 
     #[test]
-    fn unchanged_workloads_keep_their_start_time() {
+    fn unchanged_assignment_workloads_keep_their_start_time() {
         let mut w = Workloads::default();
-        w.apply(Assignment { generation: 1, workloads: vec![workload("d-1", 1), workload("d-2", 1)] }, 10);
-        let change = w.apply(Assignment { generation: 2, workloads: vec![workload("d-1", 1), workload("d-2", 3)] }, 20);
+        w.apply_assignment(Assignment { generation: 1, workloads: vec![workload("d-1", 1), workload("d-2", 1)] }, 10);
+        let change = w.apply_assignment(
+            Assignment { generation: 2, workloads: vec![workload("d-1", 1), workload("d-2", 3)] },
+            20,
+        );
         assert!(change.added.is_empty());
-        let since: Vec<u64> = w.status().workloads.iter().map(|s| s.replicas[0].since_ms).collect();
-        assert_eq!(since, [10, 20]);
-        w.apply(Assignment { generation: 3, workloads: vec![workload("d-2", 3)] }, 30);
+        let since: Vec<u64> = w.status().workloads.iter().flat_map(|s| s.replicas.iter().map(|r| r.since_ms)).collect();
+        assert_eq!(since, [10, 10, 20, 20], "d-2 scaled from 1 to 3: its first replica keeps running");
+        let mut restarted = workload("d-1", 1);
+        restarted.restart_nonce = 1;
+        w.apply_assignment(Assignment { generation: 3, workloads: vec![restarted, workload("d-2", 3)] }, 30);
+        assert_eq!(seen(&w)["d-1"].2, 30, "a new restart nonce restarts");
+        w.apply_assignment(Assignment { generation: 4, workloads: vec![workload("d-2", 3)] }, 40);
         assert!(!w.contains("d-1") && w.contains("d-2"));
+    }
+
+    #[test]
+    fn whole_intent_replaces_and_deltas_apply_on_their_base_only() {
+        let mut w = Workloads::default();
+        let applied = w.apply_intent(full(3, vec![intent("d-1", 1, 2), intent("d-2", 1, 1)]), 10);
+        assert_eq!(applied, Applied { outcome: AckOutcome::Applied, added: vec!["d-1".into(), "d-2".into()] });
+        let ids: Vec<String> = w.status().workloads.into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["d-1@1", "d-2@1"], "status names workloads <deployment>@<revision>");
+
+        // A delta on the generation held: a canary revision next to d-1@1, d-2 gone.
+        let applied = w.apply_intent(delta(5, 3, vec![intent("d-1", 2, 1)], &["d-2@1"]), 20);
+        assert_eq!(applied, Applied { outcome: AckOutcome::Applied, added: vec!["d-1".into()] });
+        assert_eq!(seen(&w).keys().collect::<Vec<_>>(), ["d-1@1", "d-1@2"]);
+        assert_eq!(w.generation(), 5);
+
+        // A delta on another base changes nothing and asks for the whole intent.
+        let before = seen(&w);
+        assert_eq!(
+            w.apply_intent(delta(7, 6, vec![intent("d-3", 1, 1)], &["d-1@1"]), 30).outcome,
+            AckOutcome::NeedFull { held: 5 }
+        );
+        assert_eq!((w.generation(), seen(&w)), (5, before));
+
+        // Not newer: stale, whole or delta.
+        assert_eq!(w.apply_intent(full(5, vec![]), 40).outcome, AckOutcome::Stale { current: 5 });
+        assert_eq!(w.apply_intent(delta(4, 3, vec![], &["d-1@1"]), 40).outcome, AckOutcome::Stale { current: 5 });
+        assert_eq!(w.len(), 2);
+
+        // A whole intent replaces everything; what stays keeps running.
+        let pids = seen(&w)["d-1@2"].1.clone();
+        let applied = w.apply_intent(full(8, vec![intent("d-1", 2, 1), intent("d-3", 1, 1)]), 50);
+        assert_eq!(applied.added, ["d-3"]);
+        let now = seen(&w);
+        assert_eq!(now.keys().collect::<Vec<_>>(), ["d-1@2", "d-3@1"]);
+        assert_eq!((now["d-1@2"].1.clone(), now["d-1@2"].2), (pids, 20));
+    }
+
+    #[test]
+    fn replicas_keep_their_pid_when_other_workloads_come_and_go() {
+        // The control plane writes only what changed in a report: adding a workload must not
+        // change what is reported for the others.
+        let mut w = Workloads::default();
+        w.apply_intent(full(1, vec![intent("d-b", 1, 2)]), 10);
+        let before = seen(&w)["d-b@1"].clone();
+        w.apply_intent(delta(2, 1, vec![intent("d-a", 1, 1)], &[]), 20);
+        w.apply_intent(delta(3, 2, vec![intent("d-c", 1, 1)], &[]), 30);
+        assert_eq!(seen(&w)["d-b@1"], before);
+        let pids: Vec<u32> = seen(&w).values().flat_map(|s| s.1.clone()).collect();
+        let mut unique = pids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), pids.len(), "every replica has a pid of its own");
+    }
+
+    #[test]
+    fn the_status_frame_is_encoded_once_per_change() {
+        let mut w = Workloads::default();
+        let empty = w.status_frame().expect("encodes");
+        assert_eq!(Arc::as_ptr(&empty), Arc::as_ptr(&w.status_frame().expect("encodes")));
+        w.apply_intent(full(1, vec![intent("d-1", 1, 3)]), 10);
+        let frame = w.status_frame().expect("encodes");
+        w.apply_intent(delta(2, 5, vec![], &["d-1@1"]), 20); // NeedFull: no change
+        w.apply_intent(full(1, vec![]), 20); // stale: no change
+        assert_eq!(Arc::as_ptr(&frame), Arc::as_ptr(&w.status_frame().expect("encodes")));
+        assert_eq!(w.status_encodings(), 2);
+        let mut decoder = ferry_protocol::FrameDecoder::default();
+        decoder.push(&frame);
+        assert_eq!(decoder.decode::<AgentMessage>().expect("decodes"), Some(AgentMessage::Status(w.status())));
     }
 }

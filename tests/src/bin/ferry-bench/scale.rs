@@ -7,11 +7,12 @@
 //! 2. Idle: the agents heartbeat (and report status) at the interval the server dictates while
 //!    the server's CPU (% of one core) and RSS are sampled over `--idle-seconds`.
 //! 3. Fan-out: one deployment with `replicas: N` and an empty selector, so each agent gets one
-//!    replica; time from the POST until each agent received its assignment and reported the
-//!    replica ready, and until the deployment's status is `running` with N ready. If the server
-//!    caps replicas per deployment (today: 100, `DEPLOY_004`), the same fan-out is done as one
-//!    deployment per shard of ≤ 100 agents (each agent's token carries a `bench-shard` label),
-//!    all POSTed at once, and the tool says so.
+//!    replica; time from the POST until each agent received its workload and reported the
+//!    replica ready, and until the deployment's status is `running` with N ready. Only if the
+//!    server refuses that many replicas in one deployment (`DEPLOY_004`: N above its cap of
+//!    10,000 per deployment) is the same fan-out done as one deployment per shard of ≤ 10,000
+//!    agents (each agent's token carries a `bench-shard` label), POSTed 8 at a time, and the
+//!    tool says so.
 //!
 //! Agents share one client endpoint (UDP socket) per `--per-endpoint` connections, so the
 //! process needs a few dozen file descriptors, not one per agent.
@@ -28,8 +29,8 @@ use serde_json::{Value, json};
 use crate::server::{self, Api, Server, Usage, cpu_percent, mib};
 use crate::stats::{Summary, ms};
 
-/// Agents per `bench-shard` label value (the server's replica cap per deployment).
-const SHARD: usize = 100;
+/// Agents per `bench-shard` label value: the control plane's replica cap per deployment.
+const SHARD: usize = ferry_control_plane::model::MAX_REPLICAS as usize;
 /// How long one agent may take from token to Welcome.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -80,8 +81,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if server.log_lines() > 0 {
         println!(
-            "\nferry-server logged {} warning/error line(s); the last ones:\n{}",
+            "\nferry-server logged {} line(s) at RUST_LOG={}; the last ones:\n{}",
             server.log_lines(),
+            server::log_filter(),
             server.log_tail()
         );
     }
@@ -143,6 +145,13 @@ async fn measure(args: &Args, server: &mut Server, agents: &mut Vec<Enrolled>) -
     if agents.is_empty() {
         bail!("no agent connected");
     }
+    let mut protocols: BTreeMap<Option<u16>, usize> = BTreeMap::new();
+    for a in agents.iter() {
+        *protocols.entry(a.agent.with_state(|s| s.protocol)).or_default() += 1;
+    }
+    let protocols: Vec<String> =
+        protocols.iter().map(|(p, n)| format!("{n} on protocol {}", p.map_or("?".into(), |p| p.to_string()))).collect();
+    println!("   sessions: {}", protocols.join(", "));
     println!("   control plane counts {} agents connected", server.api.connected_agents().await?);
 
     // 2. Idle.
@@ -360,7 +369,7 @@ async fn wait_fan_out(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    for (what, samples) in [("received their assignment", &received), ("reported their replica ready", &reported)] {
+    for (what, samples) in [("received their workload", &received), ("reported their replica ready", &reported)] {
         match Summary::of(samples) {
             Some(s) => println!(
                 "   {:>5} agents {what:<28} p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",

@@ -5,7 +5,7 @@
 //! clients and simulated agents off its tokio runtime.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +21,13 @@ use serde_json::{Value, json};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Server stderr lines kept to explain a failure.
 const TAIL_LINES: usize = 30;
+/// The server's log filter when `FERRY_BENCH_SERVER_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
+/// The server's log filter (`RUST_LOG` syntax): `FERRY_BENCH_SERVER_LOG`, default `warn`.
+pub fn log_filter() -> String {
+    std::env::var("FERRY_BENCH_SERVER_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into())
+}
 
 /// How to start the control plane.
 #[derive(Debug, Clone, Default)]
@@ -80,12 +87,21 @@ impl Server {
     pub async fn start(opts: &Options) -> anyhow::Result<Self> {
         let binary = server_binary()?;
         let data_dir = tempfile::tempdir().context("creating a data dir")?;
+        // Every line the server logs, copied to a file on request (the tail keeps the last few).
+        let mut copy = match std::env::var_os("FERRY_BENCH_SERVER_LOG_FILE") {
+            Some(path) => Some(std::io::LineWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating FERRY_BENCH_SERVER_LOG_FILE {}", path.to_string_lossy()))?,
+            )),
+            None => None,
+        };
         let mut pg = None;
         let mut cmd = Command::new(&binary);
         cmd.arg("--data-dir")
             .arg(data_dir.path())
             .args(["--http-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
-            .env("RUST_LOG", std::env::var("FERRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", log_filter())
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -119,6 +135,12 @@ impl Server {
         std::thread::spawn(move || {
             let mut started = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = &mut copy
+                    && writeln!(file, "{line}").is_err()
+                {
+                    eprintln!("ferry-bench: could not write to FERRY_BENCH_SERVER_LOG_FILE; no longer copying");
+                    copy = None;
+                }
                 if !started && line.contains("API on http://") {
                     started = true;
                     let _ = tx.send(line);
@@ -199,7 +221,7 @@ impl Server {
         s.join("\n")
     }
 
-    /// How many lines the server logged (at `FERRY_BENCH_SERVER_LOG`, default `warn`).
+    /// How many lines the server logged (at [`log_filter`]), not counting its start line.
     pub fn log_lines(&self) -> u64 {
         self.log.lock().expect("log tail").total
     }
