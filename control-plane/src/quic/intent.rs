@@ -123,8 +123,9 @@ impl Templates {
     ) -> Result<Assignment, StoreError> {
         let update = self.update(store, head, None, rows).await?;
         let mut workloads: Vec<Workload> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for w in update.upserts {
-            if workloads.iter().any(|x| x.id == w.deployment_id) {
+            if !seen.insert(w.deployment_id.clone()) {
                 continue;
             }
             let WorkloadSpec::Process(spec) = w.spec;
