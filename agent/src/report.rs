@@ -1,6 +1,10 @@
 //! When the session reports the observed state: at once after Welcome, at once after a change
 //! unless a report went out less than [`STATUS_MIN_GAP`] ago (then when that gap has passed, so a
-//! burst of changes gives one report), and at least once per refresh period.
+//! burst of changes gives one report), and at least once per refresh period
+//! ([`STATUS_REFRESH_HEARTBEATS`] heartbeat intervals). Reports travel on a reliable stream of
+//! the session and a new session starts with one, so the refresh is only a level-triggered
+//! safety net (e.g. after a store error on the control plane): an idle agent costs the control
+//! plane a heartbeat per interval, not a heartbeat and a report.
 
 use std::time::Duration;
 
@@ -9,6 +13,9 @@ use tokio::time::Instant;
 /// Reports are at least this far apart (at most 40 a second, and only while things change):
 /// short enough that the last step of a start-up reaches the control plane promptly.
 pub(crate) const STATUS_MIN_GAP: Duration = Duration::from_millis(25);
+
+/// An unchanged state is reported again after this many heartbeat intervals.
+pub(crate) const STATUS_REFRESH_HEARTBEATS: u32 = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StatusSchedule {

@@ -137,7 +137,7 @@ async fn converse(
         seq: 0,
         last_heard: Instant::now(),
         observed,
-        report: StatusSchedule::new(Instant::now(), heartbeat_every),
+        report: StatusSchedule::new(Instant::now(), heartbeat_every * crate::report::STATUS_REFRESH_HEARTBEATS),
     };
     let result = control.start(shutdown).await;
     // Close while the streams are still open: dropping them finishes them, and the control

@@ -15,7 +15,9 @@ CREATE TABLE deployment_revisions (
 );
 INSERT INTO deployment_revisions (deployment_id, revision, version, spec, created_at)
     SELECT id, 1, active_version, spec, updated_at FROM deployments;
-CREATE INDEX deployments_listing ON deployments (created_at, id);
+-- Listing pages walk these (covering: the page's ids come from the index alone).
+CREATE INDEX deployments_live ON deployments (created_at, id) WHERE deleted_at IS NULL;
+CREATE INDEX deployments_live_env ON deployments (environment, created_at, id) WHERE deleted_at IS NULL;
 
 -- Intent, one row per (agent, workload): changing one workload writes one row. `generation` is
 -- the agent's generation at which the row last changed, so "what changed since generation g" is

@@ -151,6 +151,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let quic_task = tokio::spawn(quic::serve(endpoint, state.clone(), rx.clone()));
     let reconcile_task = tokio::spawn(reconcile::run(state.clone(), rx.clone()));
     let liveness_task = tokio::spawn(quic::flush_liveness(state.clone(), rx.clone()));
+    let observed_task = tokio::spawn(quic::write_observed(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -169,7 +170,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task, reconcile_task, liveness_task],
+        tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task],
     })
 }
 

@@ -504,6 +504,14 @@ async fn status_summaries_filter_the_listing(store: &Store) {
     assert_eq!((ids(rows), total), (vec!["dep-s2".to_string(), "dep-s3".to_string()], 5));
     let (rows, _) = store.list_deployments(f(None, 1, 1)).await.unwrap();
     assert_eq!(rows[0].1.as_ref().map(|s| s.reasons.clone()), Some(vec!["why".to_string()]));
+    let by = |environment, name, status| DeploymentFilter { environment, name, status, page: 1, page_size: 10 };
+    assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
+    assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
+    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
+    assert_eq!((ids(rows), total), (vec!["dep-s3".to_string()], 1));
+    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s1"), Some("failed"))).await.unwrap();
+    assert_eq!((ids(rows), total), (vec!["dep-s1".to_string()], 1));
+    assert_eq!(store.list_deployments(by(None, Some("dep-s1"), Some("running"))).await.unwrap().1, 0);
 }
 
 async fn liveness_is_flushed_in_batches(store: &Store) {

@@ -7,10 +7,11 @@
 //! protocol-2 `Intent` (`Applied`; `Stale` when not newer; `NeedFull` when a delta's base is not
 //! the generation it holds) and protocol-1 `Assignment` (`Applied` or `Stale`), and `Status`
 //! reports — right after `Welcome`, after every applied update (at most one per 25 ms, like the
-//! real agent) and at every heartbeat — that show every replica it holds running and ready, with a
-//! fake pid and port that stay the same while the replica "runs".
+//! real agent) and, unchanged, every sixth heartbeat (the real agent's refresh) — that show every
+//! replica it holds running and ready, with a fake pid and port that stay the same while the
+//! replica "runs".
 //!
-//! A report is encoded once per change and the same bytes are sent again at later heartbeats, so
+//! A report is encoded once per change and the same bytes are sent again at later refreshes, so
 //! an agent holding 10,000 workloads costs the benchmark's process one encoding per change (the
 //! real agent clones and encodes its observed state at every report), while the control plane
 //! receives exactly what the real agent would send.
@@ -562,8 +563,10 @@ impl Session {
                     let hb = AgentMessage::Heartbeat(Heartbeat { seq, sent_at_ms: now_ms() });
                     ferry_transport::write_frame_timeout(&mut send, &hb, WRITE_TIMEOUT).await?;
                     self.lock().heartbeats_sent += 1;
-                    // The real agent reports at least once per heartbeat interval, changed or not.
-                    status_due = true;
+                    // The real agent reports an unchanged state again every sixth heartbeat.
+                    if seq.is_multiple_of(6) {
+                        status_due = true;
+                    }
                 }
                 () = tokio::time::sleep_until(next_status), if status_due => {}
             }

@@ -6,6 +6,7 @@
 
 mod enroll;
 pub mod intent;
+mod observed;
 mod session;
 pub mod telemetry;
 
@@ -37,13 +38,24 @@ pub(crate) struct Handle {
     intent: tokio::sync::Notify,
     /// The newest intent generation the session sent.
     sent: AtomicU64,
+    /// Set when a batch holding this session's report could not be stored: the session then
+    /// forgets what it reported, so its next report is written whole.
+    resync: std::sync::atomic::AtomicBool,
 }
 
-/// Live sessions held by this replica, by agent id, and the revision templates they send.
-#[derive(Clone, Default)]
+/// Live sessions held by this replica, by agent id, the revision templates they send, and the
+/// writer that stores their reports in batches.
+#[derive(Clone)]
 pub struct Sessions {
     inner: Arc<Mutex<HashMap<String, Live>>>,
     pub templates: Arc<intent::Templates>,
+    observed: observed::Writer,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self { inner: Arc::default(), templates: Arc::default(), observed: observed::Writer::new() }
+    }
 }
 
 impl Sessions {
@@ -147,6 +159,8 @@ pub async fn serve(endpoint: Endpoint, state: AppState, mut shutdown: watch::Rec
         tracing::warn!("connection tasks still running at shutdown; aborting them");
     }
 }
+
+pub use observed::write_observed;
 
 /// Agent liveness, in batches: heartbeats are answered in memory, and every heartbeat interval
 /// one pass records a heartbeat time for every live session of this replica (a few multi-row

@@ -22,9 +22,10 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{HANDSHAKE_TIMEOUT, Handle};
+use super::{HANDSHAKE_TIMEOUT, Handle, observed};
 use crate::AppState;
 use crate::ids::{now_ms, random_id};
+use crate::store::ObservedReport;
 
 /// Capabilities an agent may declare, and how long each may be.
 const MAX_CAPABILITIES: usize = 32;
@@ -440,6 +441,11 @@ impl Session {
 
     /// Records what changed in a status report and queues the deployments concerned.
     async fn observe(&mut self, status: Status) -> Result<(), crate::store::StoreError> {
+        if self.handle.as_ref().is_some_and(|h| h.resync.swap(false, Ordering::Relaxed)) {
+            // A batch with an earlier report failed: write this one whole.
+            self.reported.clear();
+            self.reported_generation = None;
+        }
         let mut now: HashMap<String, (String, Vec<ReplicaStatus>)> = HashMap::with_capacity(status.workloads.len());
         for w in status.workloads {
             let (workload, deployment) = if self.protocol >= 2 {
@@ -467,18 +473,16 @@ impl Session {
         if changed.is_empty() && gone.is_empty() && previous_generation == Some(status.generation) {
             return Ok(());
         }
-        self.state.store.record_observed(&self.agent_id, status.generation, &changed, &gone, now_ms()).await?;
         let mut affected: Vec<String> = changed.iter().map(|(_, d, _)| d.clone()).collect();
         affected.extend(gone.iter().filter_map(|w| self.reported.get(w).map(|(d, _)| d.clone())));
-        if previous_generation != Some(status.generation) {
-            // Rows this report now says the agent applied (or, after a reconnect, all of them).
-            let after = previous_generation.unwrap_or(0).min(status.generation);
-            affected
-                .extend(self.state.store.deployments_changed_on_agent(&self.agent_id, after, status.generation).await?);
-        }
         affected.sort_unstable();
         affected.dedup();
-        self.state.reconciler.enqueue_all(affected);
+        // Rows this report now says the agent applied (or, after a reconnect, all of them).
+        let generation_moved = (previous_generation != Some(status.generation))
+            .then(|| (previous_generation.unwrap_or(0).min(status.generation), status.generation));
+        let report = ObservedReport { agent_id: self.agent_id.clone(), generation: status.generation, changed, gone };
+        let handle = self.handle.clone().expect("a session reports only after Hello");
+        self.state.sessions.observed.send(observed::Pending { report, affected, generation_moved, handle }).await;
         self.reported = now;
         self.reported_generation = Some(status.generation);
         Ok(())

@@ -266,36 +266,49 @@ impl Store {
     }
 
     /// A page of live deployments matching the filter, each with its stored status summary,
-    /// and the number of matches. Costs one page, not the whole table.
+    /// and the number of matches. The page's ids come from a covering index walk and only its
+    /// rows are read, so the cost is one page (plus counting index entries), not the table.
     pub async fn list_deployments(
         &self,
         f: DeploymentFilter<'_>,
     ) -> Result<(Vec<(DeploymentRecord, Option<StatusSummary>)>, i64)> {
-        // `$1..$3` are the filters in every variant, so the binds never change shape. A
-        // deployment without a summary yet counts as `deploying`.
-        const WHERE: &str = "d.deleted_at IS NULL AND ($1 = '' OR d.environment = $1) AND ($2 = '' OR d.name = $2) \
-             AND ($3 = '' OR COALESCE(s.status, 'deploying') = $3)";
-        let from = "deployments d LEFT JOIN deployment_status s ON s.deployment_id = d.id";
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from} WHERE {WHERE}")))
-            .bind(f.environment.unwrap_or(""))
-            .bind(f.name.unwrap_or(""))
-            .bind(f.status.unwrap_or(""))
-            .fetch_one(&self.pool)
-            .await?;
+        // Only the filters given appear in the SQL, so an index serves each shape (a handful).
+        let mut conds = vec!["d.deleted_at IS NULL".to_string()];
+        let mut binds: Vec<&str> = Vec::new();
+        for (column, value) in [("d.environment", f.environment), ("d.name", f.name)] {
+            if let Some(v) = value {
+                binds.push(v);
+                conds.push(format!("{column} = ${}", binds.len()));
+            }
+        }
+        // A deployment without a summary yet counts as `deploying`.
+        let join = if let Some(status) = f.status {
+            binds.push(status);
+            conds.push(format!("COALESCE(s.status, 'deploying') = ${}", binds.len()));
+            " LEFT JOIN deployment_status s ON s.deployment_id = d.id"
+        } else {
+            ""
+        };
+        let filter = format!("FROM deployments d{join} WHERE {}", conds.join(" AND "));
+        let mut count = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {filter}")));
+        for b in &binds {
+            count = count.bind(b.to_string());
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?;
         let columns: Vec<String> = DEPLOYMENT_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect();
+        let (limit, offset) = (binds.len() + 1, binds.len() + 2);
         let sql = format!(
-            "SELECT {}, s.status, s.desired, s.current_count, s.ready, s.reasons, s.running_since FROM {from} \
-             WHERE {WHERE} ORDER BY d.created_at, d.id LIMIT $4 OFFSET $5",
+            "SELECT {}, s.status, s.desired, s.current_count, s.ready, s.reasons, s.running_since \
+             FROM (SELECT d.id {filter} ORDER BY d.created_at, d.id LIMIT ${limit} OFFSET ${offset}) p \
+             JOIN deployments d ON d.id = p.id LEFT JOIN deployment_status s ON s.deployment_id = d.id \
+             ORDER BY d.created_at, d.id",
             columns.join(", ")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(f.environment.unwrap_or(""))
-            .bind(f.name.unwrap_or(""))
-            .bind(f.status.unwrap_or(""))
-            .bind(f.page_size)
-            .bind((f.page - 1).max(0) * f.page_size)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.to_string());
+        }
+        let rows = q.bind(f.page_size).bind((f.page - 1).max(0) * f.page_size).fetch_all(&self.pool).await?;
         let page = rows
             .iter()
             .map(|r| Ok((deployment_from_row(r)?, super::intent::summary_from_row(r)?)))

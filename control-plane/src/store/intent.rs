@@ -86,6 +86,17 @@ pub struct StatusSummary {
     pub running_since: Option<i64>,
 }
 
+/// What changed in one agent's status report.
+#[derive(Debug, Clone)]
+pub struct ObservedReport {
+    pub agent_id: String,
+    pub generation: u64,
+    /// `(workload id, deployment id, replicas)` of the workloads whose replicas changed.
+    pub changed: Vec<(String, String, Vec<ReplicaStatus>)>,
+    /// Workloads it no longer reports.
+    pub gone: Vec<String>,
+}
+
 /// Whether a session still owns its agent, as found by a liveness flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
@@ -366,10 +377,48 @@ impl Store {
         gone: &[String],
         now_ms: i64,
     ) -> Result<()> {
+        let report = ObservedReport {
+            agent_id: agent_id.to_string(),
+            generation,
+            changed: changed.to_vec(),
+            gone: gone.to_vec(),
+        };
+        self.record_observed_batch(std::slice::from_ref(&report), now_ms).await
+    }
+
+    /// Records many agents' reports in one transaction (in order: a later report of one agent
+    /// wins). Multi-row statements throughout, so a thousand reports cost a few statements.
+    pub async fn record_observed_batch(&self, reports: &[ObservedReport], now_ms: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        // Deletions first, report by report, so a workload reported again later in the batch
+        // comes back.
+        for r in reports.iter().filter(|r| !r.gone.is_empty()) {
+            let mut offset = 0;
+            for size in chunk_sizes(r.gone.len(), CHUNK) {
+                let chunk = &r.gone[offset..offset + size];
+                offset += size;
+                let sql = format!(
+                    "DELETE FROM agent_observed WHERE agent_id = $1 AND workload_id IN ({})",
+                    (2..size + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.agent_id.clone());
+                for w in chunk {
+                    q = q.bind(w.clone());
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        // The last report of each (agent, workload) wins.
+        let mut rows: BTreeMap<(&str, &str), (&str, u64, &Vec<ReplicaStatus>)> = BTreeMap::new();
+        for r in reports {
+            for (w, d, replicas) in &r.changed {
+                rows.insert((r.agent_id.as_str(), w.as_str()), (d.as_str(), r.generation, replicas));
+            }
+        }
+        let rows: Vec<_> = rows.into_iter().collect();
         let mut offset = 0;
-        for size in chunk_sizes(changed.len(), CHUNK) {
-            let chunk = &changed[offset..offset + size];
+        for size in chunk_sizes(rows.len(), CHUNK) {
+            let chunk = &rows[offset..offset + size];
             offset += size;
             let sql = format!(
                 "INSERT INTO agent_observed (agent_id, workload_id, deployment_id, generation, replicas, reported_at) \
@@ -378,40 +427,42 @@ impl Store {
                 placeholders(size, 6)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (workload, deployment, replicas) in chunk {
+            for ((agent, workload), (deployment, generation, replicas)) in chunk {
                 q = q
-                    .bind(agent_id.to_string())
-                    .bind(workload.clone())
-                    .bind(deployment.clone())
-                    .bind(generation as i64)
+                    .bind(agent.to_string())
+                    .bind(workload.to_string())
+                    .bind(deployment.to_string())
+                    .bind(*generation as i64)
                     .bind(serde_json::to_string(replicas).expect("replicas serialize"))
                     .bind(now_ms);
             }
             q.execute(&mut *tx).await?;
         }
+        // The generation each agent acts on (the last report of each agent wins). An agent with
+        // no workloads still tells us which generation it acts on.
+        let mut generations: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in reports {
+            generations.insert(r.agent_id.as_str(), r.generation);
+        }
+        let generations: Vec<_> = generations.into_iter().collect();
         let mut offset = 0;
-        for size in chunk_sizes(gone.len(), CHUNK) {
-            let chunk = &gone[offset..offset + size];
+        for size in chunk_sizes(generations.len(), CHUNK) {
+            let chunk = &generations[offset..offset + size];
             offset += size;
+            let values = (0..size)
+                .map(|i| format!("SELECT ${} AS id, ${} AS g", 2 * i + 1, 2 * i + 2))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
             let sql = format!(
-                "DELETE FROM agent_observed WHERE agent_id = $1 AND workload_id IN ({})",
-                (2..size + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+                "UPDATE agents SET observed_generation = v.g, acked_generation = CASE WHEN agents.acked_generation < v.g \
+                 THEN v.g ELSE agents.acked_generation END FROM ({values}) AS v WHERE agents.id = v.id"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agent_id.to_string());
-            for w in chunk {
-                q = q.bind(w.clone());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (agent, generation) in chunk {
+                q = q.bind(agent.to_string()).bind(*generation as i64);
             }
             q.execute(&mut *tx).await?;
         }
-        // An agent with no workloads still tells us which generation it acts on.
-        sqlx::query(
-            "UPDATE agents SET observed_generation = $1, \
-             acked_generation = CASE WHEN acked_generation < $1 THEN $1 ELSE acked_generation END WHERE id = $2",
-        )
-        .bind(generation as i64)
-        .bind(agent_id)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }

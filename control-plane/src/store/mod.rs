@@ -31,7 +31,7 @@ pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
 pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, Write};
-pub use intent::{IntentHead, IntentRow, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
+pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 
 #[derive(Debug, thiserror::Error)]
