@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, Welcome, WireError,
+    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, StatusDelta,
+    Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
@@ -138,6 +139,7 @@ async fn converse(
         last_heard: Instant::now(),
         observed,
         report: StatusSchedule::new(Instant::now(), heartbeat_every * crate::report::STATUS_REFRESH_HEARTBEATS),
+        last_reported: None,
     };
     let result = control.start(shutdown).await;
     // Close while the streams are still open: dropping them finishes them, and the control
@@ -266,6 +268,8 @@ struct Control<'c, 'a> {
     /// The runtime's observed state, reported as `Status`.
     observed: watch::Receiver<Status>,
     report: StatusSchedule,
+    /// The last report of this session: with protocol 2 the next one is only what changed.
+    last_reported: Option<Status>,
 }
 
 impl Control<'_, '_> {
@@ -339,12 +343,23 @@ impl Control<'_, '_> {
         }
     }
 
-    /// Reports the generation the runtime applied last and every assigned workload's status.
+    /// Reports the generation the runtime applied last and every assigned workload's status:
+    /// whole at the start of a session (and always with protocol 1), then, with protocol 2, only
+    /// what changed since the previous report (nothing if nothing did).
     async fn send_status(&mut self) -> Result<(), AgentError> {
         let status = self.observed.borrow_and_update().clone();
         self.report.sent(Instant::now());
+        let msg = match &self.last_reported {
+            Some(previous) if self.naming == Naming::Revision => match StatusDelta::between(previous, &status) {
+                Some(delta) => AgentMessage::StatusDelta(delta),
+                None => return Ok(()),
+            },
+            _ => AgentMessage::Status(status.clone()),
+        };
         tracing::trace!(generation = status.generation, workloads = status.workloads.len(), "sending status");
-        self.write("send status", AgentMessage::Status(status)).await
+        self.write("send status", msg).await?;
+        self.last_reported = Some(status);
+        Ok(())
     }
 
     async fn write(&mut self, context: &'static str, msg: AgentMessage) -> Result<(), AgentError> {

@@ -266,6 +266,7 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
             }
         }
     });
+    let mut reported: Option<ferry_protocol::Status> = None;
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
@@ -305,7 +306,24 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
                 }
             }
             AgentMessage::Status(status) => {
+                reported = Some(status.clone());
                 shared.statuses.lock().unwrap().push((number, status));
+                continue;
+            }
+            AgentMessage::StatusDelta(d) => {
+                // Rebuild the whole report the delta stands for, as the control plane does.
+                let mut whole = reported.clone().expect("a whole status comes first in a session");
+                whole.generation = d.generation;
+                whole.workloads.retain(|w| !d.removed.contains(&w.id));
+                for w in d.changed {
+                    match whole.workloads.iter_mut().find(|x| x.id == w.id) {
+                        Some(x) => *x = w,
+                        None => whole.workloads.push(w),
+                    }
+                }
+                whole.workloads.sort_by(|a, b| a.id.cmp(&b.id));
+                reported = Some(whole.clone());
+                shared.statuses.lock().unwrap().push((number, whole));
                 continue;
             }
             AgentMessage::RenewCertificate(req) => {

@@ -248,6 +248,11 @@ mod tests {
         ];
         let mut agent = agent;
         agent.push(AgentMessage::Ack(Ack { generation: 12, outcome: AckOutcome::NeedFull { held: 9 } }));
+        agent.push(AgentMessage::StatusDelta(StatusDelta {
+            generation: 12,
+            changed: vec![WorkloadStatus { id: "dep-1@3".into(), replicas: vec![] }],
+            removed: vec!["dep-1@2".into()],
+        }));
         (agent, server)
     }
 
@@ -264,6 +269,31 @@ mod tests {
             startup: None,
             stop_grace_ms: 1000,
         }
+    }
+
+    #[test]
+    fn status_deltas_carry_only_what_changed() {
+        let w = |id: &str, pid: u32| WorkloadStatus {
+            id: id.into(),
+            replicas: vec![ReplicaStatus {
+                index: 0,
+                phase: Phase::Running,
+                pid: Some(pid),
+                port: None,
+                ready: true,
+                restarts: 0,
+                reason: None,
+                since_ms: 0,
+            }],
+        };
+        let before = Status { generation: 3, workloads: vec![w("a", 1), w("b", 2), w("c", 3)] };
+        let after = Status { generation: 3, workloads: vec![w("a", 1), w("b", 9), w("d", 4)] };
+        let d = StatusDelta::between(&before, &after).unwrap();
+        assert_eq!(d.changed, [w("b", 9), w("d", 4)]);
+        assert_eq!(d.removed, ["c"]);
+        assert_eq!(StatusDelta::between(&after, &after), None);
+        let moved = Status { generation: 4, ..after.clone() };
+        assert_eq!(StatusDelta::between(&after, &moved).map(|d| (d.generation, d.changed.len())), Some((4, 0)));
     }
 
     /// Protocol-1 frames must stay byte-for-byte what protocol-1 agents expect: new variants

@@ -16,8 +16,9 @@
 //! variants are only ever appended to an enum and old payloads never change, so a frame of an
 //! older version still decodes the same: protocol 2 added [`ServerMessage::Intent`] (assignments
 //! as changes since a generation the agent holds, with workloads that are one revision of one
-//! deployment and a [`WorkloadSpec`] per runtime kind) and [`AckOutcome::NeedFull`]; protocol-1
-//! agents still get the whole [`Assignment`].
+//! deployment and a [`WorkloadSpec`] per runtime kind), [`AckOutcome::NeedFull`] and
+//! [`AgentMessage::StatusDelta`] (reports as what changed); protocol-1 agents still get the
+//! whole [`Assignment`] and send whole [`Status`]es.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +36,8 @@ pub enum AgentMessage {
     LogBatch(LogBatch),
     MetricBatch(MetricBatch),
     Error(WireError),
+    /// Protocol 2: what changed since the previous report of this session.
+    StatusDelta(StatusDelta),
 }
 
 /// Messages the control plane sends to an agent.
@@ -262,6 +265,36 @@ pub enum AckOutcome {
 pub struct Status {
     pub generation: u64,
     pub workloads: Vec<WorkloadStatus>,
+}
+
+/// Protocol 2: the observed state as the changes since the previous report of this session
+/// (reports travel in order on the control stream, and each session starts with a whole
+/// [`Status`]), so an agent running many workloads reports what changed, not everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDelta {
+    /// The generation the agent acts on now.
+    pub generation: u64,
+    /// Workloads whose replicas changed, or that are new, whole.
+    pub changed: Vec<WorkloadStatus>,
+    /// Workloads no longer running.
+    pub removed: Vec<String>,
+}
+
+impl StatusDelta {
+    /// The delta from report `before` to report `after` (`None` if nothing changed).
+    pub fn between(before: &Status, after: &Status) -> Option<Self> {
+        let old: std::collections::HashMap<&str, &WorkloadStatus> =
+            before.workloads.iter().map(|w| (w.id.as_str(), w)).collect();
+        let new: std::collections::HashSet<&str> = after.workloads.iter().map(|w| w.id.as_str()).collect();
+        let changed: Vec<WorkloadStatus> =
+            after.workloads.iter().filter(|w| old.get(w.id.as_str()) != Some(w)).cloned().collect();
+        let removed: Vec<String> =
+            before.workloads.iter().filter(|w| !new.contains(w.id.as_str())).map(|w| w.id.clone()).collect();
+        if changed.is_empty() && removed.is_empty() && before.generation == after.generation {
+            return None;
+        }
+        Some(Self { generation: after.generation, changed, removed })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,12 @@
 //! as `ferry-agent` does), then holds one mTLS QUIC session: `Hello` (protocols 1 to 2,
 //! declaring `runtime:process`), heartbeats at the interval `Welcome` dictates, an `Ack` for every
 //! protocol-2 `Intent` (`Applied`; `Stale` when not newer; `NeedFull` when a delta's base is not
-//! the generation it holds) and protocol-1 `Assignment` (`Applied` or `Stale`), and `Status`
+//! the generation it holds) and protocol-1 `Assignment` (`Applied` or `Stale`), and status
 //! reports — right after `Welcome`, after every applied update (at most one per 25 ms, like the
-//! real agent) and, unchanged, every sixth heartbeat (the real agent's refresh) — that show every
-//! replica it holds running and ready, with a fake pid and port that stay the same while the
-//! replica "runs".
+//! real agent) and at its refresh every sixth heartbeat — that show every replica it holds
+//! running and ready, with a fake pid and port that stay the same while the replica "runs". Like
+//! `ferry-agent`, it reports a whole `Status` first and then, under protocol 2, `StatusDelta`s
+//! with only what changed (nothing when nothing did).
 //!
 //! A report is encoded once per change and the same bytes are sent again at later refreshes, so
 //! an agent holding 10,000 workloads costs the benchmark's process one encoding per change (the
@@ -358,6 +359,9 @@ pub struct SimState {
     pub ended: Option<String>,
     /// Deployments received but not reported yet.
     unreported: Vec<String>,
+    /// The last report of the session: with protocol 2 the next one is only what changed, as
+    /// `ferry-agent` sends it.
+    last_reported: Option<ferry_protocol::Status>,
 }
 
 /// A running simulated agent. Dropping it closes its session.
@@ -606,7 +610,21 @@ impl Session {
     async fn send_status(&self, send: &mut SendStream) -> Result<(), TransportError> {
         let (frame, reported) = {
             let mut s = self.lock();
-            (s.workloads.status_frame()?, std::mem::take(&mut s.unreported))
+            let frame: Arc<[u8]> = match (&s.last_reported, s.protocol) {
+                (Some(previous), Some(p)) if p >= 2 => {
+                    let current = s.workloads.status();
+                    let Some(delta) = ferry_protocol::StatusDelta::between(previous, &current) else {
+                        return Ok(());
+                    };
+                    s.last_reported = Some(current);
+                    ferry_protocol::encode_frame(&AgentMessage::StatusDelta(delta))?.into()
+                }
+                _ => {
+                    s.last_reported = Some(s.workloads.status());
+                    s.workloads.status_frame()?
+                }
+            };
+            (frame, std::mem::take(&mut s.unreported))
         };
         tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&frame))
             .await

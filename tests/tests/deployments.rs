@@ -452,6 +452,17 @@ async fn intent_reaches_protocol_2_agents_as_changes_since_what_they_hold() {
     wait_status(&cp, &first, "running").await;
     wait_status(&cp, &second, "running").await;
 
+    // A status delta says only what changed: the second deployment's replica is gone.
+    let delta = ferry_protocol::StatusDelta {
+        generation: revised.generation,
+        changed: vec![],
+        removed: vec![format!("{second}@1")],
+    };
+    ferry_transport::write_frame(&mut send, &AgentMessage::StatusDelta(delta)).await.unwrap();
+    wait_status(&cp, &second, "deploying").await;
+    let st = wait_status(&cp, &first, "running").await;
+    assert_eq!(st["replicas"].as_array().unwrap().len(), 2, "what the delta did not name is unchanged");
+
     // An agent that does not hold the base asks for everything, and gets it.
     let ask = ferry_protocol::Ack {
         generation: revised.generation,

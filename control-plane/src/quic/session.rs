@@ -15,7 +15,7 @@ use std::time::Duration;
 use ferry_certs::Validity;
 use ferry_protocol::{
     AckOutcome, AgentMessage, CertificateRenewed, CloseCode, ErrorCode, HeartbeatAck, ReplicaStatus, ServerMessage,
-    Status, Welcome, WireError, WorkloadIntent,
+    Welcome, WireError, WorkloadIntent,
 };
 use ferry_transport::TransportError;
 use quinn::{Connection, RecvStream, SendStream};
@@ -99,6 +99,9 @@ pub async fn handle(conn: Connection, leaf_der: Vec<u8>, state: AppState, shutdo
         }
     }
 }
+
+/// A reported workload: `(workload id, (deployment id, replicas))`.
+type Reported = (String, (String, Vec<ReplicaStatus>));
 
 struct Session {
     conn: Connection,
@@ -358,10 +361,22 @@ impl Session {
                     None
                 }
                 AgentMessage::Status(status) => {
-                    if let Err(e) = self.observe(status).await {
-                        tracing::warn!(agent_id = %self.agent_id, error = %e, "could not record status");
+                    if let Some(end) = self.observe(status.generation, status.workloads, None).await {
+                        return end;
                     }
                     None
+                }
+                AgentMessage::StatusDelta(d) if self.protocol >= 2 && self.reported_generation.is_some() => {
+                    if let Some(end) = self.observe(d.generation, d.changed, Some(d.removed)).await {
+                        return end;
+                    }
+                    None
+                }
+                AgentMessage::StatusDelta(_) => {
+                    return End::new(
+                        CloseCode::ProtocolError,
+                        "a status delta needs protocol 2 and a whole status first",
+                    );
                 }
                 AgentMessage::LogBatch(_) | AgentMessage::MetricBatch(_) => {
                     return End::new(CloseCode::ProtocolError, "telemetry belongs on its own stream");
@@ -439,15 +454,21 @@ impl Session {
         tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read intent");
     }
 
-    /// Records what changed in a status report and queues the deployments concerned.
-    async fn observe(&mut self, status: Status) -> Result<(), crate::store::StoreError> {
-        if self.handle.as_ref().is_some_and(|h| h.resync.swap(false, Ordering::Relaxed)) {
-            // A batch with an earlier report failed: write this one whole.
-            self.reported.clear();
-            self.reported_generation = None;
+    /// Records what changed in a status report (a whole `Status`, or with `removed` a
+    /// `StatusDelta` on the previous report) and queues the deployments concerned; costs what
+    /// the report changed. Ends the session if an earlier report could not be stored: the agent
+    /// reconnects and reports whole.
+    async fn observe(
+        &mut self,
+        generation: u64,
+        workloads: Vec<ferry_protocol::WorkloadStatus>,
+        removed: Option<Vec<String>>,
+    ) -> Option<End> {
+        if self.handle.as_ref().is_some_and(|h| h.resync.load(Ordering::Relaxed)) {
+            return Some(End::new(CloseCode::InternalError, "a status report could not be stored; report again"));
         }
-        let mut now: HashMap<String, (String, Vec<ReplicaStatus>)> = HashMap::with_capacity(status.workloads.len());
-        for w in status.workloads {
+        let mut entries: Vec<Reported> = Vec::with_capacity(workloads.len());
+        for w in workloads {
             let (workload, deployment) = if self.protocol >= 2 {
                 match w.id.rsplit_once('@') {
                     Some((d, rev)) if !d.is_empty() && rev.parse::<u64>().is_ok() => (w.id.clone(), d.to_string()),
@@ -461,31 +482,56 @@ impl Session {
                     self.by_deployment.get(&w.id).cloned().unwrap_or_else(|| WorkloadIntent::id_for(&w.id, 0));
                 (workload, w.id)
             };
-            now.insert(workload, (deployment, w.replicas));
+            entries.push((workload, (deployment, w.replicas)));
         }
-        let changed: Vec<(String, String, Vec<ReplicaStatus>)> = now
-            .iter()
-            .filter(|(w, v)| self.reported.get(*w) != Some(*v))
-            .map(|(w, (d, r))| (w.clone(), d.clone(), r.clone()))
-            .collect();
-        let gone: Vec<String> = self.reported.keys().filter(|w| !now.contains_key(*w)).cloned().collect();
+        let mut whole: Option<HashMap<String, (String, Vec<ReplicaStatus>)>> = None;
+        let (changed_entries, gone): (Vec<Reported>, Vec<String>) = match &removed {
+            // A delta: only what it names can have changed.
+            Some(removed) => (
+                entries.into_iter().filter(|(w, v)| self.reported.get(w) != Some(v)).collect(),
+                removed.iter().filter(|w| self.reported.contains_key(*w)).cloned().collect(),
+            ),
+            // A whole report: anything missing from it is gone.
+            None => {
+                let now: HashMap<String, (String, Vec<ReplicaStatus>)> = entries.into_iter().collect();
+                let gone = self.reported.keys().filter(|w| !now.contains_key(*w)).cloned().collect();
+                let changed = now
+                    .iter()
+                    .filter(|(w, v)| self.reported.get(*w) != Some(*v))
+                    .map(|(w, v)| (w.clone(), v.clone()))
+                    .collect();
+                whole = Some(now);
+                (changed, gone)
+            }
+        };
         let previous_generation = self.reported_generation;
-        if changed.is_empty() && gone.is_empty() && previous_generation == Some(status.generation) {
-            return Ok(());
+        if changed_entries.is_empty() && gone.is_empty() && previous_generation == Some(generation) {
+            return None;
         }
-        let mut affected: Vec<String> = changed.iter().map(|(_, d, _)| d.clone()).collect();
+        let mut affected: Vec<String> = changed_entries.iter().map(|(_, (d, _))| d.clone()).collect();
         affected.extend(gone.iter().filter_map(|w| self.reported.get(w).map(|(d, _)| d.clone())));
         affected.sort_unstable();
         affected.dedup();
+        match whole {
+            Some(now) => self.reported = now,
+            None => {
+                for w in &gone {
+                    self.reported.remove(w);
+                }
+                for (w, v) in &changed_entries {
+                    self.reported.insert(w.clone(), v.clone());
+                }
+            }
+        }
         // Rows this report now says the agent applied (or, after a reconnect, all of them).
-        let generation_moved = (previous_generation != Some(status.generation))
-            .then(|| (previous_generation.unwrap_or(0).min(status.generation), status.generation));
-        let report = ObservedReport { agent_id: self.agent_id.clone(), generation: status.generation, changed, gone };
+        let generation_moved = (previous_generation != Some(generation))
+            .then(|| (previous_generation.unwrap_or(0).min(generation), generation));
+        let changed = changed_entries.into_iter().map(|(w, (d, r))| (w, d, r)).collect();
+        let report = ObservedReport { agent_id: self.agent_id.clone(), generation, changed, gone };
         let handle = self.handle.clone().expect("a session reports only after Hello");
         self.state.sessions.observed.send(observed::Pending { report, affected, generation_moved, handle }).await;
-        self.reported = now;
-        self.reported_generation = Some(status.generation);
-        Ok(())
+        self.reported_generation = Some(generation);
+        None
     }
 
     async fn renew(&self, csr_pem: &str) -> Result<CertificateRenewed, WireError> {

@@ -291,6 +291,7 @@ fn kind(m: &AgentMessage) -> &'static str {
         AgentMessage::LogBatch(_) => "LogBatch",
         AgentMessage::MetricBatch(_) => "MetricBatch",
         AgentMessage::Error(_) => "Error",
+        AgentMessage::StatusDelta(_) => "StatusDelta",
     }
 }
 
