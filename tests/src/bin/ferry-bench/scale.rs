@@ -79,14 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("{e:#}");
         }
     }
-    if server.log_lines() > 0 {
-        println!(
-            "\nferry-server logged {} line(s) at RUST_LOG={}; the last ones:\n{}",
-            server.log_lines(),
-            server::log_filter(),
-            server.log_tail()
-        );
-    }
+    server.print_log_tail();
     server.stop().await;
     drop(agents);
     result

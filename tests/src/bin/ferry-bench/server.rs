@@ -212,6 +212,18 @@ impl Server {
     }
 
     /// The server's last stderr lines (warnings and errors by default).
+    /// Prints how many lines the server logged and the last ones, if it logged any.
+    pub fn print_log_tail(&self) {
+        if self.log_lines() > 0 {
+            println!(
+                "\nferry-server logged {} line(s) at RUST_LOG={}; the last ones:\n{}",
+                self.log_lines(),
+                log_filter(),
+                self.log_tail()
+            );
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let t = self.log.lock().expect("log tail");
         let mut s: Vec<&str> = t.lines.iter().map(String::as_str).collect();
