@@ -16,8 +16,17 @@ struct Dev {
     lines: mpsc::Receiver<String>,
 }
 
+/// Stops dev mode as Ctrl-C would, so its agent stops the workloads (a SIGKILL would orphan
+/// them); SIGKILL only if it does not exit within `WAIT`.
 impl Drop for Dev {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + WAIT;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -130,13 +139,19 @@ fn dev_mode_runs_a_local_agent_and_deploys_the_example() {
     drop(dev);
 
     // Starting again reuses the same agent identity and brings the deployment back.
-    let (_dev, api) = start(&data);
+    let (dev, api) = start(&data);
     let get =
         |path: &str| -> Value { http.get(format!("{api}{path}")).bearer_auth(&token).send().unwrap().json().unwrap() };
     let agents = get("/v1/agents");
     assert_eq!(agents["pagination"]["totalCount"], 1);
     assert_eq!(agents["data"][0]["id"], json!(agent_id));
-    eventually("deployment running again", || {
-        (get(&format!("/v1/deployments/{id}/status"))["status"] == "running").then_some(())
+    let again = eventually("deployment running again", || {
+        let st = get(&format!("/v1/deployments/{id}/status"));
+        (st["status"] == "running").then_some(st)
     });
+    let pids: Vec<u64> = again["replicas"].as_array().unwrap().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    drop(dev);
+    for pid in pids {
+        assert!(!alive(pid), "workload {pid} outlived the second ferry-server dev");
+    }
 }
