@@ -273,11 +273,17 @@ impl<'a> Deployments<'a> {
         Ok((parsed, derived))
     }
 
-    pub async fn operation(&self, _ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
-        self.state.store.get_operation(id).await?.ok_or_else(|| {
+    pub async fn operation(&self, ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
+        let op = self.state.store.get_operation(id).await?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
                 .with_details(json!({ "operationId": id }))
-        })
+        })?;
+        let environment = match self.state.store.get_deployment_any(&op.deployment_id).await? {
+            Some((d, _)) => d.environment,
+            None => "*".to_string(),
+        };
+        ctx.authorize(Action::Read, &environment)?;
+        Ok(op)
     }
 
     async fn load(&self, id: &str) -> ApiResult<Parsed> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
     AgentFilter, AgentStatus, Audit, DeploymentFilter, EnrollRefusal, IntentRow, LogRow, NewAgent, NewBootstrapToken,
-    Ownership, RowChange, StatusSummary, Store, StoreOptions,
+    ObservedReport, Ownership, RowChange, StatusSummary, Store, StoreOptions,
 };
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
@@ -400,7 +400,7 @@ async fn intent_rows_carry_generations_and_deltas(store: &Store) {
     store.insert_test_deployment("dep-i").await.unwrap();
     let now = now_ms();
     let first = store
-        .reconcile_intent("dep-i", now, |rows| {
+        .reconcile_intent("dep-i", now, |_, _, rows| {
             assert!(rows.is_empty());
             vec![change("a1", 2, false), change("a2", 1, false)]
         })
@@ -409,21 +409,21 @@ async fn intent_rows_carry_generations_and_deltas(store: &Store) {
     assert_eq!(first, [("a1".to_string(), 1), ("a2".to_string(), 1)]);
     // The planner sees the rows as they are inside the write transaction.
     let second = store
-        .reconcile_intent("dep-i", now, |rows| {
+        .reconcile_intent("dep-i", now, |_, _, rows| {
             assert_eq!(brief(rows), [("a1".into(), 2, 1, false), ("a2".into(), 1, 1, false)]);
             vec![change("a1", 3, false)]
         })
         .await
         .unwrap();
     assert_eq!(second, [("a1".to_string(), 2)], "only the agent whose row changed moves on");
-    assert!(store.reconcile_intent("dep-i", now, |_| vec![]).await.unwrap().is_empty());
+    assert!(store.reconcile_intent("dep-i", now, |_, _, _| vec![]).await.unwrap().is_empty());
     let (head, rows) = store.intent_snapshot("a1", None).await.unwrap();
     assert_eq!((head.generation, brief(&rows)), (2, vec![("a1".into(), 3, 2, false)]));
     assert!(store.intent_snapshot("a1", Some(2)).await.unwrap().1.is_empty());
     assert_eq!(store.intent_snapshot("a1", Some(1)).await.unwrap().1.len(), 1);
     assert_eq!(store.intent_head("a2").await.unwrap().generation, 1);
     // A removal is a tombstone until acknowledged: full snapshots leave it out, deltas carry it.
-    store.reconcile_intent("dep-i", now, |_| vec![change("a2", 0, true)]).await.unwrap();
+    store.reconcile_intent("dep-i", now, |_, _, _| vec![change("a2", 0, true)]).await.unwrap();
     assert!(store.intent_snapshot("a2", None).await.unwrap().1.is_empty());
     assert_eq!(brief(&store.intent_snapshot("a2", Some(1)).await.unwrap().1), [("a2".into(), 0, 2, true)]);
     assert_eq!(store.deployments_changed_on_agent("a2", 1, 2).await.unwrap(), ["dep-i"]);
@@ -468,6 +468,20 @@ async fn observed_rows_change_only_what_changed(store: &Store) {
     assert!(store.observed_of("dep-p").await.unwrap().is_empty());
     let o = store.observed_of("dep-o").await.unwrap();
     assert_eq!((o[0].agent_observed_generation, o[0].replicas.len()), (4, 2));
+    // In one batch the last report about a workload wins, whether it changed or removed it.
+    let report = |generation, changed: Vec<(String, String, Vec<ReplicaStatus>)>, gone: Vec<String>| ObservedReport {
+        agent_id: "a1".into(),
+        generation,
+        changed,
+        gone,
+    };
+    let stopping = report(5, vec![w("dep-o", 1)], vec![]);
+    let removed = report(6, vec![], vec!["dep-o@1".into()]);
+    store.record_observed_batch(&[stopping.clone(), removed.clone()], now).await.unwrap();
+    assert!(store.observed_of("dep-o").await.unwrap().is_empty(), "a later removal is not undone");
+    store.record_observed_batch(&[removed, report(7, vec![w("dep-o", 3)], vec![])], now).await.unwrap();
+    let o = store.observed_of("dep-o").await.unwrap();
+    assert_eq!((o[0].agent_observed_generation, o[0].replicas.len()), (7, 3), "a later change is kept");
 }
 
 async fn status_summaries_filter_the_listing(store: &Store) {

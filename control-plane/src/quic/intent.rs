@@ -94,9 +94,13 @@ impl Templates {
                 continue;
             }
             let Some(t) = templates.get(&(r.deployment_id.clone(), r.revision)) else {
-                // A row whose revision is gone cannot be run; it is left out (and logged).
-                tracing::error!(deployment = %r.deployment_id, revision = r.revision, "intent names an unknown revision");
-                continue;
+                // Never send an intent without one of its rows: the agent would hold the
+                // generation without it and nothing would ever correct that.
+                return Err(StoreError::Corrupt {
+                    table: "deployment_revisions",
+                    column: "revision",
+                    message: format!("intent names {}@{}, which is not stored", r.deployment_id, r.revision),
+                });
             };
             let mut spec = t.spec.clone();
             spec.replicas = r.replicas;

@@ -222,6 +222,14 @@ impl Session {
             protocol = version, last_generation = hello.last_generation, "session started");
         // Its placement facts (labels, capabilities) and its connectivity may have changed.
         self.state.reconciler.agent_changed(&self.state, &record).await;
+        // Start from what the agent reported last, so that its first report of this session also
+        // clears what stopped while it was away (or what a failed batch left behind).
+        match self.state.store.observed_of_agent(&self.agent_id).await {
+            Ok(stored) => self.reported = stored.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "could not read what the agent reported last")
+            }
+        }
         if let Err(e) = self.first_intent(&mut send, hello.last_generation).await {
             return transport_end(&e);
         }

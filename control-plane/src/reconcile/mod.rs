@@ -187,10 +187,16 @@ async fn reconcile(state: &AppState, id: &str) -> Result<Option<Duration>, Store
             return Ok(None);
         }
     };
-    let desired = parsed.desired(deleted);
     let agents = state.reconciler.directory.agents();
     let now = now_ms();
-    let changed = state.store.reconcile_intent(id, now, |rows| planner::plan(&desired, agents.values(), rows)).await?;
+    // Planned from the deployment as it is under the write lock, not as read above.
+    let changed = state
+        .store
+        .reconcile_intent(id, now, |record, deleted, rows| match Parsed::from_record(record.clone()) {
+            Ok(locked) => planner::plan(&locked.desired(deleted), agents.values(), rows),
+            Err(_) => Vec::new(),
+        })
+        .await?;
     for (agent_id, generation) in &changed {
         tracing::debug!(deployment = %id, %agent_id, generation, "new intent");
         state.sessions.notify_intent(agent_id);

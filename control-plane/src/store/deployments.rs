@@ -64,10 +64,10 @@ pub struct DeploymentFilter<'a> {
     pub page_size: i64,
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, name, environment, active_version, spec, target, desired_state, \
+pub(super) const DEPLOYMENT_COLUMNS: &str = "id, name, environment, active_version, spec, target, desired_state, \
      restart_nonce, resource_version, created_at, updated_at, last_deployed_at, revision";
 
-fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
+pub(super) fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
     Ok(DeploymentRecord {
         id: r.try_get("id")?,
         name: r.try_get("name")?,

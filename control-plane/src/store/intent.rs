@@ -19,7 +19,7 @@ use ferry_protocol::ReplicaStatus;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, Result, Store, StoreError, chunk_sizes, placeholders};
+use super::{Backend, DeploymentRecord, Result, Store, StoreError, chunk_sizes, placeholders};
 
 /// One intent row: `replicas` of one revision of a deployment on one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,9 @@ pub struct ObservedReport {
     /// Workloads it no longer reports.
     pub gone: Vec<String>,
 }
+
+/// One observed row to write: deployment id, generation, replicas.
+type ObservedWrite<'a> = (&'a str, u64, &'a Vec<ReplicaStatus>);
 
 /// Whether a session still owns its agent, as found by a liveness flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,23 +181,31 @@ impl Store {
             .collect()
     }
 
-    /// Makes a deployment's intent rows what `plan` says, atomically: `plan` gets the rows as
-    /// they are inside the write transaction (so concurrent reconciles of one deployment, on
-    /// this replica or another, serialize and never lose a change) and returns the rows that
-    /// must change. Each affected agent's generation grows by one and the changed rows carry it.
-    /// Returns the affected agents with their new generation.
+    /// Makes a deployment's intent rows what `plan` says, atomically: `plan` gets the
+    /// deployment (with whether it was deleted) and its rows as they are inside the write
+    /// transaction, which holds the deployment row's lock — so reconciles of one deployment, on
+    /// this replica or another, serialize, and none plans from desired state older than what it
+    /// writes over — and returns the rows that must change. Each affected agent's generation
+    /// grows by one and the changed rows carry it. Returns the affected agents with their new
+    /// generation (nothing if the deployment does not exist).
     pub async fn reconcile_intent<F>(&self, deployment_id: &str, now_ms: i64, plan: F) -> Result<Vec<(String, u64)>>
     where
-        F: FnOnce(&[IntentRow]) -> Vec<RowChange>,
+        F: FnOnce(&DeploymentRecord, bool, &[IntentRow]) -> Vec<RowChange>,
     {
         let mut tx = self.write_tx().await?;
-        if self.backend == Backend::Postgres {
-            // Serializes reconciles of this deployment across replicas.
-            sqlx::query("SELECT id FROM deployments WHERE id = $1 FOR UPDATE")
-                .bind(deployment_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // On SQLite the write transaction already excludes every other writer.
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!(
+            "SELECT {}, deleted_at FROM deployments WHERE id = $1{lock}",
+            super::deployments::DEPLOYMENT_COLUMNS
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(deployment_id).fetch_optional(&mut *tx).await?
+        else {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        };
+        let deployment = super::deployments::deployment_from_row(&row)?;
+        let deleted = row.try_get::<Option<i64>, _>("deleted_at")?.is_some();
         let sql = format!(
             "SELECT {ROW_COLUMNS} FROM intent_workloads WHERE deployment_id = $1 ORDER BY agent_id, workload_id"
         );
@@ -205,7 +216,7 @@ impl Store {
             .iter()
             .map(row_from)
             .collect::<Result<_>>()?;
-        let changes = plan(&current);
+        let changes = plan(&deployment, deleted, &current);
         if changes.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
@@ -390,32 +401,41 @@ impl Store {
     /// wins). Multi-row statements throughout, so a thousand reports cost a few statements.
     pub async fn record_observed_batch(&self, reports: &[ObservedReport], now_ms: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        // Deletions first, report by report, so a workload reported again later in the batch
-        // comes back.
-        for r in reports.iter().filter(|r| !r.gone.is_empty()) {
+        // The last word of the batch on each (agent, workload): a later report that removed a
+        // workload must not be undone by an earlier one that changed it, nor the other way round.
+        let mut last: BTreeMap<(&str, &str), Option<ObservedWrite<'_>>> = BTreeMap::new();
+        for r in reports {
+            for w in &r.gone {
+                last.insert((r.agent_id.as_str(), w.as_str()), None);
+            }
+            for (w, d, replicas) in &r.changed {
+                last.insert((r.agent_id.as_str(), w.as_str()), Some((d.as_str(), r.generation, replicas)));
+            }
+        }
+        let mut gone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for ((agent, workload), action) in last {
+            match action {
+                None => gone.entry(agent).or_default().push(workload),
+                Some(row) => rows.push(((agent, workload), row)),
+            }
+        }
+        for (agent, workloads) in &gone {
             let mut offset = 0;
-            for size in chunk_sizes(r.gone.len(), CHUNK) {
-                let chunk = &r.gone[offset..offset + size];
+            for size in chunk_sizes(workloads.len(), CHUNK) {
+                let chunk = &workloads[offset..offset + size];
                 offset += size;
                 let sql = format!(
                     "DELETE FROM agent_observed WHERE agent_id = $1 AND workload_id IN ({})",
                     (2..size + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.agent_id.clone());
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agent.to_string());
                 for w in chunk {
-                    q = q.bind(w.clone());
+                    q = q.bind(w.to_string());
                 }
                 q.execute(&mut *tx).await?;
             }
         }
-        // The last report of each (agent, workload) wins.
-        let mut rows: BTreeMap<(&str, &str), (&str, u64, &Vec<ReplicaStatus>)> = BTreeMap::new();
-        for r in reports {
-            for (w, d, replicas) in &r.changed {
-                rows.insert((r.agent_id.as_str(), w.as_str()), (d.as_str(), r.generation, replicas));
-            }
-        }
-        let rows: Vec<_> = rows.into_iter().collect();
         let mut offset = 0;
         for size in chunk_sizes(rows.len(), CHUNK) {
             let chunk = &rows[offset..offset + size];
@@ -467,14 +487,15 @@ impl Store {
         Ok(())
     }
 
-    /// Everything the agent reported last, by workload id (a new session starts from it).
-    pub async fn observed_of_agent(&self, agent_id: &str) -> Result<BTreeMap<String, Vec<ReplicaStatus>>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT workload_id, replicas FROM agent_observed WHERE agent_id = $1")
+    /// Everything the agent reported last, as workload id → (deployment id, replicas): a new
+    /// session starts from it, so a workload that stopped while the agent was away is seen gone.
+    pub async fn observed_of_agent(&self, agent_id: &str) -> Result<BTreeMap<String, (String, Vec<ReplicaStatus>)>> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT workload_id, deployment_id, replicas FROM agent_observed WHERE agent_id = $1")
                 .bind(agent_id)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter().map(|(w, r)| Ok((w, replicas_from(&r)?))).collect()
+        rows.into_iter().map(|(w, d, r)| Ok((w, (d, replicas_from(&r)?)))).collect()
     }
 
     /// What agents last reported for the deployment's workloads.
