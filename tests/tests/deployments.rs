@@ -504,3 +504,25 @@ async fn a_revoked_agents_share_moves_to_the_others() {
     assert_eq!(moved.upserts.len(), 1);
     assert_eq!((moved.upserts[0].deployment_id.as_str(), moved.upserts[0].spec.replicas()), (id.as_str(), 2));
 }
+
+/// What stopped while an agent was away is seen gone from its first report of the next session.
+#[tokio::test]
+async fn a_new_session_clears_what_the_agent_no_longer_runs() {
+    let cp = ControlPlane::builder().heartbeat(Duration::from_secs(5)).spawn().await;
+    let agent = raw::enroll(cp.quic_addr(), &cp.token(600, &[]).await, &cp.ca().fingerprint()).await.unwrap();
+    let (c, mut send, mut recv, _) = raw::session_v2(cp.quic_addr(), &agent).await.unwrap();
+    let (_, body) = cp.api(Method::POST, "/v1/deployments", Some(web("away", 1))).await;
+    let id = body["deployment"]["id"].as_str().unwrap().to_string();
+    let intent = next_intent(&mut recv).await;
+    let running =
+        vec![WorkloadStatus { id: format!("{id}@1"), replicas: vec![replica(0, Phase::Running, true, None)] }];
+    report(&mut send, intent.generation, running).await;
+    wait_status(&cp, &id, "running").await;
+    drop((c, send, recv));
+
+    let c = raw::connect(cp.quic_addr(), &agent.ca_pem, &agent.cert_pem, &agent.key_pem).await.unwrap();
+    let (mut send, _recv, _) = raw::hello_with(&c, &agent.agent_id, intent.generation, 2).await.unwrap();
+    report(&mut send, intent.generation, vec![]).await;
+    let st = wait_status(&cp, &id, "deploying").await;
+    assert!(st["replicas"].as_array().unwrap().is_empty(), "{st}");
+}
