@@ -45,15 +45,6 @@ pub enum Action {
 }
 
 impl RequestContext {
-    /// A context for work the control plane does on its own behalf (tests, tools).
-    pub fn system(request_id: &str) -> Self {
-        Self {
-            principal: Principal::Admin("admin:system".into()),
-            request_id: request_id.into(),
-            idempotency_key: None,
-        }
-    }
-
     /// Whether the principal may do `action` in `environment`. The one place permission is
     /// decided; roles and environment restrictions (governance) extend it.
     pub fn authorize(&self, _action: Action, _environment: &str) -> Result<(), ApiError> {

@@ -41,6 +41,20 @@ macro_rules! named_enum {
 }
 
 named_enum! {
+    /// A deployment's status, derived from intent and observed state (see `status.rs`).
+    DeploymentStatus {
+        Running = "running",
+        Deploying = "deploying",
+        Degraded = "degraded",
+        Failed = "failed",
+        Unknown = "unknown",
+        Pending = "pending",
+        Stopping = "stopping",
+        Stopped = "stopped",
+    }
+}
+
+named_enum! {
     /// What the user wants a deployment to be doing.
     DesiredState {
         Running = "running",
@@ -100,6 +114,9 @@ mod tests {
         assert_eq!(DesiredState::parse("stopped"), Some(DesiredState::Stopped));
         assert_eq!(DesiredState::parse("Stopped"), None);
         assert_eq!(serde_json::to_value(OperationStatus::InProgress).unwrap(), "in_progress");
-        assert_eq!(DesiredState::names(), "running, stopped");
+        assert_eq!(
+            DeploymentStatus::names(),
+            "running, deploying, degraded, failed, unknown, pending, stopping, stopped"
+        );
     }
 }

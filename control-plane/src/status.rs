@@ -94,50 +94,9 @@ pub struct AgentSlice {
     pub observed: Option<(u64, Vec<ReplicaStatus>)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeploymentStatus {
-    Running,
-    Deploying,
-    Degraded,
-    Failed,
-    Unknown,
-    Pending,
-    Stopping,
-    Stopped,
-}
+pub use crate::domain::DeploymentStatus;
 
 impl DeploymentStatus {
-    pub const ALL: [&'static str; 8] =
-        ["running", "deploying", "degraded", "failed", "unknown", "pending", "stopping", "stopped"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => Self::Running,
-            "deploying" => Self::Deploying,
-            "degraded" => Self::Degraded,
-            "failed" => Self::Failed,
-            "unknown" => Self::Unknown,
-            "pending" => Self::Pending,
-            "stopping" => Self::Stopping,
-            "stopped" => Self::Stopped,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Deploying => "deploying",
-            Self::Degraded => "degraded",
-            Self::Failed => "failed",
-            Self::Unknown => "unknown",
-            Self::Pending => "pending",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-        }
-    }
-
     /// The seed's `health.status`.
     pub fn health(self) -> &'static str {
         match self {

@@ -164,7 +164,7 @@ pub async fn list(
     {
         return Err(ApiError::validation(
             "status",
-            format!("unknown status {s:?}: one of {}", DeploymentStatus::ALL.join(", ")),
+            format!("unknown status {s:?}: one of {}", DeploymentStatus::names()),
         ));
     }
     let filter = DeploymentFilter {

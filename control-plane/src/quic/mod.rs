@@ -86,15 +86,6 @@ impl Sessions {
         }
     }
 
-    /// Live sessions on this replica.
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("sessions lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Tells the agent's session (if this replica holds it) that its intent changed.
     pub fn notify_intent(&self, agent_id: &str) {
         if let Some(live) = self.inner.lock().expect("sessions lock").get(agent_id) {

@@ -119,11 +119,6 @@ impl Reconciler {
         }
         self.enqueue_all(ids);
     }
-
-    /// Deployments waiting in the queue (for tests and metrics).
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
 }
 
 /// Starts the workers and the periodic reload/resync; returns when `shutdown` turns true.

@@ -67,7 +67,8 @@ impl Queue {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.state.lock().expect("queue lock").due.len()
     }
 }

@@ -147,15 +147,6 @@ impl Store {
         })
     }
 
-    /// The live and removed intent rows of a deployment.
-    pub async fn intent_rows_of(&self, deployment_id: &str) -> Result<Vec<IntentRow>> {
-        let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM intent_workloads WHERE deployment_id = $1 ORDER BY agent_id, workload_id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(deployment_id).fetch_all(&self.pool).await?;
-        rows.iter().map(row_from).collect()
-    }
-
     /// The intent rows of a deployment joined with their agents' liveness and the generation
     /// each agent last reported acting on (status derivation's input).
     pub async fn placed_rows_of(&self, deployment_id: &str) -> Result<Vec<PlacedRow>> {
