@@ -8,7 +8,8 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
-use crate::context::{Action, RequestContext};
+use crate::authz::perm;
+use crate::context::RequestContext;
 use crate::ids::now_ms;
 use crate::store::{AgentFilter, AgentRecord, BootstrapTokenRecord, NewBootstrapToken};
 use crate::tokens::BootstrapToken;
@@ -18,9 +19,6 @@ pub const MAX_DESCRIPTION_LEN: usize = 256;
 
 /// Token states, for `?status=`.
 pub const TOKEN_STATES: [&str; 3] = ["active", "used", "expired"];
-
-/// Agents are not scoped to an environment; permission is checked against this pseudo-one.
-const SCOPE: &str = "*";
 
 pub struct Agents<'a> {
     state: &'a AppState,
@@ -39,7 +37,7 @@ impl<'a> Agents<'a> {
         labels: BTreeMap<String, String>,
         description: String,
     ) -> ApiResult<(BootstrapToken, NewBootstrapToken)> {
-        ctx.authorize(Action::Create, SCOPE)?;
+        ctx.require_global(perm::AGENT_MANAGE)?;
         let ttl = ttl_seconds.unwrap_or(3600);
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
             return Err(ApiError::validation(
@@ -64,7 +62,7 @@ impl<'a> Agents<'a> {
         ctx: &RequestContext,
         status: Option<&str>,
     ) -> ApiResult<Vec<(BootstrapTokenRecord, &'static str)>> {
-        ctx.authorize(Action::Read, SCOPE)?;
+        ctx.require_global(perm::AGENT_READ)?;
         if let Some(s) = status
             && !TOKEN_STATES.contains(&s)
         {
@@ -89,7 +87,7 @@ impl<'a> Agents<'a> {
     }
 
     pub async fn delete_token(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
-        ctx.authorize(Action::Delete, SCOPE)?;
+        ctx.require_global(perm::AGENT_MANAGE)?;
         let audit = ctx.audit("token.delete", id, json!({}));
         if self.state.store.delete_bootstrap_token(id, &audit, now_ms()).await? {
             Ok(())
@@ -104,12 +102,12 @@ impl<'a> Agents<'a> {
     }
 
     pub async fn list(&self, ctx: &RequestContext, filter: AgentFilter) -> ApiResult<(Vec<AgentRecord>, i64)> {
-        ctx.authorize(Action::Read, SCOPE)?;
+        ctx.require_global(perm::AGENT_READ)?;
         Ok(self.state.store.list_agents(filter).await?)
     }
 
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<AgentRecord> {
-        ctx.authorize(Action::Read, SCOPE)?;
+        ctx.require_global(perm::AGENT_READ)?;
         self.state.store.get_agent(id).await?.ok_or_else(|| not_found(id))
     }
 
@@ -117,7 +115,7 @@ impl<'a> Agents<'a> {
     /// replica is closed at once (other replicas close theirs at their next liveness pass), and
     /// its workloads are planned onto other agents right away.
     pub async fn revoke(&self, ctx: &RequestContext, id: &str) -> ApiResult<AgentRecord> {
-        ctx.authorize(Action::Delete, SCOPE)?;
+        ctx.require_global(perm::AGENT_MANAGE)?;
         let audit = ctx.audit("agent.revoke", id, json!({}));
         let agent = self.state.store.revoke_agent(id, &audit, now_ms()).await?.ok_or_else(|| not_found(id))?;
         self.state.sessions.close(id, ferry_protocol::CloseCode::Revoked, "agent revoked");

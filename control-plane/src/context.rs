@@ -2,25 +2,69 @@
 //! checks, environment locks and the audit record are applied in one place per mutation.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::api::{Actor, ApiError, RequestId};
+use crate::api::{ApiError, ApiResult, ErrorCode, RequestId};
+use crate::authz::{Decision, Denial, Permission, Role, RoleBinding, Scope, decide};
 use crate::store::Audit;
 
-/// The authenticated caller.
+/// What kind of credential the caller presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// The bootstrap administrator token written at first start (`admin.token`).
+    Admin,
+    /// A user, through a login session token.
+    User,
+    /// An API key (machines).
+    ApiKey,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Admin => "admin",
+            PrincipalKind::User => "user",
+            PrincipalKind::ApiKey => "apikey",
+        }
+    }
+}
+
+/// The authenticated caller, with its role bindings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// The bootstrap administrator credential (`admin:<token id>`): may do everything.
-    Admin(String),
+pub struct Principal {
+    pub kind: PrincipalKind,
+    /// The record's id (admin token id, user id, API key id).
+    pub id: String,
+    /// Username, key name, or the admin token id.
+    pub name: String,
+    pub roles: Vec<RoleBinding>,
+    /// For an API key: the principal that created it (its audit name).
+    pub owner: Option<String>,
 }
 
 impl Principal {
-    /// How the principal appears in audit records.
-    pub fn audit_name(&self) -> String {
-        match self {
-            Principal::Admin(id) => id.clone(),
+    pub fn admin(id: &str) -> Self {
+        Self {
+            kind: PrincipalKind::Admin,
+            id: id.into(),
+            name: id.into(),
+            roles: vec![RoleBinding::global(Role::DeploymentAdmin)],
+            owner: None,
         }
+    }
+
+    /// How the principal appears in audit records: `user:alice`, `apikey:ci-deploy`,
+    /// `admin:admin-3f9c…`.
+    pub fn audit_name(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.name)
+    }
+
+    /// The person (or bootstrap credential) behind the request: an API key stands for whoever
+    /// created it, so nobody approves their own change through a key of theirs.
+    pub fn identity(&self) -> String {
+        self.owner.clone().unwrap_or_else(|| self.audit_name())
     }
 }
 
@@ -31,26 +75,31 @@ pub struct RequestContext {
     pub request_id: String,
     /// The client's `Idempotency-Key`, if it sent one (1-255 printable ASCII characters).
     pub idempotency_key: Option<String>,
-}
-
-/// What a principal is about to do, for the permission check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Create,
-    Update,
-    Scale,
-    Operate,
-    Delete,
+    /// The client's address, when known.
+    pub source: Option<String>,
 }
 
 impl RequestContext {
-    /// Whether the principal may do `action` in `environment`. The one place permission is
-    /// decided; roles and environment restrictions (governance) extend it.
-    pub fn authorize(&self, _action: Action, _environment: &str) -> Result<(), ApiError> {
-        match &self.principal {
-            Principal::Admin(_) => Ok(()),
+    /// Whether the principal may do `p` on an object in `scope`: the one place permission is
+    /// decided ([`crate::authz::decide`]). A denial is a 403 naming what is missing; an object
+    /// in a workspace the caller has no role in is `hidden()` (its own 404), so that its
+    /// existence does not leak.
+    pub fn require(&self, p: Permission, scope: Scope<'_>, hidden: impl FnOnce() -> ApiError) -> ApiResult<()> {
+        match decide(&self.principal.roles, p, scope) {
+            Decision::Allow => Ok(()),
+            Decision::Hidden => Err(hidden()),
+            Decision::Deny(denial) => Err(forbidden(&denial)),
         }
+    }
+
+    /// [`Self::require`] for objects outside workspaces (users, keys, agents, audit, …).
+    pub fn require_global(&self, p: Permission) -> ApiResult<()> {
+        self.require(p, Scope::GLOBAL, || forbidden(&Denial::Permission { permission: p.to_string() }))
+    }
+
+    /// Whether `p` would be allowed in `scope` (for filtering lists).
+    pub fn allows(&self, p: Permission, scope: Scope<'_>) -> bool {
+        decide(&self.principal.roles, p, scope) == Decision::Allow
     }
 
     /// The audit record of a mutation made under this request.
@@ -68,11 +117,32 @@ impl RequestContext {
     }
 }
 
+/// The 403 for a denial, naming the missing permission, environment or roles.
+pub fn forbidden(denial: &Denial) -> ApiError {
+    let (message, details) = match denial {
+        Denial::Permission { permission } => {
+            (format!("your roles do not grant {permission}"), json!({ "missingPermission": permission }))
+        }
+        Denial::Environment { permission, environment } => (
+            format!("your roles do not grant {permission} in environment {environment:?}"),
+            json!({ "missingPermission": permission, "environment": environment }),
+        ),
+        Denial::RequiredRole { environment, required } => (
+            format!(
+                "changes in environment {environment:?} need one of the roles {}",
+                required.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+            ),
+            json!({ "environment": environment, "requiredRoles": required }),
+        ),
+    };
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message).with_details(details)
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let actor = parts.extensions.get::<Actor>().cloned().ok_or_else(ApiError::unauthorized)?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let principal = parts.extensions.get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let idempotency_key = match parts.headers.get("idempotency-key") {
             None => None,
@@ -87,6 +157,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
                 )
             }
         };
-        Ok(Self { principal: Principal::Admin(actor.0), request_id, idempotency_key })
+        let Source(source) = Source::from_request_parts(parts, state).await?;
+        Ok(Self { principal, request_id, idempotency_key, source })
+    }
+}
+
+/// The client's IP address, when the server knows it (it always does when serving; handlers
+/// called without a socket, as in unit tests, get `None`).
+#[derive(Debug, Clone)]
+pub struct Source(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Self(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())))
     }
 }

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
-use crate::context::{Action, RequestContext};
+use crate::authz::{Permission, Scope, perm};
+use crate::context::RequestContext;
 use crate::domain::{DesiredState, OperationKind, OperationStatus};
 use crate::ids::{now_ms, random_id};
 use crate::model::{self, Configuration, Invalid, TargetJson};
@@ -54,11 +55,12 @@ impl Change {
         }
     }
 
-    fn action(&self) -> Action {
+    /// The permission the change needs: scaling has its own (the seed's `deployment:scale`);
+    /// every other change of the configuration or of the desired state is `deployment:update`.
+    fn permission(&self) -> Permission {
         match self {
-            Change::Update { .. } => Action::Update,
-            Change::Scale(_) => Action::Scale,
-            Change::Start | Change::Stop | Change::Restart => Action::Operate,
+            Change::Scale(_) => perm::DEPLOYMENT_SCALE,
+            _ => perm::DEPLOYMENT_UPDATE,
         }
     }
 
@@ -115,7 +117,7 @@ impl<'a> Deployments<'a> {
         new.configuration.validate().map_err(invalid)?;
         let target = new.target.validate().map_err(invalid)?;
         let env = self.environment(&new.environment).await?;
-        ctx.authorize(Action::Create, &env.name)?;
+        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), None), || not_found(""))?;
         self.unlocked(&env)?;
         let now = now_ms();
         let record = DeploymentRecord {
@@ -171,7 +173,7 @@ impl<'a> Deployments<'a> {
         }
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.authorize(change.action(), &env.name)?;
+        ctx.require(change.permission(), Scope::env(env.scope(), None), || not_found(id))?;
         self.unlocked(&env)?;
         let kind = change.kind();
         let mut made = None;
@@ -230,7 +232,7 @@ impl<'a> Deployments<'a> {
     pub async fn delete(&self, ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.authorize(Action::Delete, &env.name)?;
+        ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), None), || not_found(id))?;
         self.unlocked(&env)?;
         let now = now_ms();
         let op = operation(OperationKind::Delete, id, ctx, now);
@@ -244,8 +246,7 @@ impl<'a> Deployments<'a> {
     }
 
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<(Parsed, Option<StatusSummary>)> {
-        let parsed = self.load(id).await?;
-        ctx.authorize(Action::Read, &parsed.record.environment)?;
+        let parsed = self.load(ctx, id).await?;
         let summary = self.state.store.status_summary(id).await?;
         Ok((parsed, summary))
     }
@@ -256,7 +257,16 @@ impl<'a> Deployments<'a> {
         ctx: &RequestContext,
         filter: DeploymentFilter<'_>,
     ) -> ApiResult<(Vec<(Parsed, Option<StatusSummary>)>, i64)> {
-        ctx.authorize(Action::Read, filter.environment.unwrap_or("*"))?;
+        let mut filter = filter;
+        let visible = match filter.environment {
+            Some(name) => {
+                let env = self.environment(name).await?;
+                ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(""))?;
+                None
+            }
+            None => Some(self.readable_environments(ctx).await?),
+        };
+        filter.visible_environments = visible.as_deref();
         let (rows, total) = self.state.store.list_deployments(filter).await?;
         let mut page = Vec::with_capacity(rows.len());
         for (record, summary) in rows {
@@ -267,8 +277,7 @@ impl<'a> Deployments<'a> {
 
     /// The deployment's status derived now, with per-replica detail.
     pub async fn status(&self, ctx: &RequestContext, id: &str) -> ApiResult<(Parsed, Derived)> {
-        let parsed = self.load(id).await?;
-        ctx.authorize(Action::Read, &parsed.record.environment)?;
+        let parsed = self.load(ctx, id).await?;
         let derived = crate::reconcile::derive(self.state, &parsed).await?;
         Ok((parsed, derived))
     }
@@ -278,17 +287,33 @@ impl<'a> Deployments<'a> {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
                 .with_details(json!({ "operationId": id }))
         })?;
-        let environment = match self.state.store.get_deployment_any(&op.deployment_id).await? {
-            Some((d, _)) => d.environment,
-            None => "*".to_string(),
+        let op_not_found = || {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
+                .with_details(json!({ "operationId": id }))
         };
-        ctx.authorize(Action::Read, &environment)?;
+        // An operation is read with its deployment (which may be deleted since).
+        let (deployment, _) = self.state.store.get_deployment_any(&op.deployment_id).await?.ok_or_else(op_not_found)?;
+        let env = self.environment(&deployment.environment).await?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), op_not_found)?;
         Ok(op)
     }
 
-    async fn load(&self, id: &str) -> ApiResult<Parsed> {
+    /// A live deployment the caller may read.
+    async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
+        let env = self.environment(&record.environment).await?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(id))?;
         Ok(Parsed::from_record(record)?)
+    }
+
+    /// The environments in which the caller may read deployments.
+    async fn readable_environments(&self, ctx: &RequestContext) -> ApiResult<Vec<String>> {
+        let envs = self.state.store.list_environments().await?;
+        Ok(envs
+            .into_iter()
+            .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), None)))
+            .map(|e| e.name)
+            .collect())
     }
 
     async fn environment(&self, name: &str) -> ApiResult<EnvironmentRecord> {
@@ -303,15 +328,7 @@ impl<'a> Deployments<'a> {
     }
 
     fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
-        if env.locked {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::EnvironmentLocked,
-                format!("environment {:?} is locked", env.name),
-            )
-            .with_details(json!({ "environment": env.name })));
-        }
-        Ok(())
+        crate::environments::unlocked(env)
     }
 
     /// Reconciles the deployment now (so the answer reflects its new intent) and reads back

@@ -6,9 +6,35 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
-use crate::context::{Action, RequestContext};
+use crate::authz::{Scope, perm};
+use crate::context::RequestContext;
 use crate::ids::{now_ms, random_id};
-use crate::store::EnvironmentRecord;
+use crate::store::{EnvironmentLock, EnvironmentRecord};
+
+pub const MAX_LOCK_REASON_LEN: usize = 512;
+
+/// `ENV_002` unless the environment is unlocked: checked by every mutation of what runs in it.
+pub fn unlocked(env: &EnvironmentRecord) -> ApiResult<()> {
+    match &env.lock {
+        None => Ok(()),
+        Some(lock) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::EnvironmentLocked,
+            format!("environment {:?} is locked by {}: {}", env.name, lock.by, lock.reason),
+        )
+        .with_details(json!({
+            "environment": env.name,
+            "lockedBy": lock.by,
+            "reason": lock.reason,
+            "lockedAt": crate::ids::rfc3339(lock.at),
+        }))),
+    }
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::EnvironmentNotFound, format!("environment {key:?} not found"))
+        .with_details(json!({ "environmentId": key }))
+}
 
 pub const MAX_DESCRIPTION_LEN: usize = 512;
 
@@ -25,7 +51,7 @@ impl<'a> Environments<'a> {
     pub async fn list(&self, ctx: &RequestContext) -> ApiResult<Vec<(EnvironmentRecord, i64)>> {
         let mut out = Vec::new();
         for e in self.state.store.list_environments().await? {
-            if ctx.authorize(Action::Read, &e.name).is_ok() {
+            if ctx.allows(perm::ENVIRONMENT_READ, Scope::env(e.scope(), None)) {
                 let n = self.state.store.count_deployments(&e.name).await?;
                 out.push((e, n));
             }
@@ -35,15 +61,8 @@ impl<'a> Environments<'a> {
 
     /// By id or name.
     pub async fn get(&self, ctx: &RequestContext, key: &str) -> ApiResult<(EnvironmentRecord, i64)> {
-        let e = self.state.store.get_environment(key).await?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::EnvironmentNotFound,
-                format!("environment {key:?} not found"),
-            )
-            .with_details(json!({ "environmentId": key }))
-        })?;
-        ctx.authorize(Action::Read, &e.name)?;
+        let e = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
+        ctx.require(perm::ENVIRONMENT_READ, Scope::env(e.scope(), None), || not_found(key))?;
         let n = self.state.store.count_deployments(&e.name).await?;
         Ok((e, n))
     }
@@ -61,14 +80,17 @@ impl<'a> Environments<'a> {
         if description.len() > MAX_DESCRIPTION_LEN {
             return Err(ApiError::validation("description", format!("at most {MAX_DESCRIPTION_LEN} bytes")));
         }
-        ctx.authorize(Action::Create, &name)?;
+        ctx.require_global(perm::ENVIRONMENT_CREATE)?;
         let now = now_ms();
+        let (required_roles, approval_required) = crate::authz::default_restrictions(&kind);
         let env = EnvironmentRecord {
             id: random_id("env"),
             name,
             kind,
             description,
-            locked: false,
+            required_roles,
+            approval_required,
+            lock: None,
             created_at: now,
             updated_at: now,
         };
@@ -81,5 +103,38 @@ impl<'a> Environments<'a> {
             ));
         }
         Ok(env)
+    }
+
+    /// Locks an environment: until it is unlocked, every mutation of its deployments is refused
+    /// with `ENV_002`. Locking a locked environment is refused the same way (naming the holder).
+    pub async fn lock(&self, ctx: &RequestContext, key: &str, reason: String) -> ApiResult<EnvironmentRecord> {
+        if reason.trim().is_empty() || reason.len() > MAX_LOCK_REASON_LEN {
+            return Err(ApiError::validation("reason", format!("1 to {MAX_LOCK_REASON_LEN} bytes")));
+        }
+        let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
+        ctx.require(perm::ENVIRONMENT_LOCK, Scope::env(env.scope(), None), || not_found(key))?;
+        unlocked(&env)?;
+        let now = now_ms();
+        let lock = EnvironmentLock { by: ctx.principal.audit_name(), reason, at: now };
+        let audit = ctx.audit("environment.lock", &env.id, json!({ "name": env.name, "reason": lock.reason }));
+        // A concurrent lock may have won since the read: then nothing was written.
+        let before = self.state.store.set_environment_lock(&env.id, Some(&lock), &audit, now).await?;
+        unlocked(&before.ok_or_else(|| not_found(key))?)?;
+        Ok(EnvironmentRecord { lock: Some(lock), updated_at: now, ..env })
+    }
+
+    /// Unlocks an environment (idempotent: unlocking an unlocked one changes nothing).
+    pub async fn unlock(&self, ctx: &RequestContext, key: &str) -> ApiResult<EnvironmentRecord> {
+        let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
+        ctx.require(perm::ENVIRONMENT_LOCK, Scope::env(env.scope(), None), || not_found(key))?;
+        let Some(lock) = &env.lock else { return Ok(env) };
+        let now = now_ms();
+        let audit = ctx.audit(
+            "environment.unlock",
+            &env.id,
+            json!({ "name": env.name, "lockedBy": lock.by, "reason": lock.reason }),
+        );
+        self.state.store.set_environment_lock(&env.id, None, &audit, now).await?;
+        Ok(EnvironmentRecord { lock: None, updated_at: now, ..env })
     }
 }

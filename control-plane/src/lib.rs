@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod authz;
 pub mod config;
 pub mod context;
 pub mod deployments;
@@ -15,6 +16,7 @@ pub mod ids;
 pub mod logs;
 pub mod model;
 pub mod planner;
+pub mod principals;
 pub mod quic;
 pub mod reconcile;
 pub mod status;
@@ -63,6 +65,7 @@ pub struct AppState {
     pub reconciler: reconcile::Reconciler,
     /// `host:port` agents should dial (the advertise address, or the bound QUIC address).
     pub advertise_addr: Arc<str>,
+    pub login_limiter: principals::LoginLimiter,
 }
 
 /// A running control plane.
@@ -144,6 +147,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         shutdown: rx.clone(),
         reconciler: reconcile::Reconciler::default(),
         advertise_addr: advertise,
+        login_limiter: principals::LoginLimiter::default(),
     };
     // Placement must know every agent before the first reconcile, or it would move work away
     // from agents it has not loaded yet.
@@ -155,6 +159,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = http_rx.wait_for(|s| *s).await;
         });

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
-    AgentFilter, AgentStatus, Audit, DeploymentFilter, EnrollRefusal, IntentRow, LogRow, NewAgent, NewBootstrapToken,
+    AgentFilter, AgentStatus, ApiKeyRecord, Audit, Credential, DeploymentFilter, EnvironmentLock, UserRecord, EnrollRefusal, IntentRow, LogRow, NewAgent, NewBootstrapToken,
     ObservedReport, Ownership, RowChange, StatusSummary, Store, StoreOptions,
 };
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
@@ -74,6 +74,8 @@ conformance!(
     observed_rows_change_only_what_changed,
     status_summaries_filter_the_listing,
     liveness_is_flushed_in_batches,
+    users_sessions_and_keys,
+    environment_locks_are_exclusive,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -518,7 +520,7 @@ async fn status_summaries_filter_the_listing(store: &Store) {
     assert_eq!((ids(rows), total), (vec!["dep-s2".to_string(), "dep-s3".to_string()], 5));
     let (rows, _) = store.list_deployments(f(None, 1, 1)).await.unwrap();
     assert_eq!(rows[0].1.as_ref().map(|s| s.reasons.clone()), Some(vec!["why".to_string()]));
-    let by = |environment, name, status| DeploymentFilter { environment, name, status, page: 1, page_size: 10 };
+    let by = |environment, name, status| DeploymentFilter { environment, name, status, visible_environments: None, page: 1, page_size: 10 };
     assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
     let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
@@ -549,4 +551,79 @@ async fn liveness_is_flushed_in_batches(store: &Store) {
     );
     assert_eq!(store.get_agent("l1").await.unwrap().unwrap().last_heartbeat, Some(1_000));
     assert_eq!(store.get_agent("l2").await.unwrap().unwrap().last_heartbeat, Some(1), "not refreshed");
+}
+
+async fn users_sessions_and_keys(store: &Store) {
+    use ferry_control_plane::authz::{Role, RoleBinding};
+    let now = now_ms();
+    let user = UserRecord {
+        id: "user-1".into(),
+        username: "alice".into(),
+        password_hash: "$argon2id$x".into(),
+        roles: vec![RoleBinding::global(Role::Developer), RoleBinding { role: Role::Viewer, workspace: Some("w".into()) }],
+        created_by: "admin:a".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    assert!(store.create_user(&user, &audit("user.create", "user-1")).await.unwrap());
+    let twin = UserRecord { id: "user-2".into(), ..user.clone() };
+    assert!(!store.create_user(&twin, &audit("user.create", "user-2")).await.unwrap(), "usernames are unique");
+    assert_eq!(store.get_user("alice").await.unwrap().unwrap(), user);
+    assert_eq!(store.get_user("user-1").await.unwrap().unwrap(), user);
+
+    store.create_session("user-1", "sess-hash", now + 60_000, &audit("auth.login", "user-1"), now).await.unwrap();
+    store.create_session("user-1", "old-hash", now - 1, &audit("auth.login", "user-1"), now - 10).await.unwrap();
+    assert!(matches!(store.session_user("sess-hash", now).await.unwrap(), Credential::Valid(u) if u.id == "user-1"));
+    assert_eq!(store.session_user("old-hash", now).await.unwrap(), Credential::Expired);
+    assert_eq!(store.session_user("nope", now).await.unwrap(), Credential::Unknown);
+
+    let key = ApiKeyRecord {
+        id: "key-1".into(),
+        name: "ci".into(),
+        key_hash: "key-hash".into(),
+        roles: vec![RoleBinding::global(Role::Developer)],
+        owner: "user:alice".into(),
+        created_at: now,
+        expires_at: Some(now + 60_000),
+        revoked_at: None,
+    };
+    store.create_api_key(&key, &audit("apikey.create", "key-1")).await.unwrap();
+    assert_eq!(store.api_key_by_hash("key-hash", now).await.unwrap(), Credential::Valid(key.clone()));
+    assert_eq!(store.api_key_by_hash("key-hash", now + 60_000).await.unwrap(), Credential::Expired);
+    assert_eq!(store.list_api_keys(Some("user:alice"), 0, 10).await.unwrap().1, 1);
+    assert_eq!(store.list_api_keys(Some("user:bob"), 0, 10).await.unwrap().1, 0);
+    assert_eq!(store.list_api_keys(None, 0, 10).await.unwrap().1, 1);
+
+    // A new password ends sessions; deleting the user revokes the keys it created.
+    let updated = store.update_user("user-1", Some("$argon2id$y"), None, &audit("user.update", "user-1"), now).await;
+    assert_eq!(updated.unwrap().unwrap().password_hash, "$argon2id$y");
+    assert_eq!(store.session_user("sess-hash", now).await.unwrap(), Credential::Unknown);
+    assert!(store.delete_user("user-1", "user:alice", &audit("user.delete", "user-1"), now).await.unwrap());
+    assert_eq!(store.api_key_by_hash("key-hash", now).await.unwrap(), Credential::Revoked);
+    assert!(!store.revoke_api_key("key-1", &audit("apikey.revoke", "key-1"), now).await.unwrap());
+    assert!(store.get_user("alice").await.unwrap().is_none());
+    // (Recorded with equal timestamps here, so compared as a set.)
+    let mut actions: Vec<String> = store.audit_for("user-1").await.unwrap().into_iter().map(|a| a.0).collect();
+    actions.sort();
+    assert_eq!(actions, ["auth.login", "auth.login", "user.create", "user.delete", "user.update"]);
+}
+
+async fn environment_locks_are_exclusive(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
+    let prod = store.get_environment("production").await.unwrap().unwrap();
+    assert!(prod.approval_required, "the seed's restrictions apply to production");
+    assert_eq!(prod.required_roles.len(), 2);
+    let lock = EnvironmentLock { by: "user:alice".into(), reason: "incident 42".into(), at: now_ms() };
+    let before = store.set_environment_lock(&prod.id, Some(&lock), &audit("environment.lock", &prod.id), now_ms()).await;
+    assert!(before.unwrap().unwrap().lock.is_none());
+    assert_eq!(store.get_environment("production").await.unwrap().unwrap().lock, Some(lock.clone()));
+    // A second lock writes nothing and shows the holder.
+    let other = EnvironmentLock { by: "user:bob".into(), ..lock.clone() };
+    let before = store.set_environment_lock(&prod.id, Some(&other), &audit("environment.lock", &prod.id), now_ms()).await;
+    assert_eq!(before.unwrap().unwrap().lock, Some(lock.clone()));
+    assert_eq!(store.get_environment("production").await.unwrap().unwrap().lock, Some(lock));
+    store.set_environment_lock(&prod.id, None, &audit("environment.unlock", &prod.id), now_ms()).await.unwrap();
+    assert!(store.get_environment("production").await.unwrap().unwrap().lock.is_none());
+    assert!(store.set_environment_lock("env-nope", None, &audit("x", "y"), now_ms()).await.unwrap().is_none());
+    assert_eq!(store.audit_for(&prod.id).await.unwrap().len(), 2, "the refused second lock wrote no record");
 }

@@ -171,6 +171,7 @@ pub async fn list(
         environment: q.environment.as_deref(),
         name: q.name.as_deref(),
         status: q.status.as_deref(),
+        visible_environments: None,
         page,
         page_size,
     };

@@ -29,7 +29,12 @@ fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
         "id": e.id,
         "name": e.name,
         "type": e.kind,
-        "status": if e.locked { "locked" } else { "active" },
+        "status": if e.lock.is_some() { "locked" } else { "active" },
+        "lock": e.lock.as_ref().map(|l| json!({ "lockedBy": l.by, "reason": l.reason, "lockedAt": rfc3339(l.at) })),
+        "restrictions": {
+            "requiredRoles": e.required_roles,
+            "approvalRequired": e.approval_required,
+        },
         "description": e.description,
         "created": rfc3339(e.created_at),
         "updated": rfc3339(e.updated_at),
@@ -68,4 +73,32 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let env = Environments::new(&state).create(&ctx, req.name, req.kind, req.description).await?;
     Ok((StatusCode::CREATED, Json(view(&env, 0))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LockRequest {
+    reason: String,
+}
+
+pub async fn lock(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<LockRequest>,
+) -> ApiResult<Json<Value>> {
+    let service = Environments::new(&state);
+    let env = service.lock(&ctx, &id, req.reason).await?;
+    let n = state.store.count_deployments(&env.name).await?;
+    Ok(Json(view(&env, n)))
+}
+
+pub async fn unlock(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let env = Environments::new(&state).unlock(&ctx, &id).await?;
+    let n = state.store.count_deployments(&env.name).await?;
+    Ok(Json(view(&env, n)))
 }

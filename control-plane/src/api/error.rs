@@ -37,8 +37,20 @@ macro_rules! error_codes {
 }
 
 error_codes! {
-    /// 401: missing or invalid bearer token.
+    /// 401: missing, unknown, expired or revoked credential.
     Unauthorized = "AUTH_001",
+    /// 403: the caller's roles do not allow this here.
+    Forbidden = "AUTH_002",
+    /// 401: wrong username or password.
+    LoginFailed = "AUTH_003",
+    /// 429: too many failed logins for this user or from this address.
+    TooManyAttempts = "AUTH_004",
+    /// 404: no user with this id or name.
+    UserNotFound = "USER_001",
+    /// 409: the username is taken.
+    UserExists = "USER_002",
+    /// 404: no API key with this id.
+    ApiKeyNotFound = "APIKEY_001",
     /// 400: a field or query parameter has an invalid value, unknown field, wrong type.
     InvalidValue = "VALIDATION_001",
     /// 400: the body is not valid JSON.
@@ -118,7 +130,11 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or invalid bearer token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or invalid credential: send Authorization: Bearer <token> or X-API-Key: <key>",
+        )
     }
 
     pub fn route_not_found(path: &str) -> Self {

@@ -3,6 +3,7 @@
 //! section and call the store / services; they hold no state of their own.
 
 mod agents;
+mod auth;
 mod deployments;
 mod environments;
 pub mod error;
@@ -28,10 +29,6 @@ const REQUEST_ID: &str = "x-request-id";
 /// How much of a request's path its log line shows.
 const LOG_PATH_CHARS: usize = 1024;
 
-/// The caller, as authenticated by [`require_admin`]; recorded in audit entries.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
-
 /// This request's id (taken from a sane incoming `X-Request-Id`, else generated).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -50,12 +47,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/operations/{id}", get(deployments::get_operation))
         .route("/v1/environments", get(environments::list).post(environments::create))
         .route("/v1/environments/{id}", get(environments::get))
+        .route("/v1/environments/{id}/lock", post(environments::lock))
+        .route("/v1/environments/{id}/unlock", post(environments::unlock))
+        .route("/v1/auth/me", get(auth::me))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/users", get(auth::list_users).post(auth::create_user))
+        .route("/v1/users/{id}", get(auth::get_user).put(auth::update_user).delete(auth::delete_user))
+        .route("/v1/api-keys", get(auth::list_keys).post(auth::create_key))
+        .route("/v1/api-keys/{id}", axum::routing::delete(auth::revoke_key))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let open = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/auth/login", post(auth::login))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body));
     Router::new()
-        .route("/v1/health", get(health).route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body)))
+        .merge(open)
         .merge(authed)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
@@ -122,25 +131,21 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
     res
 }
 
-/// Every `/v1` route except health requires the admin bearer token.
-async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
-    let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
-        return ApiError::unauthorized().into_response();
-    };
-    match state.store.admin_token_by_hash(&crate::ids::hash_secret(token)).await {
-        Ok(Some(id)) => {
-            req.extensions_mut().insert(Actor(format!("admin:{id}")));
+/// Every `/v1` route except health and login needs a credential: the principal it names is
+/// what services authorize against ([`crate::principals::authenticate`]).
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    match crate::principals::authenticate(&state, req.headers()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Ok(None) => ApiError::unauthorized().into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
 /// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
 /// (RFC 9110 §11.1) and separated from the token by one or more spaces.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }

@@ -4,6 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Audit, Result, StatusSummary, Store, StoreError};
+use crate::authz::{EnvScope, Role};
 use crate::domain::{DesiredState, OperationKind, OperationStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,9 +13,29 @@ pub struct EnvironmentRecord {
     pub name: String,
     pub kind: String,
     pub description: String,
-    pub locked: bool,
+    /// Roles one of which a caller must hold to change what runs here (the seed's
+    /// `environmentRestrictions.requiredRoles`).
+    pub required_roles: Vec<Role>,
+    /// Changes of what runs here wait for a second person's approval.
+    pub approval_required: bool,
+    pub lock: Option<EnvironmentLock>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// Who locked an environment, why and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentLock {
+    pub by: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+impl EnvironmentRecord {
+    /// The environment as authorization sees it.
+    pub fn scope(&self) -> EnvScope<'_> {
+        EnvScope { name: &self.name, kind: &self.kind, required_roles: &self.required_roles }
+    }
 }
 
 /// A deployment's desired state. `spec` and `target` are JSON documents validated by
@@ -57,6 +78,8 @@ pub struct OperationRecord {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeploymentFilter<'a> {
     pub environment: Option<&'a str>,
+    /// Only these environments (what the caller may read); `None`: all.
+    pub visible_environments: Option<&'a [String]>,
     pub name: Option<&'a str>,
     pub status: Option<&'a str>,
     /// 1-based; `offset = (page - 1) * page_size` must fit (the caller checks).
@@ -97,7 +120,18 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
         name: r.try_get("name")?,
         kind: r.try_get("type")?,
         description: r.try_get("description")?,
-        locked: r.try_get::<i64, _>("locked")? != 0,
+        required_roles: serde_json::from_str(&r.try_get::<String, _>("required_roles")?).map_err(|e| {
+            StoreError::Corrupt { table: "environments", column: "required_roles", message: e.to_string() }
+        })?,
+        approval_required: r.try_get::<i64, _>("approval_required")? != 0,
+        lock: match r.try_get::<Option<i64>, _>("locked_at")? {
+            Some(at) if r.try_get::<i64, _>("locked")? != 0 => Some(EnvironmentLock {
+                by: r.try_get::<Option<String>, _>("locked_by")?.unwrap_or_default(),
+                reason: r.try_get::<Option<String>, _>("locked_reason")?.unwrap_or_default(),
+                at,
+            }),
+            _ => None,
+        },
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -142,13 +176,17 @@ impl Store {
         .into_iter()
         .enumerate()
         {
+            let (required, approval) = crate::authz::default_restrictions(name);
             sqlx::query(
-                "INSERT INTO environments (id, name, type, description, locked, created_at, updated_at) \
-                 VALUES ($1, $2, $2, $3, 0, $4, $4) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO environments (id, name, type, description, locked, required_roles, \
+                 approval_required, created_at, updated_at) \
+                 VALUES ($1, $2, $2, $3, 0, $4, $5, $6, $6) ON CONFLICT (name) DO NOTHING",
             )
             .bind(format!("env-{name}"))
             .bind(name)
             .bind(description)
+            .bind(serde_json::to_string(&required).expect("roles serialize"))
+            .bind(i64::from(approval))
             .bind(now_ms + i as i64)
             .execute(&self.pool)
             .await?;
@@ -174,14 +212,15 @@ impl Store {
     pub async fn create_environment(&self, env: &EnvironmentRecord, audit: &Audit) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let n = sqlx::query(
-            "INSERT INTO environments (id, name, type, description, locked, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO environments (id, name, type, description, locked, required_roles, approval_required, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&env.id)
         .bind(&env.name)
         .bind(&env.kind)
         .bind(&env.description)
-        .bind(i64::from(env.locked))
+        .bind(serde_json::to_string(&env.required_roles).expect("roles serialize"))
+        .bind(i64::from(env.approval_required))
         .bind(env.created_at)
         .execute(&mut *tx)
         .await?
@@ -192,6 +231,48 @@ impl Store {
         Self::write_audit(&mut tx, audit, env.created_at).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Locks (`Some`) or unlocks (`None`) an environment, with its audit record. `Ok(None)`
+    /// when no such environment; otherwise the environment as it was before. Locking an
+    /// environment that is already locked writes nothing (the returned one shows its lock).
+    pub async fn set_environment_lock(
+        &self,
+        id: &str,
+        lock: Option<&EnvironmentLock>,
+        audit: &Audit,
+        now_ms: i64,
+    ) -> Result<Option<EnvironmentRecord>> {
+        let mut tx = self.write_tx().await?;
+        let lock_row = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT * FROM environments WHERE id = $1{lock_row}");
+        let Some(before) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let before = environment_from_row(&before)?;
+        if lock.is_some() && before.lock.is_some() {
+            // Already locked: nothing is written; the caller sees the holder in `before`.
+            return Ok(Some(before));
+        }
+        sqlx::query(
+            "UPDATE environments SET locked = $2, locked_by = $3, locked_reason = $4, locked_at = $5, \
+             updated_at = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(i64::from(lock.is_some()))
+        .bind(lock.map(|l| l.by.clone()))
+        .bind(lock.map(|l| l.reason.clone()))
+        .bind(lock.map(|l| l.at))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        Self::write_audit(&mut tx, audit, now_ms).await?;
+        tx.commit().await?;
+        Ok(Some(before))
     }
 
     // ---- deployments ------------------------------------------------------------------
@@ -280,6 +361,15 @@ impl Store {
                 binds.push(v);
                 conds.push(format!("{column} = ${}", binds.len()));
             }
+        }
+        if let Some(visible) = f.visible_environments {
+            if visible.is_empty() {
+                return Ok((Vec::new(), 0));
+            }
+            let first = binds.len() + 1;
+            binds.extend(visible.iter().map(String::as_str));
+            let list: Vec<String> = (first..=binds.len()).map(|i| format!("${i}")).collect();
+            conds.push(format!("d.environment IN ({})", list.join(", ")));
         }
         // A deployment without a summary yet counts as `deploying`.
         let join = if let Some(status) = f.status {

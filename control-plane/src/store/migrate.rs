@@ -27,6 +27,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0004_intent_rows.sql"),
         include_str!("../../migrations/0004_intent_rows.sql"),
     ),
+    (
+        5,
+        "principals",
+        include_str!("../../migrations/0005_principals.sql"),
+        include_str!("../../migrations/0005_principals.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

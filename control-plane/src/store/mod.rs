@@ -19,6 +19,7 @@ mod deployments;
 mod intent;
 mod logs;
 mod migrate;
+mod principals;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,9 +31,12 @@ use sqlx::{AnyPool, AssertSqlSafe};
 pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
-pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, Write};
+pub use deployments::{
+    DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Write,
+};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
+pub use principals::{ApiKeyRecord, Credential, UserRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -227,6 +231,13 @@ impl Store {
         .execute(conn)
         .await?;
         Ok(())
+    }
+
+    /// Writes an audit record on its own, for events that change nothing else (a failed login,
+    /// a refused request).
+    pub async fn record_audit(&self, audit: &Audit, now_ms: i64) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::write_audit(&mut conn, audit, now_ms).await
     }
 
     /// Audit records about `target`, oldest first.
