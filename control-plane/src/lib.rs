@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod api;
 pub mod authz;
+pub mod change_windows;
 pub mod config;
 pub mod context;
 pub mod deployments;
