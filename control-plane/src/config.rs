@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub max_body_bytes: usize,
     pub json_logs: bool,
+    /// How long a pending change (awaiting approval or its change window) stays open.
+    pub approval_ttl: Duration,
+    /// How often the sweep expires pending changes and applies scheduled ones.
+    pub approval_sweep_interval: Duration,
 }
 
 impl ServerConfig {
@@ -103,6 +107,20 @@ impl ServerConfig {
         if heartbeat_interval > Duration::from_secs(60) {
             return Err("invalid --heartbeat-interval: at most 60s".into());
         }
+        let approval_ttl = dur(args.approval_ttl, f.approval_ttl, "24h", "--approval-ttl", Duration::from_millis(100))?;
+        if approval_ttl > Duration::from_secs(90 * 86_400) {
+            return Err("invalid --approval-ttl: at most 90 days".into());
+        }
+        let approval_sweep_interval = dur(
+            args.approval_sweep_interval,
+            f.approval_sweep_interval,
+            "10s",
+            "--approval-sweep-interval",
+            Duration::from_millis(100),
+        )?;
+        if approval_sweep_interval > Duration::from_secs(3600) {
+            return Err("invalid --approval-sweep-interval: at most 1h".into());
+        }
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -123,6 +141,8 @@ impl ServerConfig {
             heartbeat_interval,
             max_body_bytes,
             json_logs,
+            approval_ttl,
+            approval_sweep_interval,
         })
     }
 }
@@ -170,6 +190,14 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "FERRY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// How long a change waiting for approval (or its change window) stays open before it
+    /// expires [default: 24h].
+    #[arg(long, env = "FERRY_APPROVAL_TTL")]
+    pub approval_ttl: Option<String>,
+    /// How often pending changes are expired and scheduled ones applied once their change
+    /// window opens [default: 10s].
+    #[arg(long, env = "FERRY_APPROVAL_SWEEP_INTERVAL")]
+    pub approval_sweep_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +213,8 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     max_body_bytes: Option<usize>,
     log_format: Option<String>,
+    approval_ttl: Option<String>,
+    approval_sweep_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -214,6 +244,8 @@ mod tests {
         assert_eq!(c.advertise_addr, None);
         assert_eq!(c.agent_cert_lifetime, Duration::from_secs(12 * 3600));
         assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
+        assert_eq!(c.approval_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.approval_sweep_interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -226,6 +258,9 @@ mod tests {
             (vec!["--san", "bad name!"], "--san"),
             (vec!["--log-format", "xml"], "--log-format"),
             (vec!["--max-body-bytes", "10"], "--max-body-bytes"),
+            (vec!["--approval-ttl", "1ms"], "--approval-ttl"),
+            (vec!["--approval-ttl", "100d"], "--approval-ttl"),
+            (vec!["--approval-sweep-interval", "2h"], "--approval-sweep-interval"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");

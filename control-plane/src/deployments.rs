@@ -3,27 +3,72 @@
 //! endpoint asks for it. Handlers (`api/deployments.rs`) only parse and render; the store only
 //! stores; the reconciler turns what this writes into intent.
 //!
-//! Every mutation: checks permission for the deployment's environment and that the environment
-//! is not locked, validates, then writes the new desired state, its operation (superseding the
-//! deployment's open ones) and its audit record in one transaction, and reconciles the
-//! deployment at once so the answer already reflects its new intent.
+//! Every mutation: checks permission for the deployment's environment, that the environment is
+//! not locked and that its change window is open, validates, then either
+//! * writes the new desired state, its operation (superseding the deployment's open ones) and its
+//!   audit record in one transaction, and reconciles the deployment at once so the answer already
+//!   reflects its new intent; or
+//! * when the environment requires approval (or the window is closed and the caller asked to
+//!   wait for it), stores the exact request as a pending change with a waiting operation
+//!   ([`crate::approvals`]), which applies it later through the same `apply_*` functions.
 
 use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
+use crate::approvals::{Approvals, Deferred, NewPending, PendingRequest};
 use crate::authz::{Permission, Scope, perm};
 use crate::context::RequestContext;
-use crate::domain::{DesiredState, OperationKind, OperationStatus};
+use crate::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus};
 use crate::ids::{now_ms, random_id};
 use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::Parsed;
 use crate::status::Derived;
-use crate::store::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, StatusSummary, Write};
+use crate::store::{
+    Claim, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, StatusSummary, Write,
+};
+
+/// How a mutation was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `?waitForWindow=true`: outside the change window, store the change and apply it when the
+    /// window opens instead of refusing it with `ENV_005`.
+    pub wait_for_window: bool,
+}
+
+/// What became of a mutation: applied now, or stored as a pending change.
+pub enum Outcome<T> {
+    Applied(T),
+    Deferred(Box<Deferred>),
+}
+
+/// A pending change being applied: the claim that consumes it in the write's transaction, its
+/// waiting operation (which goes on under the same id) and who approved it.
+pub(crate) struct PendingApply {
+    pub claim: Claim,
+    pub operation: OperationRecord,
+    pub approved_by: Option<String>,
+}
+
+/// The permission a change of this kind needs: scaling has its own (the seed's
+/// `deployment:scale`); every other change of the configuration or of the desired state is
+/// `deployment:update`.
+pub fn permission_of(kind: OperationKind) -> Permission {
+    match kind {
+        OperationKind::Create => perm::DEPLOYMENT_CREATE,
+        OperationKind::Scale => perm::DEPLOYMENT_SCALE,
+        OperationKind::Delete => perm::DEPLOYMENT_DELETE,
+        OperationKind::Update | OperationKind::Start | OperationKind::Stop | OperationKind::Restart => {
+            perm::DEPLOYMENT_UPDATE
+        }
+    }
+}
 
 /// A deployment to create, as the caller described it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewDeployment {
     pub name: String,
     pub environment: String,
@@ -35,7 +80,8 @@ pub struct NewDeployment {
 }
 
 /// A change to an existing deployment's desired state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Change {
     Update { version: Option<String>, target: Option<TargetJson>, configuration: Option<Box<Configuration>> },
     Scale(u32),
@@ -55,13 +101,24 @@ impl Change {
         }
     }
 
-    /// The permission the change needs: scaling has its own (the seed's `deployment:scale`);
-    /// every other change of the configuration or of the desired state is `deployment:update`.
     fn permission(&self) -> Permission {
-        match self {
-            Change::Scale(_) => perm::DEPLOYMENT_SCALE,
-            _ => perm::DEPLOYMENT_UPDATE,
+        permission_of(self.kind())
+    }
+
+    /// Shape checks: bad input is a 400 whatever the deployment's state.
+    fn validate(&self) -> ApiResult<()> {
+        if let Change::Update { version, target, configuration } = self {
+            if let Some(v) = version {
+                model::validate_version(v).map_err(invalid)?;
+            }
+            if let Some(c) = configuration {
+                c.validate().map_err(invalid)?;
+            }
+            if let Some(t) = target {
+                t.validate().map_err(invalid)?;
+            }
         }
+        Ok(())
     }
 
     /// Applies the change to a parsed deployment (validated on the result).
@@ -108,22 +165,64 @@ impl<'a> Deployments<'a> {
         Self { state }
     }
 
-    pub async fn create(&self, ctx: &RequestContext, new: NewDeployment) -> ApiResult<Accepted> {
-        model::validate_name("deploymentName", &new.name).map_err(invalid)?;
-        model::validate_version(&new.version).map_err(invalid)?;
-        if new.source.as_deref().is_some_and(|s| s != "direct") {
-            return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
-        }
-        new.configuration.validate().map_err(invalid)?;
-        let target = new.target.validate().map_err(invalid)?;
+    pub async fn create(
+        &self,
+        ctx: &RequestContext,
+        new: NewDeployment,
+        opts: Options,
+    ) -> ApiResult<Outcome<Accepted>> {
+        validate_new(&new)?;
         let env = self.environment(&new.environment).await?;
         ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), None), || not_found(""))?;
-        self.unlocked(&env)?;
+        let id = random_id("deploy");
+        match self.route(&env, perm::DEPLOYMENT_CREATE, opts)? {
+            None => Ok(Outcome::Applied(self.apply_create(ctx, id, new, None).await?)),
+            Some(status) => {
+                let taken = self
+                    .state
+                    .store
+                    .list_deployments(DeploymentFilter {
+                        environment: Some(&env.name),
+                        name: Some(&new.name),
+                        page: 1,
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await?
+                    .1
+                    > 0;
+                if taken {
+                    return Err(exists(&new.name, &env.name));
+                }
+                let pending = NewPending {
+                    deployment_id: id,
+                    deployment_name: new.name.clone(),
+                    action: OperationKind::Create,
+                    request: PendingRequest::Create { deployment: Box::new(new) },
+                    status,
+                    wait_for_window: opts.wait_for_window,
+                };
+                Ok(Outcome::Deferred(Box::new(Approvals::new(self.state).defer(ctx, &env, pending).await?)))
+            }
+        }
+    }
+
+    /// Writes a new deployment (permission, lock and window already checked), as `ctx`'s
+    /// change; with `pending`, as the approved pending change it consumes.
+    pub(crate) async fn apply_create(
+        &self,
+        ctx: &RequestContext,
+        id: String,
+        new: NewDeployment,
+        pending: Option<&PendingApply>,
+    ) -> ApiResult<Accepted> {
+        validate_new(&new)?;
+        let target = new.target.validate().map_err(invalid)?;
         let now = now_ms();
         let record = DeploymentRecord {
-            id: random_id("deploy"),
+            id,
             name: new.name,
-            environment: env.name,
+            environment: new.environment,
             active_version: new.version,
             spec: serde_json::to_string(&new.configuration).expect("configuration serializes"),
             target: serde_json::to_string(&new.target).expect("target serializes"),
@@ -135,16 +234,15 @@ impl<'a> Deployments<'a> {
             updated_at: now,
             last_deployed_at: now,
         };
-        let op = operation(OperationKind::Create, &record.id, ctx, now);
-        let details =
-            json!({ "name": record.name, "environment": record.environment, "version": record.active_version });
+        let op = operation(OperationKind::Create, &record.id, ctx, now, pending);
+        let details = with_approval(
+            json!({ "name": record.name, "environment": record.environment, "version": record.active_version }),
+            pending,
+        );
         let audit = ctx.audit(OperationKind::Create.audit_action(), &record.id, details);
-        if !self.state.store.create_deployment(&record, &op, &audit).await? {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::DeploymentExists,
-                format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
-            ));
+        let claim = pending.map(|p| &p.claim);
+        if !self.state.store.create_deployment(&record, &op, &audit, claim).await? {
+            return Err(exists(&record.name, &record.environment));
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
         self.accepted(record, op).await
@@ -158,29 +256,54 @@ impl<'a> Deployments<'a> {
         id: &str,
         if_match: Option<i64>,
         change: Change,
-    ) -> ApiResult<Accepted> {
-        // Shape checks first: bad input is a 400 whatever the deployment's state.
-        if let Change::Update { version, target, configuration } = &change {
-            if let Some(v) = version {
-                model::validate_version(v).map_err(invalid)?;
-            }
-            if let Some(c) = configuration {
-                c.validate().map_err(invalid)?;
-            }
-            if let Some(t) = target {
-                t.validate().map_err(invalid)?;
-            }
-        }
+        opts: Options,
+    ) -> ApiResult<Outcome<Accepted>> {
+        change.validate()?;
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
         ctx.require(change.permission(), Scope::env(env.scope(), None), || not_found(id))?;
-        self.unlocked(&env)?;
+        match self.route(&env, change.permission(), opts)? {
+            None => Ok(Outcome::Applied(self.apply_change(ctx, id, if_match, change, None).await?)),
+            Some(status) => {
+                // A precondition already stale is refused now; it is checked again on applying.
+                if let Some(v) = if_match
+                    && v != current.resource_version
+                {
+                    return Err(stale(current.resource_version));
+                }
+                let pending = NewPending {
+                    deployment_id: id.to_string(),
+                    deployment_name: current.name.clone(),
+                    action: change.kind(),
+                    request: PendingRequest::Change { change, if_match },
+                    status,
+                    wait_for_window: opts.wait_for_window,
+                };
+                let mut deferred = Approvals::new(self.state).defer(ctx, &env, pending).await?;
+                let summary = self.state.store.status_summary(id).await?;
+                deferred.deployment = Some((Parsed::from_record(current)?, summary));
+                Ok(Outcome::Deferred(Box::new(deferred)))
+            }
+        }
+    }
+
+    /// Writes a change (permission, lock and window already checked), as `ctx`'s; with
+    /// `pending`, as the approved pending change it consumes.
+    pub(crate) async fn apply_change(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        if_match: Option<i64>,
+        change: Change,
+        pending: Option<&PendingApply>,
+    ) -> ApiResult<Accepted> {
+        change.validate()?;
         let kind = change.kind();
         let mut made = None;
         let outcome = self
             .state
             .store
-            .modify_deployment(id, if_match, |stored| {
+            .modify_deployment(id, if_match, pending.map(|p| &p.claim), |stored| {
                 let before = Parsed::from_record(stored.clone())?;
                 let mut parsed = Parsed::from_record(stored.clone())?;
                 change.apply(&mut parsed)?;
@@ -198,13 +321,16 @@ impl<'a> Deployments<'a> {
                 if kind != OperationKind::Stop {
                     record.last_deployed_at = now;
                 }
-                let op = operation(kind, id, ctx, now);
-                let details = json!({
-                    "version": record.active_version,
-                    "desiredState": record.desired_state,
-                    "revision": record.revision,
-                    "replicas": parsed.config.replicas,
-                });
+                let op = operation(kind, id, ctx, now, pending);
+                let details = with_approval(
+                    json!({
+                        "version": record.active_version,
+                        "desiredState": record.desired_state,
+                        "revision": record.revision,
+                        "replicas": parsed.config.replicas,
+                    }),
+                    pending,
+                );
                 made = Some(op.clone());
                 Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details)))
             })
@@ -218,31 +344,77 @@ impl<'a> Deployments<'a> {
                 self.accepted(updated, made.expect("a written change has its operation")).await
             }
             Write::NotFound => Err(not_found(id)),
-            Write::Conflict { current } => Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                ErrorCode::StaleResourceVersion,
-                "the deployment changed since you read it; fetch it again and retry",
-            )
-            .with_details(json!({ "resourceVersion": current }))),
+            Write::Conflict { current } => Err(stale(current)),
         }
     }
 
     /// Deletes a deployment (its workloads are removed from every agent); the operation
     /// succeeds once no agent reports its replicas.
-    pub async fn delete(&self, ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
+    pub async fn delete(&self, ctx: &RequestContext, id: &str, opts: Options) -> ApiResult<Outcome<OperationRecord>> {
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
         ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), None), || not_found(id))?;
-        self.unlocked(&env)?;
+        match self.route(&env, perm::DEPLOYMENT_DELETE, opts)? {
+            None => Ok(Outcome::Applied(self.apply_delete(ctx, id, &current.name, None).await?)),
+            Some(status) => {
+                let pending = NewPending {
+                    deployment_id: id.to_string(),
+                    deployment_name: current.name.clone(),
+                    action: OperationKind::Delete,
+                    request: PendingRequest::Delete,
+                    status,
+                    wait_for_window: opts.wait_for_window,
+                };
+                let mut deferred = Approvals::new(self.state).defer(ctx, &env, pending).await?;
+                let summary = self.state.store.status_summary(id).await?;
+                deferred.deployment = Some((Parsed::from_record(current)?, summary));
+                Ok(Outcome::Deferred(Box::new(deferred)))
+            }
+        }
+    }
+
+    /// Deletes (permission, lock and window already checked), as `ctx`'s change; with
+    /// `pending`, as the approved pending change it consumes.
+    pub(crate) async fn apply_delete(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        name: &str,
+        pending: Option<&PendingApply>,
+    ) -> ApiResult<OperationRecord> {
         let now = now_ms();
-        let op = operation(OperationKind::Delete, id, ctx, now);
-        let audit = ctx.audit(OperationKind::Delete.audit_action(), id, json!({ "name": current.name }));
-        if !self.state.store.delete_deployment(id, &op, &audit, now).await? {
+        let op = operation(OperationKind::Delete, id, ctx, now, pending);
+        let audit =
+            ctx.audit(OperationKind::Delete.audit_action(), id, with_approval(json!({ "name": name }), pending));
+        if !self.state.store.delete_deployment(id, &op, &audit, now, pending.map(|p| &p.claim)).await? {
             return Err(not_found(id));
         }
         self.state.reconciler.directory.deployment_changed(id, None);
         self.reconcile_now(id).await;
         Ok(op)
+    }
+
+    /// Where a change needing `p` in `env` goes, once permission is granted: `ENV_002` if the
+    /// environment is locked, `ENV_005` if its window is closed (unless the caller waits for
+    /// it); `None` to apply it now, or the status of the pending change to store instead
+    /// (`pending`: it needs approval first; `scheduled`: it only waits for the window).
+    fn route(&self, env: &EnvironmentRecord, p: Permission, opts: Options) -> ApiResult<Option<ApprovalStatus>> {
+        crate::environments::unlocked(env)?;
+        if !p.changes_deployments() {
+            return Ok(None);
+        }
+        let closed = match crate::environments::window_open(env, now_ms()) {
+            Ok(()) => false,
+            Err(_) if opts.wait_for_window => true,
+            Err(e) => return Err(e),
+        };
+        Ok(if env.approval_required {
+            Some(ApprovalStatus::Pending)
+        } else if closed {
+            Some(ApprovalStatus::Scheduled)
+        } else {
+            None
+        })
     }
 
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<(Parsed, Option<StatusSummary>)> {
@@ -283,17 +455,21 @@ impl<'a> Deployments<'a> {
     }
 
     pub async fn operation(&self, ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
-        let op = self.state.store.get_operation(id).await?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
-                .with_details(json!({ "operationId": id }))
-        })?;
         let op_not_found = || {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, format!("operation {id:?} not found"))
                 .with_details(json!({ "operationId": id }))
         };
-        // An operation is read with its deployment (which may be deleted since).
-        let (deployment, _) = self.state.store.get_deployment_any(&op.deployment_id).await?.ok_or_else(op_not_found)?;
-        let env = self.environment(&deployment.environment).await?;
+        let op = self.state.store.get_operation(id).await?.ok_or_else(op_not_found)?;
+        // An operation is read with its deployment (which may be deleted since, or, for a
+        // create waiting for approval, not exist yet: then with its pending change).
+        let environment = match self.state.store.get_deployment_any(&op.deployment_id).await? {
+            Some((deployment, _)) => deployment.environment,
+            None => match &op.approval_id {
+                Some(a) => self.state.store.get_approval(a).await?.ok_or_else(op_not_found)?.environment,
+                None => return Err(op_not_found()),
+            },
+        };
+        let env = self.environment(&environment).await?;
         ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), op_not_found)?;
         Ok(op)
     }
@@ -327,10 +503,6 @@ impl<'a> Deployments<'a> {
         })
     }
 
-    fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
-        crate::environments::unlocked(env)
-    }
-
     /// Reconciles the deployment now (so the answer reflects its new intent) and reads back
     /// its status.
     async fn accepted(&self, record: DeploymentRecord, operation: OperationRecord) -> ApiResult<Accepted> {
@@ -355,18 +527,73 @@ fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
     spec
 }
 
-fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
-    OperationRecord {
-        id: random_id("op"),
-        kind,
-        deployment_id: deployment_id.into(),
-        status: OperationStatus::InProgress,
-        message: String::new(),
-        request_id: ctx.request_id.clone(),
-        created_at: now,
-        updated_at: now,
-        finished_at: None,
+/// The operation of a change applied now: a new one, or the pending change's, which goes on.
+fn operation(
+    kind: OperationKind,
+    deployment_id: &str,
+    ctx: &RequestContext,
+    now: i64,
+    pending: Option<&PendingApply>,
+) -> OperationRecord {
+    match pending {
+        Some(p) => OperationRecord {
+            status: OperationStatus::InProgress,
+            message: String::new(),
+            updated_at: now,
+            started_at: Some(now),
+            ..p.operation.clone()
+        },
+        None => OperationRecord {
+            id: random_id("op"),
+            kind,
+            deployment_id: deployment_id.into(),
+            status: OperationStatus::InProgress,
+            message: String::new(),
+            request_id: ctx.request_id.clone(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            approval_id: None,
+            started_at: Some(now),
+        },
     }
+}
+
+/// The applied change's audit details, naming the pending change and its approver.
+fn with_approval(mut details: serde_json::Value, pending: Option<&PendingApply>) -> serde_json::Value {
+    if let (Some(p), Some(obj)) = (pending, details.as_object_mut()) {
+        obj.insert("approvalId".into(), json!(p.claim.approval_id));
+        obj.insert("approvedBy".into(), json!(p.approved_by));
+    }
+    details
+}
+
+fn validate_new(new: &NewDeployment) -> ApiResult<()> {
+    model::validate_name("deploymentName", &new.name).map_err(invalid)?;
+    model::validate_version(&new.version).map_err(invalid)?;
+    if new.source.as_deref().is_some_and(|s| s != "direct") {
+        return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
+    }
+    new.configuration.validate().map_err(invalid)?;
+    new.target.validate().map_err(invalid)?;
+    Ok(())
+}
+
+fn exists(name: &str, environment: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorCode::DeploymentExists,
+        format!("a deployment named {name:?} already exists in {environment:?}"),
+    )
+}
+
+fn stale(current: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        ErrorCode::StaleResourceVersion,
+        "the deployment changed since you read it; fetch it again and retry",
+    )
+    .with_details(json!({ "resourceVersion": current }))
 }
 
 /// A validation failure, as the seed's error.

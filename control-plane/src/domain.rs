@@ -78,9 +78,33 @@ named_enum! {
 named_enum! {
     /// Where an operation is.
     OperationStatus {
+        /// The change waits for a second person's approval (see `approvals.rs`).
+        AwaitingApproval = "awaiting_approval",
+        /// The change waits for its environment's change window to open.
+        AwaitingWindow = "awaiting_window",
         InProgress = "in_progress",
         Succeeded = "succeeded",
         Failed = "failed",
+    }
+}
+
+named_enum! {
+    /// Where a pending change is: `pending` (waits for approval), `scheduled` (approved or not
+    /// needing approval, waits for the change window), then exactly one of the final ones.
+    ApprovalStatus {
+        Pending = "pending",
+        Scheduled = "scheduled",
+        Applied = "applied",
+        Rejected = "rejected",
+        Expired = "expired",
+        Failed = "failed",
+    }
+}
+
+impl ApprovalStatus {
+    /// Whether the change may still apply.
+    pub fn is_open(self) -> bool {
+        matches!(self, ApprovalStatus::Pending | ApprovalStatus::Scheduled)
     }
 }
 
@@ -110,6 +134,9 @@ mod tests {
         }
         for s in OperationStatus::ALL {
             assert_eq!(OperationStatus::parse(s.as_str()), Some(*s));
+        }
+        for s in ApprovalStatus::ALL {
+            assert_eq!(ApprovalStatus::parse(s.as_str()), Some(*s));
         }
         assert_eq!(DesiredState::parse("stopped"), Some(DesiredState::Stopped));
         assert_eq!(DesiredState::parse("Stopped"), None);

@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
-use crate::authz::{Scope, perm};
+use crate::authz::{Role, Scope, perm};
+use crate::change_windows::{self, ChangeWindowsDoc};
 use crate::context::RequestContext;
 use crate::ids::{now_ms, random_id};
 use crate::store::{EnvironmentLock, EnvironmentRecord};
@@ -29,6 +30,27 @@ pub fn unlocked(env: &EnvironmentRecord) -> ApiResult<()> {
             "lockedAt": crate::ids::rfc3339(lock.at),
         }))),
     }
+}
+
+/// `ENV_005` unless the environment's change window is open at `now_ms`: checked by every change
+/// of what runs in it (when asked, when approved, when a scheduled change is applied).
+pub fn window_open(env: &EnvironmentRecord, now_ms: i64) -> ApiResult<()> {
+    let Err(closed) = change_windows::is_open(env.change_windows.as_ref(), now_ms) else { return Ok(()) };
+    let next = closed.next_open.map(|t| t.to_string());
+    let mut message = format!("environment {:?} is outside its change window", env.name);
+    if let Some(reason) = &closed.freeze {
+        message.push_str(&format!(" (frozen: {reason})"));
+    }
+    match &next {
+        Some(t) => message.push_str(&format!("; it opens at {t}")),
+        None => message.push_str("; no opening is scheduled within 400 days"),
+    }
+    message.push_str("; send ?waitForWindow=true to have the change applied then");
+    Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::ChangeWindowClosed, message).with_details(json!({
+        "environment": env.name,
+        "nextWindowOpens": next,
+        "freeze": closed.freeze,
+    })))
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -91,6 +113,7 @@ impl<'a> Environments<'a> {
             required_roles,
             approval_required,
             lock: None,
+            change_windows: None,
             created_at: now,
             updated_at: now,
         };
@@ -136,5 +159,71 @@ impl<'a> Environments<'a> {
         );
         self.state.store.set_environment_lock(&env.id, None, &audit, now).await?;
         Ok(EnvironmentRecord { lock: None, updated_at: now, ..env })
+    }
+
+    /// Replaces the environment's restrictions: the roles one of which a caller must hold to
+    /// change what runs here, and whether such changes wait for a second person's approval.
+    /// Pending changes keep waiting (they can still be approved or rejected).
+    pub async fn set_restrictions(
+        &self,
+        ctx: &RequestContext,
+        key: &str,
+        required_roles: Vec<Role>,
+        approval_required: bool,
+    ) -> ApiResult<EnvironmentRecord> {
+        let mut roles = required_roles;
+        roles.sort_unstable();
+        roles.dedup();
+        let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
+        ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
+        let after = json!({ "requiredRoles": roles, "approvalRequired": approval_required });
+        let audit = |before: &EnvironmentRecord| {
+            ctx.audit(
+                "environment.restrictions",
+                &before.id,
+                json!({
+                    "name": before.name,
+                    "before": { "requiredRoles": before.required_roles, "approvalRequired": before.approval_required },
+                    "after": after,
+                }),
+            )
+        };
+        let updated = self
+            .state
+            .store
+            .update_environment_policy(&env.id, Some((&roles, approval_required)), None, audit, now_ms())
+            .await?;
+        updated.ok_or_else(|| not_found(key))
+    }
+
+    /// Replaces the environment's change windows (`None`: open at all times). The document is
+    /// validated first (400 naming the field).
+    pub async fn set_change_windows(
+        &self,
+        ctx: &RequestContext,
+        key: &str,
+        doc: Option<ChangeWindowsDoc>,
+    ) -> ApiResult<EnvironmentRecord> {
+        let windows = match doc {
+            None => None,
+            Some(doc) => Some(doc.compile().map_err(|i| ApiError::validation(&i.field, i.message))?),
+        };
+        let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
+        ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
+        let doc = windows.as_ref().map(|w| w.doc().clone());
+        let audit = |before: &EnvironmentRecord| {
+            ctx.audit(
+                "environment.change_windows",
+                &before.id,
+                json!({
+                    "name": before.name,
+                    "before": before.change_windows.as_ref().map(|w| w.doc()),
+                    "after": doc,
+                }),
+            )
+        };
+        let updated =
+            self.state.store.update_environment_policy(&env.id, None, Some(doc.as_ref()), audit, now_ms()).await?;
+        updated.ok_or_else(|| not_found(key))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod approvals;
 pub mod authz;
 pub mod change_windows;
 pub mod config;
@@ -157,6 +158,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let reconcile_task = tokio::spawn(reconcile::run(state.clone(), rx.clone()));
     let liveness_task = tokio::spawn(quic::flush_liveness(state.clone(), rx.clone()));
     let observed_task = tokio::spawn(quic::write_observed(state.clone(), rx.clone()));
+    let approvals_task = tokio::spawn(approvals::sweep(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -176,7 +178,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task],
+        tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task, approvals_task],
     })
 }
 

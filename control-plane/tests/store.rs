@@ -77,6 +77,11 @@ conformance!(
     liveness_is_flushed_in_batches,
     users_sessions_and_keys,
     environment_locks_are_exclusive,
+    a_pending_change_is_applied_exactly_once,
+    a_pending_create_is_applied_exactly_once,
+    expiry_and_schedule_queries_and_transitions,
+    approvals_are_listed_by_visibility,
+    environment_policy_updates_are_audited,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -639,4 +644,400 @@ async fn environment_locks_are_exclusive(store: &Store) {
     assert!(store.get_environment("production").await.unwrap().unwrap().lock.is_none());
     assert!(store.set_environment_lock("env-nope", None, &audit("x", "y"), now_ms()).await.unwrap().is_none());
     assert_eq!(store.audit_for(&prod.id).await.unwrap().len(), 2, "the refused second lock wrote no record");
+}
+
+// ---- pending changes ----------------------------------------------------------------------
+
+use ferry_control_plane::authz::{Role, RoleBinding};
+use ferry_control_plane::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus};
+use ferry_control_plane::store::{
+    ApprovalFilter, ApprovalRecord, ApprovalVisibility, Claim, DeploymentRecord, OperationRecord, StoreError,
+    Transition, Write,
+};
+
+fn deployment_record(id: &str, environment: &str) -> DeploymentRecord {
+    let now = now_ms();
+    DeploymentRecord {
+        id: id.into(),
+        name: id.into(),
+        environment: environment.into(),
+        active_version: "v1".into(),
+        spec: r#"{"replicas":1,"command":"true"}"#.into(),
+        target: r#"{"selector":{}}"#.into(),
+        desired_state: DesiredState::Running,
+        restart_nonce: 0,
+        revision: 1,
+        resource_version: 1,
+        created_at: now,
+        updated_at: now,
+        last_deployed_at: now,
+    }
+}
+
+fn op_record(
+    id: &str,
+    kind: OperationKind,
+    deployment: &str,
+    status: OperationStatus,
+    approval: Option<&str>,
+) -> OperationRecord {
+    let now = now_ms();
+    OperationRecord {
+        id: id.into(),
+        kind,
+        deployment_id: deployment.into(),
+        status,
+        message: String::new(),
+        request_id: "req-1".into(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        approval_id: approval.map(str::to_string),
+        started_at: None,
+    }
+}
+
+fn approval_record(
+    id: &str,
+    deployment: &str,
+    action: OperationKind,
+    status: ApprovalStatus,
+    expires_at: i64,
+) -> ApprovalRecord {
+    let now = now_ms();
+    ApprovalRecord {
+        id: id.into(),
+        environment: "production".into(),
+        deployment_id: deployment.into(),
+        deployment_name: deployment.into(),
+        action,
+        permission: "deployment:scale".into(),
+        request: r#"{"action":"change","change":{"scale":3}}"#.into(),
+        requester: "user:rm1".into(),
+        requester_id: "user-1".into(),
+        requester_identity: "user:rm1".into(),
+        requester_roles: vec![RoleBinding::global(Role::ReleaseManager)],
+        request_id: "req-1".into(),
+        operation_id: format!("op-{id}"),
+        status,
+        approval_required: true,
+        wait_for_window: false,
+        message: "awaiting approval".into(),
+        decided_by: None,
+        decision_comment: None,
+        decided_at: None,
+        created_at: now,
+        updated_at: now,
+        expires_at,
+    }
+}
+
+/// Stores a pending change with its waiting operation.
+async fn pending(
+    store: &Store,
+    id: &str,
+    deployment: &str,
+    action: OperationKind,
+    status: ApprovalStatus,
+    expires_at: i64,
+) -> ApprovalRecord {
+    let a = approval_record(id, deployment, action, status, expires_at);
+    let op_status = if status == ApprovalStatus::Pending {
+        OperationStatus::AwaitingApproval
+    } else {
+        OperationStatus::AwaitingWindow
+    };
+    let op = op_record(&a.operation_id, action, deployment, op_status, Some(id));
+    store.create_approval(&a, &op, &audit("approval.request", id)).await.unwrap();
+    a
+}
+
+fn claim(approval: &str, by: &str) -> Claim {
+    Claim {
+        approval_id: approval.into(),
+        from: ApprovalStatus::Pending,
+        decision: Some((by.into(), Some("ok".into()))),
+        audit: Some(audit("approval.approve", approval)),
+        now: now_ms(),
+    }
+}
+
+async fn a_pending_change_is_applied_exactly_once(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
+    let d = deployment_record("dep-p1", "production");
+    let first = op_record("op-first", OperationKind::Create, "dep-p1", OperationStatus::InProgress, None);
+    assert!(store.create_deployment(&d, &first, &audit("deployment.create", "dep-p1"), None).await.unwrap());
+    let a = pending(store, "apr-1", "dep-p1", OperationKind::Scale, ApprovalStatus::Pending, now_ms() + 60_000).await;
+    let waiting = store.get_operation(&a.operation_id).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.status, waiting.approval_id.as_deref(), waiting.started_at),
+        (OperationStatus::AwaitingApproval, Some("apr-1"), None)
+    );
+
+    // Eight approvers at once: exactly one change is written.
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, op) = (store.clone(), waiting.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = claim("apr-1", &format!("user:approver{i}"));
+            store
+                .modify_deployment("dep-p1", None, Some(&c), |current| {
+                    let mut next = current.clone();
+                    next.spec = r#"{"replicas":3,"command":"true"}"#.into();
+                    let now = now_ms();
+                    let op = OperationRecord {
+                        status: OperationStatus::InProgress,
+                        started_at: Some(now),
+                        updated_at: now,
+                        ..op
+                    };
+                    Ok::<_, std::convert::Infallible>((next, op, audit("deployment.scale", "dep-p1")))
+                })
+                .await
+        }));
+    }
+    let (mut applied, mut lost) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Ok(Write::Done(_))) => applied += 1,
+            Err(StoreError::NotPending(id)) => {
+                assert_eq!(id, "apr-1");
+                lost += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((applied, lost), (1, 7));
+    assert_eq!(store.get_deployment("dep-p1").await.unwrap().unwrap().resource_version, 2, "applied once");
+    let a = store.get_approval("apr-1").await.unwrap().unwrap();
+    assert_eq!(a.status, ApprovalStatus::Applied);
+    assert!(a.decided_by.as_deref().is_some_and(|b| b.starts_with("user:approver")) && a.decided_at.is_some());
+    // The waiting operation went on under its id; the deployment's earlier one was superseded.
+    let op = store.get_operation(&a.operation_id).await.unwrap().unwrap();
+    assert_eq!((op.status, op.created_at), (OperationStatus::InProgress, waiting.created_at));
+    assert!(op.started_at.is_some());
+    assert_eq!(store.get_operation("op-first").await.unwrap().unwrap().status, OperationStatus::Failed);
+    // Nothing else can happen to it any more.
+    let t = Transition {
+        id: "apr-1",
+        from: ApprovalStatus::Pending,
+        to: ApprovalStatus::Rejected,
+        message: "no",
+        decision: Some(("user:x", Some("no"))),
+        operation: (OperationStatus::Failed, "no"),
+        audit: None,
+        now: now_ms(),
+    };
+    assert!(!store.transition_approval(&t).await.unwrap());
+    assert_eq!(store.get_operation(&a.operation_id).await.unwrap().unwrap().status, OperationStatus::InProgress);
+    // The losers wrote nothing: one approval record, one change record.
+    let actions: Vec<String> = store.audit_for("apr-1").await.unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(actions, ["approval.request", "approval.approve"]);
+    let changes = store.audit_for("dep-p1").await.unwrap().into_iter().filter(|r| r.0 == "deployment.scale").count();
+    assert_eq!(changes, 1);
+}
+
+async fn a_pending_create_is_applied_exactly_once(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
+    let a = pending(store, "apr-c", "dep-new", OperationKind::Create, ApprovalStatus::Pending, now_ms() + 60_000).await;
+    let waiting = store.get_operation(&a.operation_id).await.unwrap().unwrap();
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (store, op) = (store.clone(), waiting.clone());
+        tasks.push(tokio::spawn(async move {
+            let d = deployment_record("dep-new", "production");
+            let op = OperationRecord { status: OperationStatus::InProgress, started_at: Some(now_ms()), ..op };
+            let c = claim("apr-c", &format!("user:approver{i}"));
+            store.create_deployment(&d, &op, &audit("deployment.create", "dep-new"), Some(&c)).await
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(true))).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| matches!(r, Err(StoreError::NotPending(_)))).count(), 3, "{results:?}");
+    assert_eq!(store.get_approval("apr-c").await.unwrap().unwrap().status, ApprovalStatus::Applied);
+    assert_eq!(store.get_operation(&a.operation_id).await.unwrap().unwrap().status, OperationStatus::InProgress);
+    // A failed write (here: the name is taken) leaves the pending change open.
+    let b =
+        pending(&store, "apr-d", "dep-other", OperationKind::Create, ApprovalStatus::Pending, now_ms() + 60_000).await;
+    let mut taken = deployment_record("dep-other", "production");
+    taken.name = "dep-new".into();
+    let op = store.get_operation(&b.operation_id).await.unwrap().unwrap();
+    let written = store
+        .create_deployment(&taken, &op, &audit("deployment.create", "dep-other"), Some(&claim("apr-d", "user:a")))
+        .await;
+    assert!(!written.unwrap());
+    assert_eq!(store.get_approval("apr-d").await.unwrap().unwrap().status, ApprovalStatus::Pending, "rolled back");
+}
+
+async fn expiry_and_schedule_queries_and_transitions(store: &Store) {
+    let now = now_ms();
+    pending(store, "apr-old", "d1", OperationKind::Scale, ApprovalStatus::Pending, now - 1).await;
+    pending(store, "apr-late", "d2", OperationKind::Scale, ApprovalStatus::Scheduled, now - 1).await;
+    pending(store, "apr-young", "d3", OperationKind::Scale, ApprovalStatus::Pending, now + 60_000).await;
+    pending(store, "apr-sched", "d4", OperationKind::Scale, ApprovalStatus::Scheduled, now + 60_000).await;
+    let ids = |v: Vec<ApprovalRecord>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let mut due = ids(store.expired_approvals(now, 10).await.unwrap());
+    due.sort();
+    assert_eq!(due, ["apr-late", "apr-old"]);
+    assert_eq!(store.expired_approvals(now, 1).await.unwrap().len(), 1, "bounded batches");
+    let mut scheduled = ids(store.scheduled_approvals(10).await.unwrap());
+    scheduled.sort();
+    assert_eq!(scheduled, ["apr-late", "apr-sched"]);
+
+    let expire = |id: &'static str, from| Transition {
+        id,
+        from,
+        to: ApprovalStatus::Expired,
+        message: "expired",
+        decision: None,
+        operation: (OperationStatus::Failed, "expired while waiting"),
+        audit: None,
+        now: now_ms(),
+    };
+    assert!(store.transition_approval(&expire("apr-old", ApprovalStatus::Pending)).await.unwrap());
+    assert!(!store.transition_approval(&expire("apr-old", ApprovalStatus::Pending)).await.unwrap(), "once");
+    assert!(!store.transition_approval(&expire("apr-late", ApprovalStatus::Pending)).await.unwrap(), "wrong from");
+    assert!(store.transition_approval(&expire("apr-late", ApprovalStatus::Scheduled)).await.unwrap());
+    assert_eq!(ids(store.expired_approvals(now, 10).await.unwrap()), Vec::<String>::new());
+    let op = store.get_operation("op-apr-old").await.unwrap().unwrap();
+    assert_eq!((op.status, op.message.as_str()), (OperationStatus::Failed, "expired while waiting"));
+    assert!(op.finished_at.is_some());
+    // Approved but waiting for the window: the decision is kept, the operation waits on.
+    let schedule = Transition {
+        id: "apr-young",
+        from: ApprovalStatus::Pending,
+        to: ApprovalStatus::Scheduled,
+        message: "approved; waits",
+        decision: Some(("user:admin2", None)),
+        operation: (OperationStatus::AwaitingWindow, "approved; waits"),
+        audit: Some(&audit("approval.approve", "apr-young")),
+        now: now_ms(),
+    };
+    assert!(store.transition_approval(&schedule).await.unwrap());
+    let a = store.get_approval("apr-young").await.unwrap().unwrap();
+    assert_eq!((a.status, a.decided_by.as_deref()), (ApprovalStatus::Scheduled, Some("user:admin2")));
+    let op = store.get_operation("op-apr-young").await.unwrap().unwrap();
+    assert_eq!((op.status, op.finished_at), (OperationStatus::AwaitingWindow, None));
+    // Applying a scheduled change keeps its decision.
+    let c = Claim {
+        approval_id: "apr-young".into(),
+        from: ApprovalStatus::Scheduled,
+        decision: None,
+        audit: None,
+        now: now_ms(),
+    };
+    let d = deployment_record("d3", "production");
+    let op = OperationRecord { status: OperationStatus::InProgress, ..op };
+    assert!(store.create_deployment(&d, &op, &audit("deployment.create", "d3"), Some(&c)).await.unwrap());
+    let a = store.get_approval("apr-young").await.unwrap().unwrap();
+    assert_eq!((a.status, a.decided_by.as_deref()), (ApprovalStatus::Applied, Some("user:admin2")));
+}
+
+async fn approvals_are_listed_by_visibility(store: &Store) {
+    let far = now_ms() + 60_000;
+    let mut a = approval_record("apr-a", "d1", OperationKind::Scale, ApprovalStatus::Pending, far);
+    a.environment = "staging".into();
+    let op = op_record(&a.operation_id, a.action, "d1", OperationStatus::AwaitingWindow, Some("apr-a"));
+    store.create_approval(&a, &op, &audit("approval.request", "apr-a")).await.unwrap();
+    let mut b = approval_record("apr-b", "d2", OperationKind::Delete, ApprovalStatus::Pending, far);
+    b.permission = "deployment:delete".into();
+    b.requester_identity = "user:other".into();
+    let op = op_record(&b.operation_id, b.action, "d2", OperationStatus::AwaitingApproval, Some("apr-b"));
+    store.create_approval(&b, &op, &audit("approval.request", "apr-b")).await.unwrap();
+    pending(store, "apr-c", "d3", OperationKind::Scale, ApprovalStatus::Applied, far).await;
+
+    let list = |status, visible| async move {
+        let (rows, total) =
+            store.list_approvals(ApprovalFilter { status, visible, page: 1, page_size: 10 }).await.unwrap();
+        (rows.into_iter().map(|a| a.id).collect::<Vec<_>>(), total)
+    };
+    assert_eq!(list(Some(ApprovalStatus::Pending), None).await, (vec!["apr-a".into(), "apr-b".into()], 2));
+    assert_eq!(list(None, None).await.1, 3);
+    // Own requests, whole environments, or (environment, permission) pairs one could decide.
+    let mine = ApprovalVisibility { identity: "user:rm1".into(), ..Default::default() };
+    assert_eq!(list(Some(ApprovalStatus::Pending), Some(&mine)).await, (vec!["apr-a".into()], 1));
+    let env = ApprovalVisibility {
+        identity: "user:nobody".into(),
+        environments: vec!["production".into()],
+        ..Default::default()
+    };
+    assert_eq!(list(None, Some(&env)).await.1, 2);
+    let decide = |perm: &str| ApprovalVisibility {
+        identity: "user:nobody".into(),
+        decidable: vec![("production".into(), perm.into())],
+        ..Default::default()
+    };
+    let (delete, create) = (decide("deployment:delete"), decide("deployment:create"));
+    assert_eq!(list(Some(ApprovalStatus::Pending), Some(&delete)).await, (vec!["apr-b".into()], 1));
+    assert_eq!(list(Some(ApprovalStatus::Pending), Some(&create)).await.1, 0);
+    let (rows, total) =
+        store.list_approvals(ApprovalFilter { status: None, visible: None, page: 2, page_size: 2 }).await.unwrap();
+    assert_eq!((rows.len(), total), (1, 3));
+}
+
+async fn environment_policy_updates_are_audited(store: &Store) {
+    use ferry_control_plane::change_windows::ChangeWindowsDoc;
+    store.seed_environments(now_ms()).await.unwrap();
+    let staging = store.get_environment("staging").await.unwrap().unwrap();
+    assert!(staging.change_windows.is_none() && !staging.approval_required);
+    let roles = [Role::ReleaseManager];
+    let after = store
+        .update_environment_policy(
+            &staging.id,
+            Some((&roles, true)),
+            None,
+            |before| {
+                assert_eq!(before.required_roles, [Role::DevopsEngineer, Role::ReleaseManager]);
+                audit("environment.restrictions", &before.id)
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.required_roles.as_slice(), after.approval_required), (&roles[..], true));
+    let doc: ChangeWindowsDoc = serde_json::from_str(
+        r#"{"timezone":"Europe/Paris","windows":[{"days":["mon"],"start":"09:00","end":"17:00"}]}"#,
+    )
+    .unwrap();
+    let after = store
+        .update_environment_policy(
+            &staging.id,
+            None,
+            Some(Some(&doc)),
+            |e| audit("environment.change_windows", &e.id),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.change_windows.as_ref().map(|w| w.doc()), Some(&doc));
+    assert!(after.approval_required, "untouched");
+    let read = store.get_environment("staging").await.unwrap().unwrap();
+    assert_eq!(read, after);
+    let cleared = store
+        .update_environment_policy(
+            &staging.id,
+            None,
+            Some(None),
+            |e| audit("environment.change_windows", &e.id),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cleared.change_windows.is_none());
+    assert!(
+        store
+            .update_environment_policy("env-nope", None, None, |e| audit("x", &e.id), now_ms())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.audit_for(&staging.id).await.unwrap().len(), 3);
 }

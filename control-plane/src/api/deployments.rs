@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, page_json};
 use crate::AppState;
+use crate::approvals::Deferred;
 use crate::context::RequestContext;
-use crate::deployments::{Accepted, Change, Deployments, NewDeployment};
+use crate::deployments::{Accepted, Change, Deployments, NewDeployment, Options, Outcome};
 use crate::ids::rfc3339;
 use crate::model::{Configuration, TargetJson};
 use crate::reconcile::Parsed;
@@ -65,6 +66,22 @@ pub struct ListParams {
     name: Option<String>,
 }
 
+/// Query parameters of every mutation: `?waitForWindow=true` stores a change asked for outside
+/// its environment's change window and applies it when the window opens, instead of refusing it
+/// (`ENV_005`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutationParams {
+    #[serde(default)]
+    wait_for_window: bool,
+}
+
+impl MutationParams {
+    fn options(&self) -> Options {
+        Options { wait_for_window: self.wait_for_window }
+    }
+}
+
 pub fn operation_view(op: &OperationRecord) -> Value {
     json!({
         "id": op.id,
@@ -73,7 +90,9 @@ pub fn operation_view(op: &OperationRecord) -> Value {
         "status": op.status,
         "message": op.message,
         "requestId": op.request_id,
+        "approvalId": op.approval_id,
         "createdAt": rfc3339(op.created_at),
+        "startedAt": op.started_at.map(rfc3339),
         "updatedAt": rfc3339(op.updated_at),
         "finishedAt": op.finished_at.map(rfc3339),
         "href": format!("/v1/operations/{}", op.id),
@@ -125,6 +144,27 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
         .map_err(|_| ApiError::validation("If-Match", "If-Match must be a quoted resourceVersion, e.g. \"3\""))
 }
 
+/// 202 either way: applied now, or stored as a pending change whose operation waits.
+fn outcome(o: Outcome<Accepted>) -> Response {
+    match o {
+        Outcome::Applied(a) => accepted(a),
+        Outcome::Deferred(d) => deferred(d),
+    }
+}
+
+/// 202 with the waiting operation (`Location`), the pending change (also named by the
+/// operation's `approvalId`) and the deployment as it still is (`null` for a create).
+fn deferred(d: Box<Deferred>) -> Response {
+    let body = json!({
+        "deployment": d.deployment.as_ref().map(|(p, s)| deployment_view(p, s.as_ref())),
+        "operation": operation_view(&d.operation),
+        "approval": super::approvals::approval_view(&d.approval),
+    });
+    let location =
+        HeaderValue::from_str(&format!("/v1/operations/{}", d.operation.id)).expect("ids are valid header values");
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response()
+}
+
 /// 202 with the deployment, the operation to poll (`Location`) and the new `ETag`.
 fn accepted(a: Accepted) -> Response {
     let tag = etag(&a.deployment.record);
@@ -140,6 +180,7 @@ fn accepted(a: Accepted) -> Response {
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
+    ApiQuery(params): ApiQuery<MutationParams>,
     ApiJson(req): ApiJson<CreateDeployment>,
 ) -> ApiResult<Response> {
     let new = NewDeployment {
@@ -150,7 +191,7 @@ pub async fn create(
         configuration: req.configuration,
         source: req.deployment_source,
     };
-    Ok(accepted(Deployments::new(&state).create(&ctx, new).await?))
+    Ok(outcome(Deployments::new(&state).create(&ctx, new, params.options()).await?))
 }
 
 pub async fn list(
@@ -232,6 +273,7 @@ pub async fn update(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MutationParams>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<UpdateDeployment>,
 ) -> ApiResult<Response> {
@@ -240,15 +282,20 @@ pub async fn update(
         target: req.target,
         configuration: req.configuration.map(Box::new),
     };
-    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
+    let options = params.options();
+    Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MutationParams>,
 ) -> ApiResult<Response> {
-    let op = Deployments::new(&state).delete(&ctx, &id).await?;
+    let op = match Deployments::new(&state).delete(&ctx, &id, params.options()).await? {
+        Outcome::Applied(op) => op,
+        Outcome::Deferred(d) => return Ok(deferred(d)),
+    };
     let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("valid header");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({ "operation": operation_view(&op) })))
         .into_response())
@@ -259,6 +306,7 @@ pub async fn lifecycle(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiPath((id, action)): ApiPath<(String, String)>,
+    ApiQuery(params): ApiQuery<MutationParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let change = match action.as_str() {
@@ -267,18 +315,21 @@ pub async fn lifecycle(
         "restart" => Change::Restart,
         _ => return Err(ApiError::route_not_found(&format!("/v1/deployments/{id}/{action}"))),
     };
-    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
+    let options = params.options();
+    Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
 pub async fn scale(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MutationParams>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Scale>,
 ) -> ApiResult<Response> {
     let change = Change::Scale(req.replicas);
-    Ok(accepted(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change).await?))
+    let options = params.options();
+    Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
 pub async fn get_operation(

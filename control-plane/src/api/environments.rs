@@ -9,9 +9,11 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, page_json};
 use crate::AppState;
+use crate::authz::Role;
+use crate::change_windows::ChangeWindowsDoc;
 use crate::context::RequestContext;
 use crate::environments::Environments;
-use crate::ids::rfc3339;
+use crate::ids::{now_ms, rfc3339};
 use crate::store::EnvironmentRecord;
 
 #[derive(Debug, Deserialize)]
@@ -35,10 +37,25 @@ fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
             "requiredRoles": e.required_roles,
             "approvalRequired": e.approval_required,
         },
+        "changeWindows": change_windows_view(e),
         "description": e.description,
         "created": rfc3339(e.created_at),
         "updated": rfc3339(e.updated_at),
         "deployments": { "total": deployments },
+    })
+}
+
+/// The schedule (`null`: none, open at all times) and whether it is open now.
+fn change_windows_view(e: &EnvironmentRecord) -> Value {
+    let (open, next, freeze) = match crate::change_windows::is_open(e.change_windows.as_ref(), now_ms()) {
+        Ok(()) => (true, None, None),
+        Err(c) => (false, c.next_open.map(|t| t.to_string()), c.freeze),
+    };
+    json!({
+        "schedule": e.change_windows.as_ref().map(|w| w.doc()),
+        "open": open,
+        "nextWindowOpens": next,
+        "freeze": freeze,
     })
 }
 
@@ -99,6 +116,59 @@ pub async fn unlock(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let env = Environments::new(&state).unlock(&ctx, &id).await?;
+    let n = state.store.count_deployments(&env.name).await?;
+    Ok(Json(view(&env, n)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestrictionsRequest {
+    required_roles: Vec<Role>,
+    approval_required: bool,
+}
+
+/// `PUT /v1/environments/{id}/restrictions`: who may change what runs here, and whether changes
+/// wait for approval.
+pub async fn set_restrictions(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RestrictionsRequest>,
+) -> ApiResult<Json<Value>> {
+    let env = Environments::new(&state).set_restrictions(&ctx, &id, req.required_roles, req.approval_required).await?;
+    let n = state.store.count_deployments(&env.name).await?;
+    Ok(Json(view(&env, n)))
+}
+
+/// `GET /v1/environments/{id}/change-windows`: the schedule and whether it is open now.
+pub async fn get_change_windows(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let (e, _) = Environments::new(&state).get(&ctx, &id).await?;
+    Ok(Json(change_windows_view(&e)))
+}
+
+/// `PUT /v1/environments/{id}/change-windows`: replaces the schedule.
+pub async fn set_change_windows(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(doc): ApiJson<ChangeWindowsDoc>,
+) -> ApiResult<Json<Value>> {
+    let env = Environments::new(&state).set_change_windows(&ctx, &id, Some(doc)).await?;
+    let n = state.store.count_deployments(&env.name).await?;
+    Ok(Json(view(&env, n)))
+}
+
+/// `DELETE /v1/environments/{id}/change-windows`: no schedule, open at all times.
+pub async fn delete_change_windows(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let env = Environments::new(&state).set_change_windows(&ctx, &id, None).await?;
     let n = state.store.count_deployments(&env.name).await?;
     Ok(Json(view(&env, n)))
 }

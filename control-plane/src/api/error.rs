@@ -83,8 +83,16 @@ error_codes! {
     EnvironmentLocked = "ENV_002",
     /// 409: an environment with this name already exists.
     EnvironmentExists = "ENV_006",
+    /// 409: the change is outside the environment's change window.
+    ChangeWindowClosed = "ENV_005",
     /// 404: no operation with this id.
     OperationNotFound = "OPERATION_001",
+    /// 404: no pending change with this id (or you may not see it).
+    ApprovalNotFound = "APPROVAL_001",
+    /// 403: the requester of a change cannot approve it.
+    SelfApproval = "APPROVAL_002",
+    /// 409: the change is no longer pending (applied, rejected, expired or failed).
+    ApprovalNotPending = "APPROVAL_003",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.
@@ -179,6 +187,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Db(sqlx::Error::PoolTimedOut) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "database busy; retry shortly")
+            }
+            StoreError::NotPending(id) => {
+                return Self::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::ApprovalNotPending,
+                    format!("pending change {id:?} was decided meanwhile"),
+                )
+                .with_details(serde_json::json!({ "approvalId": id }));
             }
             _ => Self::internal(),
         }

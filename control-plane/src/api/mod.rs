@@ -3,6 +3,7 @@
 //! section and call the store / services; they hold no state of their own.
 
 mod agents;
+mod approvals;
 mod auth;
 mod deployments;
 mod environments;
@@ -49,6 +50,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/environments/{id}", get(environments::get))
         .route("/v1/environments/{id}/lock", post(environments::lock))
         .route("/v1/environments/{id}/unlock", post(environments::unlock))
+        .route("/v1/environments/{id}/restrictions", axum::routing::put(environments::set_restrictions))
+        .route(
+            "/v1/environments/{id}/change-windows",
+            get(environments::get_change_windows)
+                .put(environments::set_change_windows)
+                .delete(environments::delete_change_windows),
+        )
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::get))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/v1/auth/me", get(auth::me))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/users", get(auth::list_users).post(auth::create_user))

@@ -266,11 +266,11 @@ async fn settle(
         };
         let outcome = if done {
             Some((OperationStatus::Succeeded, format!("{} of {} replicas ready", d.ready, d.desired)))
-        } else if now - op.created_at > deadline_ms {
+        } else if now - op.started() > deadline_ms {
             let why = if d.reasons.is_empty() { d.status.as_str().to_string() } else { d.reasons.join("; ") };
             Some((OperationStatus::Failed, format!("progress deadline exceeded: {why}")))
         } else {
-            let until_deadline = op.created_at + deadline_ms + 1 - now;
+            let until_deadline = op.started() + deadline_ms + 1 - now;
             let soonest = wait.map_or(until_deadline, |w| w.min(until_deadline));
             next = Some(next.map_or(soonest, |n| n.min(soonest)));
             None
@@ -298,13 +298,13 @@ async fn settle_delete(
             Some((OperationStatus::Failed, "the deployment was deleted".to_string()))
         } else if reporting.is_empty() {
             Some((OperationStatus::Succeeded, "all replicas removed".to_string()))
-        } else if now - op.created_at > DELETE_DEADLINE_MS {
+        } else if now - op.started() > DELETE_DEADLINE_MS {
             Some((
                 OperationStatus::Failed,
                 format!("progress deadline exceeded: still running on {}", reporting.join(", ")),
             ))
         } else {
-            next = Some(Duration::from_millis((op.created_at + DELETE_DEADLINE_MS + 1 - now).max(1) as u64));
+            next = Some(Duration::from_millis((op.started() + DELETE_DEADLINE_MS + 1 - now).max(1) as u64));
             None
         };
         finish(state, op, outcome, now).await?;

@@ -3,8 +3,10 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::approvals::Claim;
 use super::{Audit, Result, StatusSummary, Store, StoreError};
 use crate::authz::{EnvScope, Role};
+use crate::change_windows::{ChangeWindows, ChangeWindowsDoc};
 use crate::domain::{DesiredState, OperationKind, OperationStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct EnvironmentRecord {
     /// Changes of what runs here wait for a second person's approval.
     pub approval_required: bool,
     pub lock: Option<EnvironmentLock>,
+    /// When changes of what runs here may happen; `None`: at all times.
+    pub change_windows: Option<ChangeWindows>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -71,6 +75,18 @@ pub struct OperationRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// The pending change this operation carries out, if it waited for approval or a window.
+    pub approval_id: Option<String>,
+    /// When the change started to apply (`None` while it waits); progress deadlines count from
+    /// here.
+    pub started_at: Option<i64>,
+}
+
+impl OperationRecord {
+    /// When the change started to apply (operations stored before schema 6 started when created).
+    pub fn started(&self) -> i64 {
+        self.started_at.unwrap_or(self.created_at)
+    }
 }
 
 /// A page of the deployment listing: filters are applied in SQL, the status filter against the
@@ -132,6 +148,15 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
             }),
             _ => None,
         },
+        change_windows: match r.try_get::<Option<String>, _>("change_windows")? {
+            None => None,
+            Some(doc) => {
+                let corrupt =
+                    |message| StoreError::Corrupt { table: "environments", column: "change_windows", message };
+                let doc: ChangeWindowsDoc = serde_json::from_str(&doc).map_err(|e| corrupt(e.to_string()))?;
+                Some(doc.compile().map_err(|i| corrupt(format!("{}: {}", i.field, i.message)))?)
+            }
+        },
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -148,6 +173,8 @@ fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         finished_at: r.try_get("finished_at")?,
+        approval_id: r.try_get("approval_id")?,
+        started_at: r.try_get("started_at")?,
     })
 }
 
@@ -271,12 +298,67 @@ impl Store {
         Ok(Some(before))
     }
 
+    /// Replaces an environment's restrictions (`requiredRoles`, `approvalRequired`) and/or its
+    /// change windows (`Some(None)` removes them), under the row's write lock, with the audit
+    /// record built from the environment as it was. `Ok(None)` when no such environment;
+    /// otherwise the environment as it is now.
+    pub async fn update_environment_policy(
+        &self,
+        id: &str,
+        restrictions: Option<(&[Role], bool)>,
+        windows: Option<Option<&ChangeWindowsDoc>>,
+        audit: impl FnOnce(&EnvironmentRecord) -> Audit,
+        now_ms: i64,
+    ) -> Result<Option<EnvironmentRecord>> {
+        let mut tx = self.write_tx().await?;
+        let lock_row = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT * FROM environments WHERE id = $1{lock_row}");
+        let Some(before) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let before = environment_from_row(&before)?;
+        if let Some((roles, approval)) = restrictions {
+            sqlx::query(
+                "UPDATE environments SET required_roles = $2, approval_required = $3, updated_at = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(serde_json::to_string(roles).expect("roles serialize"))
+            .bind(i64::from(approval))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(windows) = windows {
+            sqlx::query("UPDATE environments SET change_windows = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(windows.map(|w| serde_json::to_string(w).expect("change windows serialize")))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::write_audit(&mut tx, &audit(&before), now_ms).await?;
+        let after = sqlx::query("SELECT * FROM environments WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let after = environment_from_row(&after)?;
+        tx.commit().await?;
+        Ok(Some(after))
+    }
+
     // ---- deployments ------------------------------------------------------------------
 
     /// Inserts a deployment and its first operation. `false` if the environment already has a
-    /// live deployment of that name.
-    pub async fn create_deployment(&self, d: &DeploymentRecord, op: &OperationRecord, audit: &Audit) -> Result<bool> {
+    /// live deployment of that name. With a claim, only if the pending change it names is still
+    /// open (else [`StoreError::NotPending`]), consuming it in the same transaction.
+    pub async fn create_deployment(
+        &self,
+        d: &DeploymentRecord,
+        op: &OperationRecord,
+        audit: &Audit,
+        claim: Option<&Claim>,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        if let Some(c) = claim {
+            Self::claim_approval(&mut tx, c).await?;
+        }
         let taken: Option<String> = sqlx::query_scalar(
             "SELECT id FROM deployments WHERE environment = $1 AND name = $2 AND deleted_at IS NULL",
         )
@@ -460,13 +542,19 @@ impl Store {
     /// audit record, all stored in one transaction. Concurrent changes therefore serialize and
     /// none is lost, without a precondition; with `if_match`, a stale version is a conflict.
     /// `change` may refuse (its error is returned as is, and nothing is written).
+    /// With a claim, the change is made only if the pending change it names is still open
+    /// (else [`StoreError::NotPending`]), consuming it in the same transaction.
     pub async fn modify_deployment<E>(
         &self,
         id: &str,
         if_match: Option<i64>,
+        claim: Option<&Claim>,
         change: impl FnOnce(&DeploymentRecord) -> std::result::Result<(DeploymentRecord, OperationRecord, Audit), E>,
     ) -> Result<std::result::Result<Write<DeploymentRecord>, E>> {
         let mut tx = self.write_tx().await?;
+        if let Some(c) = claim {
+            Self::claim_approval(&mut tx, c).await?;
+        }
         let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND deleted_at IS NULL{lock}");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await?;
@@ -505,9 +593,20 @@ impl Store {
         Ok(Ok(Write::Done(updated)))
     }
 
-    /// Soft-deletes (the planner drops it; the row stays for audit) and records the operation.
-    pub async fn delete_deployment(&self, id: &str, op: &OperationRecord, audit: &Audit, now_ms: i64) -> Result<bool> {
+    /// Soft-deletes (the planner drops it; the row stays for audit) and records the operation;
+    /// a claim as for [`Self::create_deployment`].
+    pub async fn delete_deployment(
+        &self,
+        id: &str,
+        op: &OperationRecord,
+        audit: &Audit,
+        now_ms: i64,
+        claim: Option<&Claim>,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        if let Some(c) = claim {
+            Self::claim_approval(&mut tx, c).await?;
+        }
         let n = sqlx::query(
             "UPDATE deployments SET deleted_at = $1, resource_version = resource_version + 1 \
              WHERE id = $2 AND deleted_at IS NULL",
@@ -530,7 +629,8 @@ impl Store {
 
     /// Records a new desired-state change's operation; in the same transaction, the deployment's
     /// earlier open operations end as superseded (so concurrent changes cannot supersede the one
-    /// that is actually in force).
+    /// that is actually in force). The operation of a pending change exists already (it waited):
+    /// it is updated in place, keeping its id, creation time and request id.
     async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
         sqlx::query(
             "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
@@ -540,9 +640,16 @@ impl Store {
         .bind(&op.deployment_id)
         .execute(&mut *conn)
         .await?;
+        Self::upsert_operation(conn, op).await
+    }
+
+    /// Inserts an operation, or updates the one with its id (status, message, times).
+    pub(super) async fn upsert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO operations (id, kind, deployment_id, status, message, request_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            "INSERT INTO operations (id, kind, deployment_id, status, message, request_id, created_at, updated_at, \
+             approval_id, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, message = excluded.message, \
+             updated_at = excluded.updated_at, started_at = excluded.started_at",
         )
         .bind(&op.id)
         .bind(op.kind.as_str())
@@ -551,6 +658,9 @@ impl Store {
         .bind(&op.message)
         .bind(&op.request_id)
         .bind(op.created_at)
+        .bind(op.updated_at)
+        .bind(op.approval_id.clone())
+        .bind(op.started_at)
         .execute(conn)
         .await?;
         Ok(())

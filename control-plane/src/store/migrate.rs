@@ -33,6 +33,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0005_principals.sql"),
         include_str!("../../migrations/0005_principals.sql"),
     ),
+    (
+        6,
+        "approvals",
+        include_str!("../../migrations/0006_approvals.sql"),
+        include_str!("../../migrations/0006_approvals.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

@@ -15,6 +15,7 @@
 //!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`).
 
 mod agents;
+mod approvals;
 mod deployments;
 mod intent;
 mod logs;
@@ -31,6 +32,7 @@ use sqlx::{AnyPool, AssertSqlSafe};
 pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
+pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalVisibility, Claim, Transition};
 pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Write};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
@@ -48,6 +50,9 @@ pub enum StoreError {
     Corrupt { table: &'static str, column: &'static str, message: String },
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A pending change was claimed by someone else first (applied, rejected or expired).
+    #[error("pending change {0} is no longer open")]
+    NotPending(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,617 @@
+//! The approvals service: pending changes of what runs (production approvals and changes that
+//! wait for their environment's change window). Handlers (`api/approvals.rs`) parse and render.
+//!
+//! * A change in an environment with `approvalRequired` is not applied: the deployments service
+//!   stores the exact request here ([`Approvals::defer`]) with an operation that waits
+//!   (`awaiting_approval`), and answers 202. So does a change outside the change window whose
+//!   request said `?waitForWindow=true` (`scheduled`, operation `awaiting_window`).
+//! * Approving ([`Approvals::approve`]) needs someone other than the requester (compared by
+//!   [`crate::context::Principal::identity`], so a key cannot approve its creator's change) who
+//!   holds the change's permission in that environment, `requiredRoles` included. The lock and
+//!   the change window are checked again: if they refuse, the change stays pending and the
+//!   approver gets that error — unless the request asked to wait for the window, in which case
+//!   the approved change becomes `scheduled`. Otherwise the change is applied exactly as
+//!   requested, authored by the requester (the approver is recorded), under the waiting
+//!   operation's id; the claim that consumes the pending change is a compare-and-set in the
+//!   write's own transaction, so of two concurrent approvals exactly one applies.
+//! * A change that can no longer apply (its deployment was deleted, its name was taken, its
+//!   `If-Match` went stale, …) becomes `failed` with its operation.
+//! * Rejecting (with a comment) is for whoever could approve, or for the requester (withdrawing
+//!   it); the operation fails with the comment.
+//! * An open change expires `approval_ttl` after it was asked for (24 h by default): lazily when
+//!   read or decided, and by the sweep ([`sweep`]), which also applies scheduled changes once
+//!   their window opens (and their environment is unlocked).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::AppState;
+use crate::api::{ApiError, ApiResult, ErrorCode};
+use crate::authz::{Permission, Scope, perm};
+use crate::context::{Principal, PrincipalKind, RequestContext};
+use crate::deployments::{Change, Deployments, NewDeployment, PendingApply, permission_of};
+use crate::domain::{ApprovalStatus, OperationKind, OperationStatus};
+use crate::ids::{now_ms, random_id, rfc3339};
+use crate::reconcile::Parsed;
+use crate::store::{
+    ApprovalFilter, ApprovalRecord, ApprovalVisibility, Audit, Claim, EnvironmentRecord, OperationRecord,
+    StatusSummary, Transition,
+};
+
+pub const MAX_COMMENT_LEN: usize = 1024;
+/// Pending changes handled per sweep pass and kind (expiry, scheduled); the rest wait a pass.
+const SWEEP_BATCH: i64 = 100;
+/// Who the sweep acts as in audit records.
+const SYSTEM: &str = "system:approvals";
+
+/// The exact request a pending change will apply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum PendingRequest {
+    Create {
+        deployment: Box<NewDeployment>,
+    },
+    Change {
+        change: Change,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_match: Option<i64>,
+    },
+    Delete,
+}
+
+/// What the deployments service hands over to store as a pending change.
+pub struct NewPending {
+    /// For a create, the id the deployment will have (its operation names it already).
+    pub deployment_id: String,
+    pub deployment_name: String,
+    pub action: OperationKind,
+    pub request: PendingRequest,
+    /// `pending` (needs approval) or `scheduled` (waits for the window).
+    pub status: ApprovalStatus,
+    pub wait_for_window: bool,
+}
+
+/// A stored pending change and its waiting operation (and, for a change of an existing
+/// deployment, the deployment as it still is, with its stored status).
+pub struct Deferred {
+    pub approval: ApprovalRecord,
+    pub operation: OperationRecord,
+    pub deployment: Option<(Parsed, Option<StatusSummary>)>,
+}
+
+/// The outcome of approving: the change as it is now (`applied` or `scheduled`) and its
+/// operation.
+pub struct Decided {
+    pub approval: ApprovalRecord,
+    pub operation: OperationRecord,
+}
+
+pub struct Approvals<'a> {
+    state: &'a AppState,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::ApprovalNotFound, format!("pending change {id:?} not found"))
+        .with_details(json!({ "approvalId": id }))
+}
+
+fn not_pending(a: &ApprovalRecord) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorCode::ApprovalNotPending,
+        format!("pending change {:?} is {}, not pending: {}", a.id, a.status, a.message),
+    )
+    .with_details(json!({ "approvalId": a.id, "status": a.status }))
+}
+
+fn validate_comment(comment: &str, required: bool) -> ApiResult<()> {
+    if (required && comment.trim().is_empty())
+        || comment.len() > MAX_COMMENT_LEN
+        || comment.chars().any(|c| c.is_control() && c != '\n')
+    {
+        let what = if required { "1 to" } else { "at most" };
+        return Err(ApiError::validation("comment", format!("{what} {MAX_COMMENT_LEN} bytes, no control characters")));
+    }
+    Ok(())
+}
+
+/// The requester, as the author of the change when it is applied (its role bindings as they
+/// were when it asked).
+fn requester_context(a: &ApprovalRecord) -> RequestContext {
+    let (kind, name) = a.requester.split_once(':').unwrap_or(("user", &a.requester));
+    let kind = match kind {
+        "admin" => PrincipalKind::Admin,
+        "apikey" => PrincipalKind::ApiKey,
+        _ => PrincipalKind::User,
+    };
+    let principal = Principal {
+        kind,
+        id: a.requester_id.clone(),
+        name: name.to_string(),
+        roles: a.requester_roles.clone(),
+        owner: (a.requester_identity != a.requester).then(|| a.requester_identity.clone()),
+    };
+    RequestContext { principal, request_id: a.request_id.clone(), idempotency_key: None, source: None }
+}
+
+/// A record of something the sweep did, under the request that asked for the change.
+fn system_audit(action: &'static str, a: &ApprovalRecord, details: serde_json::Value) -> Audit {
+    Audit { actor: SYSTEM.into(), action, target: a.id.clone(), request_id: a.request_id.clone(), details }
+}
+
+/// Errors after which a change stays open: the environment is locked or out of its window
+/// (both pass), someone else decided first, or the failure was ours (retry).
+fn keeps_open(e: &ApiError) -> bool {
+    e.status.is_server_error()
+        || matches!(
+            e.code,
+            ErrorCode::EnvironmentLocked | ErrorCode::ChangeWindowClosed | ErrorCode::ApprovalNotPending
+        )
+}
+
+impl<'a> Approvals<'a> {
+    pub fn new(state: &'a AppState) -> Self {
+        Self { state }
+    }
+
+    /// Stores a change as pending (permission granted, environment unlocked; the window open
+    /// or waited for) with its waiting operation and the `approval.request` audit record, in
+    /// one transaction.
+    pub(crate) async fn defer(
+        &self,
+        ctx: &RequestContext,
+        env: &EnvironmentRecord,
+        p: NewPending,
+    ) -> ApiResult<Deferred> {
+        let now = now_ms();
+        let ttl = self.state.config.approval_ttl.as_millis() as i64;
+        let id = random_id("apr");
+        let (op_status, message) = match p.status {
+            ApprovalStatus::Pending => (
+                OperationStatus::AwaitingApproval,
+                format!("awaiting approval {id} by someone other than the requester"),
+            ),
+            _ => (OperationStatus::AwaitingWindow, format!("waiting for the change window of {:?}", env.name)),
+        };
+        let operation = OperationRecord {
+            id: random_id("op"),
+            kind: p.action,
+            deployment_id: p.deployment_id.clone(),
+            status: op_status,
+            message: message.clone(),
+            request_id: ctx.request_id.clone(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            approval_id: Some(id.clone()),
+            started_at: None,
+        };
+        let approval = ApprovalRecord {
+            id: id.clone(),
+            environment: env.name.clone(),
+            deployment_id: p.deployment_id,
+            deployment_name: p.deployment_name,
+            action: p.action,
+            permission: permission_of(p.action).to_string(),
+            request: serde_json::to_string(&p.request).expect("a pending request serializes"),
+            requester: ctx.principal.audit_name(),
+            requester_id: ctx.principal.id.clone(),
+            requester_identity: ctx.principal.identity(),
+            requester_roles: ctx.principal.roles.clone(),
+            request_id: ctx.request_id.clone(),
+            operation_id: operation.id.clone(),
+            status: p.status,
+            approval_required: p.status == ApprovalStatus::Pending,
+            wait_for_window: p.wait_for_window,
+            message,
+            decided_by: None,
+            decision_comment: None,
+            decided_at: None,
+            created_at: now,
+            updated_at: now,
+            expires_at: now.saturating_add(ttl),
+        };
+        let audit = ctx.audit(
+            "approval.request",
+            &id,
+            json!({
+                "environment": approval.environment,
+                "deploymentId": approval.deployment_id,
+                "action": approval.action,
+                "status": approval.status,
+                "operationId": operation.id,
+                "waitForWindow": approval.wait_for_window,
+                "expiresAt": rfc3339(approval.expires_at),
+            }),
+        );
+        self.state.store.create_approval(&approval, &operation, &audit).await?;
+        tracing::info!(approval = %id, environment = %approval.environment, deployment = %approval.deployment_id,
+            action = %approval.action, status = %approval.status, "change stored as pending");
+        Ok(Deferred { approval, operation, deployment: None })
+    }
+
+    /// Pending changes the caller may see (pending ones by default), oldest first.
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        status: Option<ApprovalStatus>,
+        page: i64,
+        page_size: i64,
+    ) -> ApiResult<(Vec<ApprovalRecord>, i64)> {
+        self.expire_due(now_ms()).await?;
+        let mut visible = ApprovalVisibility { identity: ctx.principal.identity(), ..Default::default() };
+        for env in self.state.store.list_environments().await? {
+            let scope = Scope::env(env.scope(), None);
+            if ctx.allows(perm::APPROVAL_READ, scope) {
+                visible.environments.push(env.name.clone());
+                continue;
+            }
+            for p in [perm::DEPLOYMENT_CREATE, perm::DEPLOYMENT_UPDATE, perm::DEPLOYMENT_SCALE, perm::DEPLOYMENT_DELETE]
+            {
+                if ctx.allows(p, scope) {
+                    visible.decidable.push((env.name.clone(), p.to_string()));
+                }
+            }
+        }
+        let filter = ApprovalFilter { status, visible: Some(&visible), page, page_size };
+        Ok(self.state.store.list_approvals(filter).await?)
+    }
+
+    /// One pending change, if the caller may see it (expired on the way if its time is up).
+    pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<ApprovalRecord> {
+        let (a, _) = self.load(ctx, id).await?;
+        Ok(a)
+    }
+
+    /// The pending change and its environment, if the caller may see it: with `approval:read`
+    /// there, as its requester, or as someone who could decide it. Expires it if due.
+    async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<(ApprovalRecord, EnvironmentRecord)> {
+        let a = self.state.store.get_approval(id).await?.ok_or_else(|| not_found(id))?;
+        let env = self.state.store.get_environment(&a.environment).await?.ok_or_else(|| not_found(id))?;
+        let scope = Scope::env(env.scope(), None);
+        let visible = ctx.principal.identity() == a.requester_identity
+            || ctx.allows(perm::APPROVAL_READ, scope)
+            || ctx.allows(self.permission(&a), scope);
+        if !visible {
+            return Err(not_found(id));
+        }
+        let a = if a.status.is_open() && a.expires_at <= now_ms() {
+            self.expire(&a).await?;
+            self.state.store.get_approval(id).await?.ok_or_else(|| not_found(id))?
+        } else {
+            a
+        };
+        Ok((a, env))
+    }
+
+    fn permission(&self, a: &ApprovalRecord) -> Permission {
+        permission_of(a.action)
+    }
+
+    /// A refused decision: recorded in the audit trail, then answered.
+    async fn refuse(&self, ctx: &RequestContext, action: &'static str, a: &ApprovalRecord, e: ApiError) -> ApiError {
+        let audit = ctx.audit(
+            "approval.refused",
+            &a.id,
+            json!({ "attempted": action, "code": e.code.as_str(), "status": a.status, "reason": e.message }),
+        );
+        if let Err(err) = self.state.store.record_audit(&audit, now_ms()).await {
+            tracing::warn!(approval = %a.id, error = %err, "could not record a refused decision");
+        }
+        e
+    }
+
+    /// Approves a pending change and applies it (or schedules it for its window, if its request
+    /// asked to wait).
+    pub async fn approve(&self, ctx: &RequestContext, id: &str, comment: Option<String>) -> ApiResult<Decided> {
+        if let Some(c) = &comment {
+            validate_comment(c, false)?;
+        }
+        let (a, env) = self.load(ctx, id).await?;
+        if a.status != ApprovalStatus::Pending {
+            return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
+        }
+        if ctx.principal.identity() == a.requester_identity {
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::SelfApproval,
+                format!("you asked for this change ({}), so someone else must approve it", a.requester),
+            )
+            .with_details(json!({ "approvalId": a.id, "requestedBy": a.requester }));
+            return Err(self.refuse(ctx, "approve", &a, e).await);
+        }
+        if let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
+            return Err(self.refuse(ctx, "approve", &a, e).await);
+        }
+        crate::environments::unlocked(&env)?;
+        let approver = ctx.principal.audit_name();
+        let audit = ctx.audit(
+            "approval.approve",
+            &a.id,
+            json!({ "requestedBy": a.requester, "comment": comment, "operationId": a.operation_id }),
+        );
+        if let Err(closed) = crate::environments::window_open(&env, now_ms()) {
+            if !a.wait_for_window {
+                return Err(closed);
+            }
+            let message = format!("approved by {approver}; waits for the change window: {}", closed.message);
+            let done = self
+                .state
+                .store
+                .transition_approval(&Transition {
+                    id: &a.id,
+                    from: ApprovalStatus::Pending,
+                    to: ApprovalStatus::Scheduled,
+                    message: &message,
+                    decision: Some((&approver, comment.as_deref())),
+                    operation: (OperationStatus::AwaitingWindow, &message),
+                    audit: Some(&audit),
+                    now: now_ms(),
+                })
+                .await?;
+            if !done {
+                return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
+            }
+        } else {
+            self.apply(&a, ApprovalStatus::Pending, Some((approver, comment)), Some(audit)).await?;
+        }
+        self.decided(id).await
+    }
+
+    /// Rejects (or, for its requester, withdraws) an open change; its operation fails with the
+    /// comment.
+    pub async fn reject(&self, ctx: &RequestContext, id: &str, comment: String) -> ApiResult<Decided> {
+        validate_comment(&comment, true)?;
+        let (a, env) = self.load(ctx, id).await?;
+        if !a.status.is_open() {
+            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
+        }
+        let own = ctx.principal.identity() == a.requester_identity;
+        if !own && let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
+            return Err(self.refuse(ctx, "reject", &a, e).await);
+        }
+        let who = ctx.principal.audit_name();
+        let message = if own {
+            format!("withdrawn by the requester {who}: {comment}")
+        } else {
+            format!("rejected by {who}: {comment}")
+        };
+        let audit = ctx.audit(
+            "approval.reject",
+            &a.id,
+            json!({ "requestedBy": a.requester, "comment": comment, "withdrawn": own, "operationId": a.operation_id }),
+        );
+        let done = self
+            .state
+            .store
+            .transition_approval(&Transition {
+                id: &a.id,
+                from: a.status,
+                to: ApprovalStatus::Rejected,
+                message: &message,
+                decision: Some((&who, Some(&comment))),
+                operation: (OperationStatus::Failed, &message),
+                audit: Some(&audit),
+                now: now_ms(),
+            })
+            .await?;
+        if !done {
+            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
+        }
+        self.decided(id).await
+    }
+
+    async fn decided(&self, id: &str) -> ApiResult<Decided> {
+        let approval = self.state.store.get_approval(id).await?.ok_or_else(|| not_found(id))?;
+        let operation = self.state.store.get_operation(&approval.operation_id).await?.ok_or_else(ApiError::internal)?;
+        Ok(Decided { approval, operation })
+    }
+
+    /// Applies an open change exactly as requested, authored by its requester, consuming it
+    /// (compare-and-set from `from`) in the write's transaction. A change that can no longer
+    /// apply becomes `failed`; a lock, a closed window, a lost race or a failure of ours leaves
+    /// it open. Lock and window are the caller's to check first.
+    async fn apply(
+        &self,
+        a: &ApprovalRecord,
+        from: ApprovalStatus,
+        decision: Option<(String, Option<String>)>,
+        audit: Option<Audit>,
+    ) -> ApiResult<OperationRecord> {
+        let now = now_ms();
+        let request: PendingRequest = serde_json::from_str(&a.request)
+            .map_err(|e| ApiError::internal().with_cause(format!("pending change {} does not parse: {e}", a.id)))?;
+        let operation = self.state.store.get_operation(&a.operation_id).await?.ok_or_else(|| {
+            ApiError::internal()
+                .with_cause(format!("operation {} of pending change {} is missing", a.operation_id, a.id))
+        })?;
+        let approved_by = decision.as_ref().map(|d| d.0.clone()).or_else(|| a.decided_by.clone());
+        let fail_decision = decision.clone();
+        let pending = PendingApply {
+            claim: Claim { approval_id: a.id.clone(), from, decision, audit, now },
+            operation,
+            approved_by,
+        };
+        let requester = requester_context(a);
+        let deployments = Deployments::new(self.state);
+        let result = match request {
+            PendingRequest::Create { deployment } => deployments
+                .apply_create(&requester, a.deployment_id.clone(), *deployment, Some(&pending))
+                .await
+                .map(|acc| acc.operation),
+            PendingRequest::Change { change, if_match } => deployments
+                .apply_change(&requester, &a.deployment_id, if_match, change, Some(&pending))
+                .await
+                .map(|acc| acc.operation),
+            PendingRequest::Delete => {
+                deployments.apply_delete(&requester, &a.deployment_id, &a.deployment_name, Some(&pending)).await
+            }
+        };
+        match result {
+            Ok(op) => {
+                tracing::info!(approval = %a.id, operation = %op.id, deployment = %a.deployment_id, "pending change applied");
+                Ok(op)
+            }
+            Err(e) if keeps_open(&e) => Err(e),
+            Err(e) => {
+                let message = format!("the change could not be applied: {}", e.message);
+                let actor = fail_decision.as_ref().map(|d| d.0.clone());
+                let audit = Audit {
+                    actor: actor.clone().unwrap_or_else(|| SYSTEM.into()),
+                    ..system_audit("approval.fail", a, json!({ "code": e.code.as_str(), "reason": e.message }))
+                };
+                self.state
+                    .store
+                    .transition_approval(&Transition {
+                        id: &a.id,
+                        from,
+                        to: ApprovalStatus::Failed,
+                        message: &message,
+                        decision: fail_decision.as_ref().map(|(by, c)| (by.as_str(), c.as_deref())),
+                        operation: (OperationStatus::Failed, &message),
+                        audit: Some(&audit),
+                        now: now_ms(),
+                    })
+                    .await?;
+                tracing::info!(approval = %a.id, code = %e.code, reason = %e.message, "pending change failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Expires one open change whose time is up (nothing if it was decided meanwhile).
+    async fn expire(&self, a: &ApprovalRecord) -> ApiResult<()> {
+        let waited_for = if a.status == ApprovalStatus::Pending { "approval" } else { "its change window" };
+        let message = format!("expired at {} while waiting for {waited_for}", rfc3339(a.expires_at));
+        let audit = system_audit("approval.expire", a, json!({ "status": a.status }));
+        let done = self
+            .state
+            .store
+            .transition_approval(&Transition {
+                id: &a.id,
+                from: a.status,
+                to: ApprovalStatus::Expired,
+                message: &message,
+                decision: None,
+                operation: (OperationStatus::Failed, &message),
+                audit: Some(&audit),
+                now: now_ms(),
+            })
+            .await?;
+        if done {
+            tracing::info!(approval = %a.id, "pending change expired");
+        }
+        Ok(())
+    }
+
+    /// Expires every open change whose time is up (a batch per call).
+    pub async fn expire_due(&self, now: i64) -> ApiResult<usize> {
+        let due = self.state.store.expired_approvals(now, SWEEP_BATCH).await?;
+        for a in &due {
+            self.expire(a).await?;
+        }
+        Ok(due.len())
+    }
+
+    /// Applies the scheduled changes whose environment is unlocked and inside its window.
+    pub async fn apply_scheduled(&self) -> ApiResult<usize> {
+        let mut applied = 0;
+        for a in self.state.store.scheduled_approvals(SWEEP_BATCH).await? {
+            if a.expires_at <= now_ms() {
+                self.expire(&a).await?;
+                continue;
+            }
+            let Some(env) = self.state.store.get_environment(&a.environment).await? else { continue };
+            if env.lock.is_some() || crate::environments::window_open(&env, now_ms()).is_err() {
+                continue;
+            }
+            match self.apply(&a, ApprovalStatus::Scheduled, None, None).await {
+                Ok(_) => applied += 1,
+                Err(e) if e.status.is_server_error() => return Err(e),
+                // Failed (recorded), or decided or closed meanwhile: the next pass sees.
+                Err(_) => {}
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// The sweep: every `approval_sweep_interval`, expires open changes whose time is up and applies
+/// scheduled changes whose window has opened. Cheap when there is nothing to do (two indexed
+/// queries). Runs until `shutdown` turns true; safe on several replicas at once (every
+/// transition is a compare-and-set).
+pub async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let every = state.config.approval_sweep_interval.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        let service = Approvals::new(&state);
+        if let Err(e) = service.expire_due(now_ms()).await {
+            tracing::warn!(error = %e.cause.as_deref().unwrap_or(&e.message), "approval sweep: expiry failed");
+        }
+        if let Err(e) = service.apply_scheduled().await {
+            tracing::warn!(error = %e.cause.as_deref().unwrap_or(&e.message), "approval sweep: applying failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Configuration, TargetJson};
+
+    #[test]
+    fn requests_round_trip_exactly() {
+        let config: Configuration =
+            serde_json::from_value(json!({ "replicas": 2, "command": "/bin/web", "env": { "A": "1" } })).unwrap();
+        let requests = [
+            PendingRequest::Create {
+                deployment: Box::new(NewDeployment {
+                    name: "web".into(),
+                    environment: "production".into(),
+                    version: "v2".into(),
+                    target: TargetJson { agent_ids: None, selector: Some(Default::default()) },
+                    configuration: config.clone(),
+                    source: None,
+                }),
+            },
+            PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) },
+            PendingRequest::Change { change: Change::Restart, if_match: None },
+            PendingRequest::Change {
+                change: Change::Update {
+                    version: Some("v3".into()),
+                    target: None,
+                    configuration: Some(Box::new(config)),
+                },
+                if_match: None,
+            },
+            PendingRequest::Delete,
+        ];
+        for r in requests {
+            let text = serde_json::to_string(&r).unwrap();
+            let back: PendingRequest = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        }
+        assert_eq!(
+            serde_json::to_value(PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) }).unwrap(),
+            json!({ "action": "change", "change": { "scale": 3 }, "ifMatch": 7 })
+        );
+    }
+
+    #[test]
+    fn comments_are_bounded() {
+        assert!(validate_comment("", false).is_ok());
+        assert!(validate_comment(" ", true).is_err());
+        assert!(validate_comment("ok\nsecond line", true).is_ok());
+        assert!(validate_comment("bell\u{7}", false).is_err());
+        assert!(validate_comment(&"x".repeat(MAX_COMMENT_LEN + 1), false).is_err());
+    }
+}
