@@ -261,24 +261,22 @@ impl<'a> Approvals<'a> {
         Ok(self.state.store.list_approvals(filter).await?)
     }
 
-    /// One pending change, if the caller may see it (expired on the way if its time is up).
+    /// One pending change, if the caller may see it (expired on the way if its time is up):
+    /// with `approval:read` in its environment, as its requester, or as someone who could
+    /// decide it; anyone else gets the 403 naming `approval:read`.
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<ApprovalRecord> {
-        let (a, _) = self.load(ctx, id).await?;
+        let (a, env) = self.load(id).await?;
+        let scope = Scope::env(env.scope(), None);
+        if ctx.principal.identity() != a.requester_identity && !ctx.allows(self.permission(&a), scope) {
+            ctx.require(perm::APPROVAL_READ, scope, || not_found(id))?;
+        }
         Ok(a)
     }
 
-    /// The pending change and its environment, if the caller may see it: with `approval:read`
-    /// there, as its requester, or as someone who could decide it. Expires it if due.
-    async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<(ApprovalRecord, EnvironmentRecord)> {
+    /// The pending change and its environment, expired first if its time is up.
+    async fn load(&self, id: &str) -> ApiResult<(ApprovalRecord, EnvironmentRecord)> {
         let a = self.state.store.get_approval(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.state.store.get_environment(&a.environment).await?.ok_or_else(|| not_found(id))?;
-        let scope = Scope::env(env.scope(), None);
-        let visible = ctx.principal.identity() == a.requester_identity
-            || ctx.allows(perm::APPROVAL_READ, scope)
-            || ctx.allows(self.permission(&a), scope);
-        if !visible {
-            return Err(not_found(id));
-        }
         let a = if a.status.is_open() && a.expires_at <= now_ms() {
             self.expire(&a).await?;
             self.state.store.get_approval(id).await?.ok_or_else(|| not_found(id))?
@@ -311,10 +309,8 @@ impl<'a> Approvals<'a> {
         if let Some(c) = &comment {
             validate_comment(c, false)?;
         }
-        let (a, env) = self.load(ctx, id).await?;
-        if a.status != ApprovalStatus::Pending {
-            return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
-        }
+        let (a, env) = self.load(id).await?;
+        // Who may decide comes first, so that nobody else learns where the change is.
         if ctx.principal.identity() == a.requester_identity {
             let e = ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -326,6 +322,9 @@ impl<'a> Approvals<'a> {
         }
         if let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
             return Err(self.refuse(ctx, "approve", &a, e).await);
+        }
+        if a.status != ApprovalStatus::Pending {
+            return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
         }
         crate::environments::unlocked(&env)?;
         let approver = ctx.principal.audit_name();
@@ -366,13 +365,13 @@ impl<'a> Approvals<'a> {
     /// comment.
     pub async fn reject(&self, ctx: &RequestContext, id: &str, comment: String) -> ApiResult<Decided> {
         validate_comment(&comment, true)?;
-        let (a, env) = self.load(ctx, id).await?;
-        if !a.status.is_open() {
-            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
-        }
+        let (a, env) = self.load(id).await?;
         let own = ctx.principal.identity() == a.requester_identity;
         if !own && let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
             return Err(self.refuse(ctx, "reject", &a, e).await);
+        }
+        if !a.status.is_open() {
+            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
         }
         let who = ctx.principal.audit_name();
         let message = if own {

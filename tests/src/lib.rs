@@ -79,6 +79,12 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// How long pending changes (approvals, changes waiting for a window) stay open.
+    pub fn approval_ttl(mut self, d: Duration) -> Self {
+        self.config.approval_ttl = d;
+        self
+    }
+
     pub fn database_url(mut self, url: &str) -> Self {
         self.config.database_url = url.to_string();
         self
@@ -106,6 +112,8 @@ impl ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServerConfig::for_tests(dir.path());
         config.heartbeat_interval = Duration::from_millis(500);
+        // Scheduled changes apply, and pending ones expire, within a quarter second.
+        config.approval_sweep_interval = Duration::from_millis(250);
         ControlPlaneBuilder { config, dir }
     }
 
