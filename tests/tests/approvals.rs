@@ -504,3 +504,35 @@ async fn restrictions_and_windows_are_validated_and_permissioned() {
         cp.api(Method::POST, "/v1/deployments?wait=true", Some(deployment("x", "development", 1))).await;
     assert_eq!((status, code(&res)), (StatusCode::BAD_REQUEST, "VALIDATION_001"), "{res}");
 }
+
+#[tokio::test]
+async fn two_approvers_at_once_apply_the_change_once() {
+    let cp = ControlPlane::spawn().await;
+    let rm1 = user(&cp, "rm1", "release_manager").await;
+    let approvers = [user(&cp, "rm2", "release_manager").await, user(&cp, "admin2", "deployment_admin").await];
+    for round in 0..3 {
+        let name = format!("race-{round}");
+        let (status, res) =
+            call(&cp, &rm1, Method::POST, "/v1/deployments", Some(deployment(&name, "production", 1))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+        let approve = format!("/v1/approvals/{}/approve", res["approval"]["id"].as_str().unwrap());
+        let (a, b) = tokio::join!(
+            call(&cp, &approvers[0], Method::POST, &approve, None),
+            call(&cp, &approvers[1], Method::POST, &approve, None),
+        );
+        let mut outcomes = [(a.0, code(&a.1).to_string()), (b.0, code(&b.1).to_string())];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [(StatusCode::ACCEPTED, String::new()), (StatusCode::CONFLICT, "APPROVAL_003".to_string())],
+            "{a:?} {b:?}"
+        );
+    }
+    // Each deployment exists once, created once.
+    let (_, list) = cp.api(Method::GET, "/v1/deployments?environment=production", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 3, "{list}");
+    for d in list["data"].as_array().unwrap() {
+        let creates = audit_actions(&cp, d["id"].as_str().unwrap()).await;
+        assert_eq!(creates, [("deployment.create".to_string(), "user:rm1".to_string())]);
+    }
+}
