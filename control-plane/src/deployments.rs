@@ -298,6 +298,14 @@ impl<'a> Deployments<'a> {
         Ok(op)
     }
 
+    /// Whether the caller may read the logs of this (live) deployment: `logs:read` in its
+    /// environment.
+    pub async fn authorize_logs(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
+        let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
+        let env = self.environment(&record.environment).await?;
+        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), None), || not_found(id))
+    }
+
     /// A live deployment the caller may read.
     async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;

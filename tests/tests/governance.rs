@@ -72,6 +72,17 @@ async fn each_role_may_do_what_the_seed_says_where_it_says() {
             cp.request(Method::POST, &format!("/v1/deployments/{id}/restart"), None, Some(token)).await;
         assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
     }
+    // Logs need logs:read: a developer has it in development, a cost analyst nowhere.
+    let cost = cp.login_as("cost", json!(["cost_analyst"])).await;
+    let (status, body) = cp.request(Method::GET, &format!("/v1/logs/deployments/{id}"), None, Some(&dev)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = cp.request(Method::GET, &format!("/v1/deployments/{id}"), None, Some(&cost)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for path in [format!("/v1/logs/deployments/{id}"), format!("/v1/logs/stream/{id}")] {
+        let (status, body) = cp.request(Method::GET, &path, None, Some(&cost)).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
+        assert_eq!(body["error"]["details"]["missingPermission"], "logs:read");
+    }
     // A developer lists only what it may read: development.
     let (_, body) = cp.request(Method::GET, "/v1/deployments", None, Some(&dev)).await;
     assert_eq!(body["pagination"]["totalCount"], 1, "{body}");
