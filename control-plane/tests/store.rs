@@ -529,13 +529,25 @@ async fn status_summaries_filter_the_listing(store: &Store) {
         page: 1,
         page_size: 10,
     };
-    assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
+    assert_eq!(store.list_deployments(by(Some("development"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s3"), None)).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s3".to_string()], 1));
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s1"), Some("failed"))).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s1"), Some("failed"))).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s1".to_string()], 1));
     assert_eq!(store.list_deployments(by(None, Some("dep-s1"), Some("running"))).await.unwrap().1, 0);
+    // The caller's readable environments bound the listing (and its total).
+    let visible =
+        |envs: &'static [String]| DeploymentFilter { visible_environments: Some(envs), ..by(None, None, None) };
+    static NONE: Vec<String> = Vec::new();
+    let staging: &'static [String] = Box::leak(vec!["staging".to_string()].into_boxed_slice());
+    let both: &'static [String] = Box::leak(vec!["staging".to_string(), "development".to_string()].into_boxed_slice());
+    assert_eq!(store.list_deployments(visible(&NONE)).await.unwrap().1, 0);
+    assert_eq!(store.list_deployments(visible(staging)).await.unwrap().1, 0);
+    assert_eq!(store.list_deployments(visible(both)).await.unwrap().1, 5);
+    let (rows, total) =
+        store.list_deployments(DeploymentFilter { status: Some("running"), ..visible(both) }).await.unwrap();
+    assert_eq!((rows.len(), total), (2, 2));
 }
 
 async fn liveness_is_flushed_in_batches(store: &Store) {
