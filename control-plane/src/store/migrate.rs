@@ -27,6 +27,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0004_intent_rows.sql"),
         include_str!("../../migrations/0004_intent_rows.sql"),
     ),
+    (
+        8,
+        "audit",
+        include_str!("../../migrations/0008_audit.sqlite.sql"),
+        include_str!("../../migrations/0008_audit.postgres.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.
