@@ -9,10 +9,11 @@
 //! deployment at once so the answer already reflects its new intent.
 
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
+use crate::audit::mask::changes;
 use crate::authz::{Permission, Scope, perm};
 use crate::context::RequestContext;
 use crate::domain::{DesiredState, OperationKind, OperationStatus};
@@ -138,7 +139,10 @@ impl<'a> Deployments<'a> {
         let op = operation(OperationKind::Create, &record.id, ctx, now);
         let details =
             json!({ "name": record.name, "environment": record.environment, "version": record.active_version });
-        let audit = ctx.audit(OperationKind::Create.audit_action(), &record.id, details);
+        let after = audit_doc(&record, &new.configuration, &new.target);
+        let audit = ctx
+            .audit(OperationKind::Create.audit_action(), &record.id, details)
+            .with_changes(changes(None, Some(&after)));
         if !self.state.store.create_deployment(&record, &op, &audit).await? {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -206,7 +210,11 @@ impl<'a> Deployments<'a> {
                     "replicas": parsed.config.replicas,
                 });
                 made = Some(op.clone());
-                Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details)))
+                let diff = changes(
+                    Some(&audit_doc(&before.record, &before.config, &before.target)),
+                    Some(&audit_doc(&record, &parsed.config, &parsed.target)),
+                );
+                Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details).with_changes(diff)))
             })
             .await??;
         match outcome {
@@ -236,7 +244,10 @@ impl<'a> Deployments<'a> {
         self.unlocked(&env)?;
         let now = now_ms();
         let op = operation(OperationKind::Delete, id, ctx, now);
-        let audit = ctx.audit(OperationKind::Delete.audit_action(), id, json!({ "name": current.name }));
+        let before = Parsed::from_record(current.clone())?;
+        let audit = ctx
+            .audit(OperationKind::Delete.audit_action(), id, json!({ "name": current.name }))
+            .with_changes(changes(Some(&audit_doc(&current, &before.config, &before.target)), None));
         if !self.state.store.delete_deployment(id, &op, &audit, now).await? {
             return Err(not_found(id));
         }
@@ -354,6 +365,24 @@ impl<'a> Deployments<'a> {
             self.state.reconciler.enqueue(id);
         }
     }
+}
+
+/// A deployment's desired state as its audit records show it (before/after of each change):
+/// the replica count at the top, beside the version, desired state and revision.
+fn audit_doc(r: &DeploymentRecord, config: &Configuration, target: &TargetJson) -> Value {
+    let mut configuration = serde_json::to_value(config).expect("configuration serializes");
+    if let Some(c) = configuration.as_object_mut() {
+        c.remove("replicas");
+    }
+    json!({
+        "activeVersion": r.active_version,
+        "desiredState": r.desired_state,
+        "revision": r.revision,
+        "restartNonce": r.restart_nonce,
+        "replicas": config.replicas,
+        "target": target,
+        "configuration": configuration,
+    })
 }
 
 /// What a revision pins: the process template, whatever the replica count.

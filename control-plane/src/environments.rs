@@ -94,7 +94,10 @@ impl<'a> Environments<'a> {
             created_at: now,
             updated_at: now,
         };
-        let audit = ctx.audit("environment.create", &env.id, json!({ "name": env.name }));
+        let after = json!({ "name": env.name, "type": env.kind, "description": env.description });
+        let audit = ctx
+            .audit("environment.create", &env.id, json!({ "name": env.name }))
+            .with_changes(crate::audit::mask::changes(None, Some(&after)));
         if !self.state.store.create_environment(&env, &audit).await? {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
