@@ -52,8 +52,7 @@ impl<'a> Agents<'a> {
                 format!("description is limited to {MAX_DESCRIPTION_LEN} bytes"),
             ));
         }
-        Ok(crate::tokens::issue(self.state, ttl, labels, description, &ctx.principal.audit_name(), &ctx.request_id)
-            .await?)
+        Ok(crate::tokens::issue_for(self.state, ctx, ttl, labels, description).await?)
     }
 
     /// Tokens (optionally in one state: active, used, expired) with their state, paged.

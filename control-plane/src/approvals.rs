@@ -34,7 +34,7 @@ use crate::api::{ApiError, ApiResult, ErrorCode};
 use crate::authz::{Permission, Scope, perm};
 use crate::context::{Principal, PrincipalKind, RequestContext};
 use crate::deployments::{Change, Deployments, NewDeployment, PendingApply, permission_of};
-use crate::domain::{ApprovalStatus, OperationKind, OperationStatus};
+use crate::domain::{ApprovalStatus, AuditOutcome, OperationKind, OperationStatus};
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::reconcile::Parsed;
 use crate::store::{
@@ -139,8 +139,8 @@ fn requester_context(a: &ApprovalRecord) -> RequestContext {
 }
 
 /// A record of something the sweep did, under the request that asked for the change.
-fn system_audit(action: &'static str, a: &ApprovalRecord, details: serde_json::Value) -> Audit {
-    Audit { actor: SYSTEM.into(), action, target: a.id.clone(), request_id: a.request_id.clone(), details }
+fn system_audit(action: &str, a: &ApprovalRecord, details: serde_json::Value) -> Audit {
+    Audit::new(SYSTEM, action, a.id.clone(), a.request_id.clone(), details)
 }
 
 /// Errors after which a change stays open: the environment is locked or out of its window
@@ -290,19 +290,6 @@ impl<'a> Approvals<'a> {
         permission_of(a.action)
     }
 
-    /// A refused decision: recorded in the audit trail, then answered.
-    async fn refuse(&self, ctx: &RequestContext, action: &'static str, a: &ApprovalRecord, e: ApiError) -> ApiError {
-        let audit = ctx.audit(
-            "approval.refused",
-            &a.id,
-            json!({ "attempted": action, "code": e.code.as_str(), "status": a.status, "reason": e.message }),
-        );
-        if let Err(err) = self.state.store.record_audit(&audit, now_ms()).await {
-            tracing::warn!(approval = %a.id, error = %err, "could not record a refused decision");
-        }
-        e
-    }
-
     /// Approves a pending change and applies it (or schedules it for its window, if its request
     /// asked to wait).
     pub async fn approve(&self, ctx: &RequestContext, id: &str, comment: Option<String>) -> ApiResult<Decided> {
@@ -310,21 +297,19 @@ impl<'a> Approvals<'a> {
             validate_comment(c, false)?;
         }
         let (a, env) = self.load(id).await?;
-        // Who may decide comes first, so that nobody else learns where the change is.
+        // Who may decide comes first, so that nobody else learns where the change is. Refusals
+        // are recorded in the audit trail by the request-id middleware (`audit::refused`).
         if ctx.principal.identity() == a.requester_identity {
-            let e = ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::SelfApproval,
                 format!("you asked for this change ({}), so someone else must approve it", a.requester),
             )
-            .with_details(json!({ "approvalId": a.id, "requestedBy": a.requester }));
-            return Err(self.refuse(ctx, "approve", &a, e).await);
+            .with_details(json!({ "approvalId": a.id, "requestedBy": a.requester })));
         }
-        if let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
-            return Err(self.refuse(ctx, "approve", &a, e).await);
-        }
+        ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id))?;
         if a.status != ApprovalStatus::Pending {
-            return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
+            return Err(not_pending(&a));
         }
         crate::environments::unlocked(&env)?;
         let approver = ctx.principal.audit_name();
@@ -353,7 +338,7 @@ impl<'a> Approvals<'a> {
                 })
                 .await?;
             if !done {
-                return Err(self.refuse(ctx, "approve", &a, not_pending(&a)).await);
+                return Err(not_pending(&a));
             }
         } else {
             self.apply(&a, ApprovalStatus::Pending, Some((approver, comment)), Some(audit)).await?;
@@ -367,11 +352,11 @@ impl<'a> Approvals<'a> {
         validate_comment(&comment, true)?;
         let (a, env) = self.load(id).await?;
         let own = ctx.principal.identity() == a.requester_identity;
-        if !own && let Err(e) = ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id)) {
-            return Err(self.refuse(ctx, "reject", &a, e).await);
+        if !own {
+            ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id))?;
         }
         if !a.status.is_open() {
-            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
+            return Err(not_pending(&a));
         }
         let who = ctx.principal.audit_name();
         let message = if own {
@@ -399,7 +384,7 @@ impl<'a> Approvals<'a> {
             })
             .await?;
         if !done {
-            return Err(self.refuse(ctx, "reject", &a, not_pending(&a)).await);
+            return Err(not_pending(&a));
         }
         self.decided(id).await
     }
@@ -446,9 +431,10 @@ impl<'a> Approvals<'a> {
                 .apply_change(&requester, &a.deployment_id, if_match, change, Some(&pending))
                 .await
                 .map(|acc| acc.operation),
-            PendingRequest::Delete => {
-                deployments.apply_delete(&requester, &a.deployment_id, &a.deployment_name, Some(&pending)).await
-            }
+            PendingRequest::Delete => match self.state.store.get_deployment(&a.deployment_id).await? {
+                Some(current) => deployments.apply_delete(&requester, &current, Some(&pending)).await,
+                None => Err(crate::deployments::not_found(&a.deployment_id)),
+            },
         };
         match result {
             Ok(op) => {
@@ -458,11 +444,12 @@ impl<'a> Approvals<'a> {
             Err(e) if keeps_open(&e) => Err(e),
             Err(e) => {
                 let message = format!("the change could not be applied: {}", e.message);
-                let actor = fail_decision.as_ref().map(|d| d.0.clone());
-                let audit = Audit {
-                    actor: actor.clone().unwrap_or_else(|| SYSTEM.into()),
-                    ..system_audit("approval.fail", a, json!({ "code": e.code.as_str(), "reason": e.message }))
-                };
+                let mut audit =
+                    system_audit("approval.fail", a, json!({ "code": e.code.as_str(), "reason": e.message }))
+                        .with_outcome(AuditOutcome::Failed);
+                if let Some((approver, _)) = &fail_decision {
+                    audit.actor.clone_from(approver);
+                }
                 self.state
                     .store
                     .transition_approval(&Transition {

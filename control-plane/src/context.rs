@@ -2,11 +2,13 @@
 //! checks, environment locks and the audit record are applied in one place per mutation.
 
 use axum::extract::FromRequestParts;
+use axum::extract::{MatchedPath, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, ApiResult, ErrorCode, RequestId};
+use crate::audit::AuditScope;
 use crate::authz::{Decision, Denial, Permission, Role, RoleBinding, Scope, decide};
 use crate::store::Audit;
 
@@ -102,18 +104,15 @@ impl RequestContext {
         decide(&self.principal.roles, p, scope) == Decision::Allow
     }
 
-    /// The audit record of a mutation made under this request.
-    pub fn audit(&self, action: &'static str, target: &str, mut details: Value) -> Audit {
+    /// The audit record of a mutation made under this request (outcome `success`; the object
+    /// type is the action's prefix, `deployment.scale` → `deployment`). Add what changed with
+    /// [`Audit::with_changes`]; secret-looking fields are masked when it is stored.
+    pub fn audit(&self, action: &str, target: &str, mut details: Value) -> Audit {
         if let (Some(key), Some(obj)) = (&self.idempotency_key, details.as_object_mut()) {
             obj.insert("idempotencyKey".into(), Value::String(key.clone()));
         }
-        Audit {
-            actor: self.principal.audit_name(),
-            action,
-            target: target.into(),
-            request_id: self.request_id.clone(),
-            details,
-        }
+        Audit::new(self.principal.audit_name(), action, target, self.request_id.clone(), details)
+            .with_source(self.source.clone())
     }
 }
 
@@ -143,6 +142,16 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let principal = parts.extensions.get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
+        // What a refused request's audit record names (see `AuditScope`).
+        if let Some(scope) = parts.extensions.get::<AuditScope>().cloned() {
+            scope.set_actor(&principal.audit_name());
+            let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_string());
+            let target = match RawPathParams::from_request_parts(parts, state).await {
+                Ok(params) => params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string()),
+                Err(_) => None,
+            };
+            scope.set_route(route, target);
+        }
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let idempotency_key = match parts.headers.get("idempotency-key") {
             None => None,

@@ -14,11 +14,12 @@
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
 use crate::approvals::{Approvals, Deferred, NewPending, PendingRequest};
+use crate::audit::mask::changes;
 use crate::authz::{Permission, Scope, perm};
 use crate::context::RequestContext;
 use crate::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus};
@@ -239,7 +240,10 @@ impl<'a> Deployments<'a> {
             json!({ "name": record.name, "environment": record.environment, "version": record.active_version }),
             pending,
         );
-        let audit = ctx.audit(OperationKind::Create.audit_action(), &record.id, details);
+        let after = audit_doc(&record, &new.configuration, &new.target);
+        let audit = ctx
+            .audit(OperationKind::Create.audit_action(), &record.id, details)
+            .with_changes(changes(None, Some(&after)));
         let claim = pending.map(|p| &p.claim);
         if !self.state.store.create_deployment(&record, &op, &audit, claim).await? {
             return Err(exists(&record.name, &record.environment));
@@ -332,7 +336,11 @@ impl<'a> Deployments<'a> {
                     pending,
                 );
                 made = Some(op.clone());
-                Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details)))
+                let diff = changes(
+                    Some(&audit_doc(&before.record, &before.config, &before.target)),
+                    Some(&audit_doc(&record, &parsed.config, &parsed.target)),
+                );
+                Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details).with_changes(diff)))
             })
             .await??;
         match outcome {
@@ -355,7 +363,7 @@ impl<'a> Deployments<'a> {
         let env = self.environment(&current.environment).await?;
         ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), None), || not_found(id))?;
         match self.route(&env, perm::DEPLOYMENT_DELETE, opts)? {
-            None => Ok(Outcome::Applied(self.apply_delete(ctx, id, &current.name, None).await?)),
+            None => Ok(Outcome::Applied(self.apply_delete(ctx, &current, None).await?)),
             Some(status) => {
                 let pending = NewPending {
                     deployment_id: id.to_string(),
@@ -378,14 +386,16 @@ impl<'a> Deployments<'a> {
     pub(crate) async fn apply_delete(
         &self,
         ctx: &RequestContext,
-        id: &str,
-        name: &str,
+        current: &DeploymentRecord,
         pending: Option<&PendingApply>,
     ) -> ApiResult<OperationRecord> {
+        let id = current.id.as_str();
         let now = now_ms();
         let op = operation(OperationKind::Delete, id, ctx, now, pending);
-        let audit =
-            ctx.audit(OperationKind::Delete.audit_action(), id, with_approval(json!({ "name": name }), pending));
+        let before = Parsed::from_record(current.clone())?;
+        let audit = ctx
+            .audit(OperationKind::Delete.audit_action(), id, with_approval(json!({ "name": current.name }), pending))
+            .with_changes(changes(Some(&audit_doc(current, &before.config, &before.target)), None));
         if !self.state.store.delete_deployment(id, &op, &audit, now, pending.map(|p| &p.claim)).await? {
             return Err(not_found(id));
         }
@@ -474,6 +484,14 @@ impl<'a> Deployments<'a> {
         Ok(op)
     }
 
+    /// Whether the caller may read the logs of this (live) deployment: `logs:read` in its
+    /// environment.
+    pub async fn authorize_logs(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
+        let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
+        let env = self.environment(&record.environment).await?;
+        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), None), || not_found(id))
+    }
+
     /// A live deployment the caller may read.
     async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
@@ -518,6 +536,24 @@ impl<'a> Deployments<'a> {
             self.state.reconciler.enqueue(id);
         }
     }
+}
+
+/// A deployment's desired state as its audit records show it (before/after of each change):
+/// the replica count at the top, beside the version, desired state and revision.
+fn audit_doc(r: &DeploymentRecord, config: &Configuration, target: &TargetJson) -> Value {
+    let mut configuration = serde_json::to_value(config).expect("configuration serializes");
+    if let Some(c) = configuration.as_object_mut() {
+        c.remove("replicas");
+    }
+    json!({
+        "activeVersion": r.active_version,
+        "desiredState": r.desired_state,
+        "revision": r.revision,
+        "restartNonce": r.restart_nonce,
+        "replicas": config.replicas,
+        "target": target,
+        "configuration": configuration,
+    })
 }
 
 /// What a revision pins: the process template, whatever the replica count.

@@ -108,6 +108,19 @@ impl ApprovalStatus {
     }
 }
 
+named_enum! {
+    /// How the request an audit record describes ended.
+    AuditOutcome {
+        /// The change was made.
+        Success = "success",
+        /// Permission was refused (403).
+        Denied = "denied",
+        /// The request was refused for another reason (a failed login, a conflict, a locked
+        /// environment).
+        Failed = "failed",
+    }
+}
+
 impl OperationKind {
     /// The audit action recorded for it.
     pub fn audit_action(self) -> &'static str {
@@ -138,6 +151,7 @@ mod tests {
         for s in ApprovalStatus::ALL {
             assert_eq!(ApprovalStatus::parse(s.as_str()), Some(*s));
         }
+        assert_eq!(AuditOutcome::names(), "success, denied, failed");
         assert_eq!(DesiredState::parse("stopped"), Some(DesiredState::Stopped));
         assert_eq!(DesiredState::parse("Stopped"), None);
         assert_eq!(serde_json::to_value(OperationStatus::InProgress).unwrap(), "in_progress");

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
+use crate::audit::mask::changes;
 use crate::authz::{Role, Scope, perm};
 use crate::change_windows::{self, ChangeWindowsDoc};
 use crate::context::RequestContext;
@@ -117,7 +118,10 @@ impl<'a> Environments<'a> {
             created_at: now,
             updated_at: now,
         };
-        let audit = ctx.audit("environment.create", &env.id, json!({ "name": env.name }));
+        let after = json!({ "name": env.name, "type": env.kind, "description": env.description });
+        let audit = ctx
+            .audit("environment.create", &env.id, json!({ "name": env.name }))
+            .with_changes(crate::audit::mask::changes(None, Some(&after)));
         if !self.state.store.create_environment(&env, &audit).await? {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -178,15 +182,9 @@ impl<'a> Environments<'a> {
         ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
         let after = json!({ "requiredRoles": roles, "approvalRequired": approval_required });
         let audit = |before: &EnvironmentRecord| {
-            ctx.audit(
-                "environment.restrictions",
-                &before.id,
-                json!({
-                    "name": before.name,
-                    "before": { "requiredRoles": before.required_roles, "approvalRequired": before.approval_required },
-                    "after": after,
-                }),
-            )
+            let was = json!({ "requiredRoles": before.required_roles, "approvalRequired": before.approval_required });
+            ctx.audit("environment.restrictions", &before.id, json!({ "name": before.name }))
+                .with_changes(changes(Some(&was), Some(&after)))
         };
         let updated = self
             .state
@@ -212,15 +210,9 @@ impl<'a> Environments<'a> {
         ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
         let doc = windows.as_ref().map(|w| w.doc().clone());
         let audit = |before: &EnvironmentRecord| {
-            ctx.audit(
-                "environment.change_windows",
-                &before.id,
-                json!({
-                    "name": before.name,
-                    "before": before.change_windows.as_ref().map(|w| w.doc()),
-                    "after": doc,
-                }),
-            )
+            let was = json!({ "changeWindows": before.change_windows.as_ref().map(|w| w.doc()) });
+            ctx.audit("environment.change_windows", &before.id, json!({ "name": before.name }))
+                .with_changes(changes(Some(&was), Some(&json!({ "changeWindows": doc }))))
         };
         let updated =
             self.state.store.update_environment_policy(&env.id, None, Some(doc.as_ref()), audit, now_ms()).await?;

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod api;
 pub mod approvals;
+pub mod audit;
 pub mod authz;
 pub mod change_windows;
 pub mod config;
@@ -162,6 +163,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
+        // Connection info gives handlers the client's address (audit records' `source`).
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = http_rx.wait_for(|s| *s).await;

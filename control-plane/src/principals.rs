@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
 use crate::authz::{RoleBinding, perm};
 use crate::context::{Principal, PrincipalKind, RequestContext};
+use crate::domain::AuditOutcome;
 use crate::ids::{hash_secret, now_ms, random_hex, random_id};
 use crate::store::{ApiKeyRecord, Credential, UserRecord};
 
@@ -189,20 +190,15 @@ pub async fn login(
         .login_limiter
         .check(&user_key, MAX_FAILURES_PER_USER, now)
         .and_then(|()| state.login_limiter.check(&addr_key, MAX_FAILURES_PER_ADDRESS, now));
-    let audit = |action: &'static str, details: serde_json::Value| crate::store::Audit {
-        actor: format!("user:{username}"),
-        action,
-        target: format!("user:{username}"),
-        request_id: request_id.to_string(),
-        details: {
-            let mut d = details;
-            d["source"] = json!(source);
-            d
-        },
+    let audit = |action: &str, outcome: AuditOutcome| {
+        crate::store::Audit::new(format!("user:{username}"), action, format!("user:{username}"), request_id, json!({}))
+            .with_outcome(outcome)
+            .with_object_type("user")
+            .with_source(source.map(str::to_string))
     };
     if let Err(retry) = limited {
         tracing::warn!(username, source, "login refused: too many failed attempts");
-        if let Err(e) = state.store.record_audit(&audit("auth.login.throttled", json!({})), now_ms()).await {
+        if let Err(e) = state.store.record_audit(&audit("auth.login", AuditOutcome::Denied)).await {
             tracing::error!(error = %e, "cannot record a throttled login");
         }
         return Err(ApiError::new(
@@ -218,16 +214,21 @@ pub async fn login(
         state.login_limiter.fail(&user_key, now);
         state.login_limiter.fail(&addr_key, now);
         tracing::warn!(username, source, "login failed");
-        state.store.record_audit(&audit("auth.login.failed", json!({})), now_ms()).await?;
+        state.store.record_audit(&audit("auth.login", AuditOutcome::Failed)).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::LoginFailed, "wrong username or password"));
     };
     state.login_limiter.clear(&user_key);
     let token = format!("{SESSION_PREFIX}{}", random_hex(32));
     let at = now_ms();
     let expires_at = at + SESSION_TTL.as_millis() as i64;
-    let mut a = audit("auth.login", json!({ "expiresAt": crate::ids::rfc3339(expires_at) }));
-    a.actor = format!("user:{}", user.username);
-    a.target.clone_from(&user.id);
+    let a = crate::store::Audit::new(
+        format!("user:{}", user.username),
+        "auth.login",
+        user.id.clone(),
+        request_id,
+        json!({ "expiresAt": crate::ids::rfc3339(expires_at) }),
+    )
+    .with_source(source.map(str::to_string));
     state.store.create_session(&user.id, &hash_secret(&token), expires_at, &a, at).await?;
     Ok(Session { token, expires_at, user })
 }

@@ -41,7 +41,8 @@ impl std::fmt::Display for BootstrapToken {
 }
 
 /// Issues a bootstrap token: stores only the secret's hash (and the audit record) and returns
-/// the token, whose string form is shown once. Used by the REST API and by dev mode.
+/// the token, whose string form is shown once. Used by dev mode; the REST API goes through
+/// [`issue_for`].
 pub async fn issue(
     state: &crate::AppState,
     ttl_seconds: i64,
@@ -49,6 +50,30 @@ pub async fn issue(
     description: String,
     actor: &str,
     request_id: &str,
+) -> Result<(BootstrapToken, crate::store::NewBootstrapToken), crate::store::StoreError> {
+    issue_audited(state, ttl_seconds, labels, description, |id, details| {
+        crate::store::Audit::new(actor, "token.create", id, request_id, details)
+    })
+    .await
+}
+
+/// [`issue`] for a request: the audit record names the request's caller, id and address.
+pub async fn issue_for(
+    state: &crate::AppState,
+    ctx: &crate::context::RequestContext,
+    ttl_seconds: i64,
+    labels: std::collections::BTreeMap<String, String>,
+    description: String,
+) -> Result<(BootstrapToken, crate::store::NewBootstrapToken), crate::store::StoreError> {
+    issue_audited(state, ttl_seconds, labels, description, |id, details| ctx.audit("token.create", id, details)).await
+}
+
+async fn issue_audited(
+    state: &crate::AppState,
+    ttl_seconds: i64,
+    labels: std::collections::BTreeMap<String, String>,
+    description: String,
+    audit: impl FnOnce(&str, serde_json::Value) -> crate::store::Audit,
 ) -> Result<(BootstrapToken, crate::store::NewBootstrapToken), crate::store::StoreError> {
     let token = BootstrapToken::generate(&state.ca.fingerprint());
     let now = crate::ids::now_ms();
@@ -60,14 +85,8 @@ pub async fn issue(
         created_at: now,
         expires_at: now + ttl_seconds * 1000,
     };
-    let audit = crate::store::Audit {
-        actor: actor.to_string(),
-        action: "token.create",
-        target: token.id.clone(),
-        request_id: request_id.to_string(),
-        details: serde_json::json!({ "labels": record.labels, "expiresAt": crate::ids::rfc3339(record.expires_at) }),
-    };
-    state.store.create_bootstrap_token(&record, &audit).await?;
+    let details = serde_json::json!({ "labels": record.labels, "expiresAt": crate::ids::rfc3339(record.expires_at) });
+    state.store.create_bootstrap_token(&record, &audit(&token.id, details)).await?;
     Ok((token, record))
 }
 

@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ferry_control_plane::audit::mask::MASK;
+use ferry_control_plane::domain::AuditOutcome;
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
-    AgentFilter, AgentStatus, ApiKeyRecord, Audit, Credential, DeploymentFilter, EnrollRefusal, EnvironmentLock,
-    IntentRow, LogRow, NewAgent, NewBootstrapToken, ObservedReport, Ownership, RowChange, StatusSummary, Store,
-    StoreOptions, UserRecord,
+    AgentFilter, AgentStatus, ApiKeyRecord, Audit, AuditFilter, Credential, DeploymentFilter, EVENTS_KEPT,
+    EVENTS_PRUNE_EVERY, EnrollRefusal, EnvironmentLock, IntentRow, LogRow, NewAgent, NewBootstrapToken, ObservedReport,
+    Ownership, Page, RowChange, StatusSummary, Store, StoreOptions, TimelineItem, UserRecord,
 };
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
@@ -38,13 +40,13 @@ impl Db {
         Some(Db { store, _dir: None, cleanup: Some((url, schema)) })
     }
 
+    /// Drops the test's schema through its own store: a store on the default schema would
+    /// migrate `public`, which other builds of Ferry sharing this database also use.
     async fn drop_schema(self) {
-        self.store.close().await;
-        if let Some((url, schema)) = self.cleanup {
-            let plain = Store::connect(&url, StoreOptions::default()).await.unwrap();
-            plain.drop_pg_schema(&schema).await.unwrap();
-            plain.close().await;
+        if let Some((_, schema)) = &self.cleanup {
+            self.store.drop_pg_schema(schema).await.unwrap();
         }
+        self.store.close().await;
     }
 }
 
@@ -82,16 +84,15 @@ conformance!(
     expiry_and_schedule_queries_and_transitions,
     approvals_are_listed_by_visibility,
     environment_policy_updates_are_audited,
+    audit_records_are_filtered_paged_and_masked,
+    audit_records_cannot_be_changed_or_deleted,
+    status_events_are_appended_on_transitions_only,
+    status_events_are_bounded_per_deployment,
+    timelines_merge_audit_records_and_events,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
-    Audit {
-        actor: "admin:test".into(),
-        action,
-        target: target.into(),
-        request_id: "req-1".into(),
-        details: serde_json::json!({}),
-    }
+    Audit::new("admin:test", action, target, "req-1", serde_json::json!({}))
 }
 
 async fn new_token(store: &Store, ttl_ms: i64, labels: &[(&str, &str)]) -> (String, String) {
@@ -534,13 +535,25 @@ async fn status_summaries_filter_the_listing(store: &Store) {
         page: 1,
         page_size: 10,
     };
-    assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
+    assert_eq!(store.list_deployments(by(Some("development"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s3"), None)).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s3".to_string()], 1));
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s1"), Some("failed"))).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s1"), Some("failed"))).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s1".to_string()], 1));
     assert_eq!(store.list_deployments(by(None, Some("dep-s1"), Some("running"))).await.unwrap().1, 0);
+    // The caller's readable environments bound the listing (and its total).
+    let visible =
+        |envs: &'static [String]| DeploymentFilter { visible_environments: Some(envs), ..by(None, None, None) };
+    static NONE: Vec<String> = Vec::new();
+    let staging: &'static [String] = Box::leak(vec!["staging".to_string()].into_boxed_slice());
+    let both: &'static [String] = Box::leak(vec!["staging".to_string(), "development".to_string()].into_boxed_slice());
+    assert_eq!(store.list_deployments(visible(&NONE)).await.unwrap().1, 0);
+    assert_eq!(store.list_deployments(visible(staging)).await.unwrap().1, 0);
+    assert_eq!(store.list_deployments(visible(both)).await.unwrap().1, 5);
+    let (rows, total) =
+        store.list_deployments(DeploymentFilter { status: Some("running"), ..visible(both) }).await.unwrap();
+    assert_eq!((rows.len(), total), (2, 2));
 }
 
 async fn liveness_is_flushed_in_batches(store: &Store) {
@@ -1040,4 +1053,226 @@ async fn environment_policy_updates_are_audited(store: &Store) {
             .is_none()
     );
     assert_eq!(store.audit_for(&staging.id).await.unwrap().len(), 3);
+}
+
+fn all_audit(page: i64, page_size: i64) -> AuditFilter<'static> {
+    AuditFilter {
+        actor: None,
+        action: None,
+        target: None,
+        object_type: None,
+        outcome: None,
+        from_ms: None,
+        to_ms: None,
+        page: Page::newest_first(page, page_size),
+    }
+}
+
+async fn audit_records_are_filtered_paged_and_masked(store: &Store) {
+    // Three revocations at chosen times (the store writes the time it is given).
+    for (i, t) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        let id = format!("agent-a{i}");
+        enrolled(store, &id).await;
+        let a = Audit::new(format!("user:u{i}"), "agent.revoke", &id, format!("req-{i}"), serde_json::json!({}))
+            .with_source(Some("10.0.0.9".into()));
+        store.revoke_agent(&id, &a, t).await.unwrap().unwrap();
+    }
+    // A refused request, recorded on its own, with secrets in its documents.
+    let denied = Audit::new(
+        "user:u2",
+        "POST /v1/deployments/{id}/scale",
+        "deploy-x",
+        "req-d",
+        serde_json::json!({ "password": "hunter2", "idempotencyKey": "k-1" }),
+    )
+    .with_object_type("deployment")
+    .with_outcome(AuditOutcome::Denied)
+    .with_changes(serde_json::json!({
+        "before": { "configuration": { "env": { "TOKEN": "plain" }, "secrets": { "DB": "s3cret" } } },
+        "after": null,
+    }));
+    let id = store.record_audit(&denied).await.unwrap();
+
+    // Newest first: three token creations, three enrollments and the denial (now), then the
+    // three revocations (1970).
+    let (all, total) = store.list_audit(&all_audit(1, 100)).await.unwrap();
+    assert_eq!(total, 10);
+    assert!(all.windows(2).all(|w| w[0].at >= w[1].at), "newest first");
+    assert_eq!(
+        all[7..].iter().map(|a| (a.at, a.request_id.as_str())).collect::<Vec<_>>(),
+        [(3_000, "req-3"), (2_000, "req-2"), (1_000, "req-1")]
+    );
+    let d = all.iter().find(|a| a.id == id).unwrap();
+    assert_eq!(
+        (d.actor.as_str(), d.action.as_str(), d.object_type.as_str(), d.target.as_str(), d.outcome),
+        ("user:u2", "POST /v1/deployments/{id}/scale", "deployment", "deploy-x", AuditOutcome::Denied)
+    );
+    assert_eq!(d.details, serde_json::json!({ "password": MASK, "idempotencyKey": "k-1" }), "masked when stored");
+    assert_eq!(
+        d.changes,
+        Some(serde_json::json!({
+            "before": { "configuration": { "env": { "TOKEN": "plain" }, "secrets": { "DB": MASK } } },
+            "after": null,
+        }))
+    );
+    let revoke = all.iter().find(|a| a.at == 1_000).unwrap();
+    assert_eq!(
+        (revoke.object_type.as_str(), revoke.outcome, revoke.source.as_deref(), revoke.changes.as_ref()),
+        ("agent", AuditOutcome::Success, Some("10.0.0.9"), None)
+    );
+
+    // Filters narrow; each given one applies.
+    let count = |f: AuditFilter<'static>| async move { store.list_audit(&f).await.unwrap() };
+    let (r, n) = count(AuditFilter { actor: Some("user:u2"), ..all_audit(1, 10) }).await;
+    assert_eq!((n, r.iter().map(|a| a.request_id.as_str()).collect::<Vec<_>>()), (2, vec!["req-d", "req-2"]));
+    let (_, n) = count(AuditFilter { action: Some("agent.revoke"), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 3);
+    let (_, n) = count(AuditFilter { action: Some("agent.enroll"), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 3);
+    let (r, n) = count(AuditFilter { target: Some("agent-a3"), ..all_audit(1, 10) }).await;
+    assert_eq!((n, r[0].action.as_str(), r[1].action.as_str()), (2, "agent.enroll", "agent.revoke"));
+    let (_, n) = count(AuditFilter { object_type: Some("deployment"), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 1);
+    let (_, n) = count(AuditFilter { outcome: Some(AuditOutcome::Denied), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 1);
+    let (_, n) = count(AuditFilter { outcome: Some(AuditOutcome::Failed), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 0);
+    let (r, n) = count(AuditFilter { from_ms: Some(1_500), to_ms: Some(3_000), ..all_audit(1, 10) }).await;
+    assert_eq!((n, r.iter().map(|a| a.at).collect::<Vec<_>>()), (2, vec![3_000, 2_000]), "inclusive range");
+    let (_, n) = count(AuditFilter { to_ms: Some(2_000), actor: Some("user:u2"), ..all_audit(1, 10) }).await;
+    assert_eq!(n, 1, "filters combine");
+
+    // Pages, both orders.
+    let (p, n) = count(AuditFilter { action: Some("agent.revoke"), ..all_audit(2, 2) }).await;
+    assert_eq!((n, p.iter().map(|a| a.at).collect::<Vec<_>>()), (3, vec![1_000]));
+    let oldest = Page { page: 1, page_size: 2, oldest_first: true };
+    let (p, _) = count(AuditFilter { action: Some("agent.revoke"), page: oldest, ..all_audit(1, 1) }).await;
+    assert_eq!(p.iter().map(|a| a.at).collect::<Vec<_>>(), [1_000, 2_000]);
+    let (p, n) = count(all_audit(100, 10)).await;
+    assert_eq!((p.len(), n), (0, 10), "past the end");
+}
+
+async fn audit_records_cannot_be_changed_or_deleted(store: &Store) {
+    enrolled(store, "agent-i").await;
+    store.revoke_agent("agent-i", &audit("agent.revoke", "agent-i"), now_ms()).await.unwrap();
+    let before = store.list_audit(&all_audit(1, 10)).await.unwrap();
+    assert_eq!(before.1, 3, "token creation, enrollment, revocation");
+    for sql in [
+        "UPDATE audit_log SET actor = 'someone else'",
+        "UPDATE audit_log SET details = '{}' WHERE action = 'agent.revoke'",
+        "DELETE FROM audit_log WHERE action = 'agent.revoke'",
+        "DELETE FROM audit_log",
+    ] {
+        let e = store.execute_raw(sql).await.expect_err(sql);
+        assert!(e.to_string().contains("audit records are immutable"), "{sql}: {e}");
+    }
+    if store.backend() == ferry_control_plane::store::Backend::Postgres {
+        let e = store.execute_raw("TRUNCATE audit_log").await.expect_err("TRUNCATE");
+        assert!(e.to_string().contains("audit records are immutable"), "{e}");
+    }
+    assert_eq!(store.list_audit(&all_audit(1, 10)).await.unwrap(), before, "nothing changed");
+    // Inserting still works, and so does every other table.
+    store.record_audit(&audit("agent.revoke", "agent-i")).await.unwrap();
+    assert_eq!(store.list_audit(&all_audit(1, 10)).await.unwrap().1, 4);
+    assert_eq!(store.execute_raw("UPDATE agents SET name = 'renamed' WHERE id = 'agent-i'").await.unwrap(), 1);
+}
+
+fn summary(status: &str, ready: u32) -> StatusSummary {
+    StatusSummary {
+        status: status.into(),
+        desired: 2,
+        current: 2,
+        ready,
+        reasons: if status == "running" { vec![] } else { vec![format!("{status} because")] },
+        running_since: None,
+    }
+}
+
+async fn status_events_are_appended_on_transitions_only(store: &Store) {
+    store.insert_test_deployment("dep-e").await.unwrap();
+    store.insert_test_deployment("dep-other").await.unwrap();
+    let page = Page::newest_first(1, 50);
+    assert_eq!(store.deployment_events("dep-e", page).await.unwrap().1, 0);
+    let steps = [
+        (summary("deploying", 0), true, true),
+        (summary("deploying", 1), true, false), // same status, other counts: the summary changes, no event
+        (summary("deploying", 1), false, false), // unchanged: nothing written
+        (summary("running", 2), true, true),
+        (summary("degraded", 1), true, true),
+        (summary("running", 2), true, true),
+    ];
+    for (i, (s, changed, _)) in steps.iter().enumerate() {
+        assert_eq!(store.put_status_summary("dep-e", s, 100 + i as i64).await.unwrap(), *changed, "step {i}");
+    }
+    store.put_status_summary("dep-other", &summary("failed", 0), 5).await.unwrap();
+    let (events, total) = store.deployment_events("dep-e", Page { oldest_first: true, ..page }).await.unwrap();
+    assert_eq!(total, steps.iter().filter(|s| s.2).count() as i64);
+    let seen: Vec<(i64, i64, Option<&str>, &str)> =
+        events.iter().map(|e| (e.seq, e.at, e.from.as_deref(), e.to.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, 100, None, "deploying"),
+            (2, 103, Some("deploying"), "running"),
+            (3, 104, Some("running"), "degraded"),
+            (4, 105, Some("degraded"), "running"),
+        ]
+    );
+    assert_eq!(events[2].reasons, ["degraded because"]);
+    assert_eq!(events[2].message, "1 of 2 replicas ready");
+    let (newest, _) = store.deployment_events("dep-e", Page::newest_first(1, 1)).await.unwrap();
+    assert_eq!(newest[0].seq, 4, "newest first by default");
+    let (other, n) = store.deployment_events("dep-other", page).await.unwrap();
+    assert_eq!((n, other[0].to.as_str()), (1, "failed"), "per deployment");
+    assert_eq!(store.status_summary("dep-e").await.unwrap(), Some(summary("running", 2)));
+}
+
+async fn status_events_are_bounded_per_deployment(store: &Store) {
+    store.insert_test_deployment("dep-b").await.unwrap();
+    let transitions = EVENTS_KEPT + EVENTS_PRUNE_EVERY + 10;
+    for i in 0..transitions {
+        let s = if i % 2 == 0 { summary("running", 2) } else { summary("degraded", 1) };
+        assert!(store.put_status_summary("dep-b", &s, i).await.unwrap());
+    }
+    let (events, total) = store.deployment_events("dep-b", Page::newest_first(1, 1)).await.unwrap();
+    assert!(
+        (EVENTS_KEPT..EVENTS_KEPT + EVENTS_PRUNE_EVERY).contains(&total),
+        "{total} events kept after {transitions} transitions"
+    );
+    assert_eq!(events[0].seq, transitions, "the newest is kept");
+    let (oldest, _) =
+        store.deployment_events("dep-b", Page { page: 1, page_size: 1, oldest_first: true }).await.unwrap();
+    assert_eq!(oldest[0].seq, transitions - total + 1, "the oldest are dropped, with no gap");
+}
+
+async fn timelines_merge_audit_records_and_events(store: &Store) {
+    store.insert_test_deployment("dep-t").await.unwrap();
+    enrolled(store, "agent-t").await;
+    // Audit records at 10 and 30 (through revocations, whose time the store is given), events
+    // at 10, 20 and 40; at the same millisecond the change comes first.
+    let revoke = |req: &'static str| Audit::new("admin:test", "deployment.scale", "dep-t", req, serde_json::json!({}));
+    store.put_status_summary("dep-t", &summary("deploying", 0), 10).await.unwrap();
+    store.revoke_agent("agent-t", &revoke("req-a"), 10).await.unwrap();
+    store.put_status_summary("dep-t", &summary("running", 2), 20).await.unwrap();
+    store.revoke_agent("agent-t", &revoke("req-b"), 30).await.unwrap();
+    store.put_status_summary("dep-t", &summary("degraded", 1), 40).await.unwrap();
+    let show = |items: Vec<TimelineItem>| {
+        items
+            .into_iter()
+            .map(|i| match i {
+                TimelineItem::Audit(a) => format!("{}:{}", a.at, a.request_id),
+                TimelineItem::Event(e) => format!("{}:{}", e.at, e.to),
+            })
+            .collect::<Vec<_>>()
+    };
+    let asc = Page { page: 1, page_size: 10, oldest_first: true };
+    let (items, total) = store.deployment_timeline("dep-t", asc).await.unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(show(items), ["10:req-a", "10:deploying", "20:running", "30:req-b", "40:degraded"]);
+    let (items, _) = store.deployment_timeline("dep-t", Page::newest_first(1, 2)).await.unwrap();
+    assert_eq!(show(items), ["40:degraded", "30:req-b"]);
+    let (items, total) = store.deployment_timeline("dep-t", Page::newest_first(2, 2)).await.unwrap();
+    assert_eq!((show(items), total), (vec!["20:running".to_string(), "10:deploying".to_string()], 5));
+    let (items, total) = store.deployment_timeline("dep-none", asc).await.unwrap();
+    assert_eq!((items.len(), total), (0, 0));
 }

@@ -2,8 +2,9 @@
 //! list of protocol-1 workloads per agent, observed rows named by deployment id, no revisions)
 //! is upgraded in place and everything in it still loads, on SQLite and on PostgreSQL.
 
+use ferry_control_plane::domain::AuditOutcome;
 use ferry_control_plane::ids::random_hex;
-use ferry_control_plane::store::{DeploymentFilter, Store, StoreOptions};
+use ferry_control_plane::store::{DeploymentFilter, Page, Store, StoreOptions};
 use sqlx::{AnyConnection, Connection};
 
 const V1: &str = include_str!("../migrations/0001_agents.sql");
@@ -25,6 +26,8 @@ INSERT INTO deployments (id, name, environment, active_version, spec, target, de
 INSERT INTO agent_intents (agent_id, generation, workloads, updated_at) VALUES ('agent-old', 7,
     '[{"id":"deploy-old","name":"web","version":"v3","restart_nonce":1,"spec":{"command":"/bin/sleep","args":["3600"],"env":{},"working_dir":null,"replicas":2,"restart_policy":"Always","liveness":null,"readiness":null,"startup":null,"stop_grace_ms":10000}}]',
     2);
+INSERT INTO audit_log (id, at, actor, action, target, request_id, details) VALUES
+    ('aud-old', 1, 'admin:old', 'deployment.create', 'deploy-old', 'req-old', '{"name":"web"}');
 INSERT INTO agent_observed (agent_id, workload_id, generation, replicas, reported_at) VALUES ('agent-old',
     'deploy-old', 7, '[{"index":0,"phase":"Running","pid":10,"port":20000,"ready":true,"restarts":0,"reason":null,"since_ms":1}]', 3);
 "#;
@@ -57,6 +60,15 @@ async fn old_rows_still_load(store: &Store) {
     let (page, total) =
         store.list_deployments(DeploymentFilter { page: 1, page_size: 10, ..Default::default() }).await.unwrap();
     assert_eq!((page.len(), total), (1, 1));
+    // Audit records keep what they said, gain an object type and outcome, and name the revision
+    // they created.
+    let (history, _) = store.deployment_history("deploy-old", Page::newest_first(1, 10)).await.unwrap();
+    let a = history[0].audit.as_ref().expect("revision 1 is linked to its creation");
+    assert_eq!(
+        (a.id.as_str(), a.actor.as_str(), a.object_type.as_str(), a.outcome, a.request_id.as_str()),
+        ("aud-old", "admin:old", "deployment", AuditOutcome::Success, "req-old")
+    );
+    assert_eq!(a.details, serde_json::json!({ "name": "web" }));
     // And a second start changes nothing.
     store.migrate().await.unwrap();
     assert_eq!(store.intent_snapshot("agent-old", None).await.unwrap().1.len(), 1);

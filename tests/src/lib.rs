@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The password of users made by [`ControlPlane::login_as`].
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
 /// Default deadline for [`eventually`].
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -193,6 +196,29 @@ impl ControlPlane {
         let bytes = res.bytes().await.expect("HTTP body");
         let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
         (status, value)
+    }
+
+    /// Creates a user with these role bindings (`["developer"]`, `[{"role":…,"workspace":…}]`)
+    /// and logs it in; returns its session token.
+    pub async fn login_as(&self, username: &str, roles: Value) -> String {
+        let (status, body) = self
+            .api(
+                Method::POST,
+                "/v1/users",
+                Some(json!({ "username": username, "password": TEST_PASSWORD, "roles": roles })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.login(username, TEST_PASSWORD).await
+    }
+
+    /// Logs a user in; returns its session token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .request(Method::POST, "/v1/auth/login", Some(json!({ "username": username, "password": password })), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().expect("session token").to_string()
     }
 
     /// Creates a bootstrap token and returns its full string.

@@ -308,7 +308,8 @@ async fn the_loop_runs_on_postgresql() {
     drop(agent);
     cp.stop().await;
 
-    let cleanup = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    // Into the test's own schema: a store on the default one would migrate `public`.
+    let cleanup = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
     cleanup.drop_pg_schema(&schema).await.unwrap();
     cleanup.close().await;
 }

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorCode};
 use crate::AppState;
+use crate::context::RequestContext;
 use crate::ids::rfc3339;
 use crate::logs::Subscription;
 use crate::store::{LogRow, StoreError};
@@ -82,6 +83,7 @@ impl From<LogRow> for LogView {
 /// `GET /v1/logs/deployments/{id}`: lines oldest first; page on with `after=<nextAfter>`.
 pub async fn list(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Value>> {
@@ -89,7 +91,7 @@ pub async fn list(
     let limit = q.limit.as_deref().map(|s| int("limit", s, 1..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_LIMIT);
     let stream = parse_stream(q.stream.as_deref())?;
     let after = q.after.as_deref().map(|s| int("after", s, 0..=i64::MAX)).transpose()?;
-    ensure_exists(&state, &id).await?;
+    ensure_readable(&state, &ctx, &id).await?;
     let rows = state.store.query_logs(&id, after, since, stream, limit).await?;
     let next_after = rows.last().map(|r| r.id);
     let data: Vec<LogView> = rows.into_iter().map(LogView::from).collect();
@@ -108,6 +110,7 @@ enum Start {
 /// `GET /v1/logs/stream/{id}`: Server-Sent Events, one `log` event per line.
 pub async fn stream(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<StreamParams>,
     headers: HeaderMap,
@@ -122,7 +125,7 @@ pub async fn stream(
     let tail = q.tail.as_deref().map(|s| int("tail", s, 0..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_TAIL);
     // The header is where a reconnecting client says how far it got: it wins over the URL.
     let start = last_event_id.or(after).map_or(Start::Tail(tail), Start::After);
-    ensure_exists(&state, &id).await?;
+    ensure_readable(&state, &ctx, &id).await?;
     // Subscribe before the first query, so nothing stored meanwhile goes unnoticed.
     let sub = state.logs.subscribe(&id).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "too many open log streams; retry later")
@@ -224,13 +227,9 @@ impl Pump {
     }
 }
 
-async fn ensure_exists(state: &AppState, id: &str) -> ApiResult<()> {
-    if state.store.deployment_exists(id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
-            .with_details(json!({ "deploymentId": id })))
-    }
+/// The deployment exists and the caller may read its logs.
+async fn ensure_readable(state: &AppState, ctx: &RequestContext, id: &str) -> ApiResult<()> {
+    crate::deployments::Deployments::new(state).authorize_logs(ctx, id).await
 }
 
 fn int(field: &str, s: &str, range: RangeInclusive<i64>) -> ApiResult<i64> {

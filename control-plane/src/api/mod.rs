@@ -4,6 +4,7 @@
 
 mod agents;
 mod approvals;
+mod audit;
 mod auth;
 mod deployments;
 mod environments;
@@ -13,7 +14,9 @@ mod logs;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -25,6 +28,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ApiError, ApiResult, ErrorCode};
 
 use crate::AppState;
+use crate::audit::AuditScope;
 
 const REQUEST_ID: &str = "x-request-id";
 /// How much of a request's path its log line shows.
@@ -43,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments", get(deployments::list).post(deployments::create))
         .route("/v1/deployments/{id}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/v1/deployments/{id}/status", get(deployments::status))
+        .route("/v1/deployments/{id}/audit", get(audit::deployment))
+        .route("/v1/deployments/{id}/history", get(audit::history))
+        .route("/v1/deployments/{id}/events", get(audit::events))
+        .route("/v1/deployments/{id}/timeline", get(audit::timeline))
         .route("/v1/deployments/{id}/scale", post(deployments::scale))
         .route("/v1/deployments/{id}/{action}", post(deployments::lifecycle))
         .route("/v1/operations/{id}", get(deployments::get_operation))
@@ -69,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-keys/{id}", axum::routing::delete(auth::revoke_key))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
+        .route("/v1/audit", get(audit::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()
@@ -104,6 +113,8 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// Assigns the request id, renders [`ApiError`] bodies and logs each request once; a failure's
 /// cause (e.g. a store error) is logged there, with the request id, and stays out of the body.
+/// A refused request (403, or a conflict refusing an authenticated change) gets its audit record
+/// here ([`crate::audit::refused`]), whichever layer refused it.
 async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -113,6 +124,9 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
         .map(str::to_string)
         .unwrap_or_else(|| crate::ids::random_id("req"));
     req.extensions_mut().insert(RequestId(id.clone()));
+    let scope = AuditScope::default();
+    req.extensions_mut().insert(scope.clone());
+    let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
     let method = req.method().clone();
     // The log gets the start of a long path (a refused URI can be up to hyper's 64 KiB).
     let path: String = req.uri().path().chars().take(LOG_PATH_CHARS).collect();
@@ -123,6 +137,12 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
     let mut cause = None;
     if let Some(mut err) = res.extensions_mut().remove::<ApiError>() {
         cause = err.cause.take().map(|c| (err.code, c));
+        if let Some(audit) = crate::audit::refused(&scope.get(), &method, &path, &id, source.clone(), &err) {
+            // The refusal stands whether or not it could be recorded.
+            if let Err(e) = state.store.record_audit(&audit).await {
+                tracing::error!(request_id = %id, action = %audit.action, error = %e, "could not audit a refused request");
+            }
+        }
         let status = res.status();
         let mut headers = std::mem::take(res.headers_mut());
         res = (status, Json(err.body(&id))).into_response();
@@ -134,11 +154,16 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
         res.headers_mut().insert(REQUEST_ID, v);
     }
     let status = res.status().as_u16();
+    let source = source.as_deref().unwrap_or("-");
     match cause {
         Some((code, error)) => {
-            tracing::error!(%method, %path, status, request_id = %id, %code, %error, "request failed");
+            tracing::error!(%method, %path, status, request_id = %id, %source, %code, %error, "request failed");
         }
-        None => tracing::info!(%method, %path, status, request_id = %id, "request"),
+        // Refused credentials are logged (not audited: anyone can send them).
+        None if status == 401 => {
+            tracing::warn!(%method, %path, status, request_id = %id, %source, "request refused: not authenticated")
+        }
+        None => tracing::info!(%method, %path, status, request_id = %id, %source, "request"),
     }
     res
 }
@@ -296,6 +321,176 @@ mod tests {
         assert_eq!(paginate(1..=5, 2, 2), vec![3, 4]);
         assert_eq!(paginate(1..=5, 3, 2), vec![5]);
         assert!(paginate(1..=5, i64::MAX, 1).is_empty());
+    }
+
+    mod refused {
+        use std::sync::Arc;
+
+        use axum::http::Method;
+        use tower::ServiceExt;
+
+        use super::super::*;
+        use crate::context::RequestContext;
+        use crate::domain::AuditOutcome;
+        use crate::store::{AuditFilter, Page, Store};
+
+        async fn state(dir: &std::path::Path) -> AppState {
+            let store = Store::sqlite_file(&dir.join("ferry.db")).await.unwrap();
+            let ca = ferry_certs::Ca::load_or_create(dir, "test CA").unwrap();
+            let (_tx, shutdown) = tokio::sync::watch::channel(false);
+            AppState {
+                store,
+                ca: Arc::new(ca),
+                config: Arc::new(crate::ServerConfig::for_tests(dir)),
+                sessions: Default::default(),
+                logs: Default::default(),
+                shutdown,
+                reconciler: Default::default(),
+                advertise_addr: "127.0.0.1:1".into(),
+                login_limiter: Default::default(),
+            }
+        }
+
+        /// Routes that refuse as a permission check or a rule would, behind the real
+        /// authentication and request-id middleware.
+        fn app(state: &AppState) -> Router {
+            let deny = |_ctx: RequestContext| async {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Unauthorized, "missing permission deployment:scale")
+                    .with_details(serde_json::json!({ "permission": "deployment:scale", "environment": "production" }))
+            };
+            let conflict = |_ctx: RequestContext| async {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::EnvironmentLocked, "environment is locked")
+            };
+            Router::new()
+                .route("/v1/deployments/{id}/scale", post(deny).get(deny))
+                .route("/v1/deployments/{id}/stop", post(conflict).get(conflict))
+                .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+                .route(
+                    "/v1/open",
+                    get(|| async { ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Unauthorized, "no") }),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), request_id))
+                .with_state(state.clone())
+        }
+
+        fn request(method: Method, path: &str, token: Option<&str>, from: Option<&str>) -> Request {
+            let mut req = Request::builder().method(method).uri(path).header(REQUEST_ID, format!("req-{path}"));
+            if let Some(t) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            if let Some(ip) = from {
+                let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 40000);
+                req.extensions_mut().insert(ConnectInfo(addr));
+            }
+            req
+        }
+
+        async fn trail(store: &Store) -> Vec<crate::store::AuditRecord> {
+            let filter = AuditFilter {
+                actor: None,
+                action: None,
+                target: None,
+                object_type: None,
+                outcome: None,
+                from_ms: None,
+                to_ms: None,
+                page: Page { page: 1, page_size: 50, oldest_first: true },
+            };
+            store.list_audit(&filter).await.unwrap().0
+        }
+
+        #[tokio::test]
+        async fn refusals_are_audited_by_the_request_id_middleware() {
+            let dir = tempfile::tempdir().unwrap();
+            let state = state(dir.path()).await;
+            state.store.insert_admin_token("admin-t", &crate::ids::hash_secret("secret-token"), 1).await.unwrap();
+            let app = app(&state);
+            let send = |req| app.clone().oneshot(req);
+
+            let res =
+                send(request(Method::POST, "/v1/deployments/deploy-1/scale", Some("secret-token"), Some("10.1.2.3")))
+                    .await
+                    .unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN);
+            // A denied read, without connection info (as in unit tests): no source, still audited.
+            let res =
+                send(request(Method::GET, "/v1/deployments/deploy-2/scale", Some("secret-token"), None)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN);
+            // An authenticated change refused by a rule fails; the same refusal of a read is not audited.
+            let res = send(request(Method::POST, "/v1/deployments/deploy-1/stop", Some("secret-token"), Some("::1")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CONFLICT);
+            let res =
+                send(request(Method::GET, "/v1/deployments/deploy-1/stop", Some("secret-token"), None)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::CONFLICT);
+            // Anonymous and forged credentials are logged, not audited.
+            for token in [None, Some("forged")] {
+                let res = send(request(Method::POST, "/v1/deployments/deploy-1/scale", token, Some("10.9.9.9")))
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+            }
+
+            let got: Vec<_> = trail(&state.store)
+                .await
+                .into_iter()
+                .map(|a| (a.actor, a.action, a.object_type, a.target, a.request_id, a.source, a.outcome))
+                .collect();
+            let row = |action: &str, target: &str, req: &str, source: Option<&str>, outcome| {
+                (
+                    "admin:admin-t".to_string(),
+                    action.to_string(),
+                    "deployment".to_string(),
+                    target.to_string(),
+                    format!("req-{req}"),
+                    source.map(str::to_string),
+                    outcome,
+                )
+            };
+            assert_eq!(
+                got,
+                [
+                    row(
+                        "POST /v1/deployments/{id}/scale",
+                        "deploy-1",
+                        "/v1/deployments/deploy-1/scale",
+                        Some("10.1.2.3"),
+                        AuditOutcome::Denied
+                    ),
+                    row(
+                        "GET /v1/deployments/{id}/scale",
+                        "deploy-2",
+                        "/v1/deployments/deploy-2/scale",
+                        None,
+                        AuditOutcome::Denied
+                    ),
+                    row(
+                        "POST /v1/deployments/{id}/stop",
+                        "deploy-1",
+                        "/v1/deployments/deploy-1/stop",
+                        Some("::1"),
+                        AuditOutcome::Failed
+                    ),
+                ]
+            );
+            let first = &trail(&state.store).await[0];
+            assert_eq!(first.details["error"]["permission"], "deployment:scale");
+            assert_eq!(first.details["code"], "AUTH_001");
+        }
+
+        #[tokio::test]
+        async fn a_refusal_stands_when_it_cannot_be_audited() {
+            let dir = tempfile::tempdir().unwrap();
+            let state = state(dir.path()).await;
+            state.store.close().await;
+            let res = app(&state).oneshot(request(Method::GET, "/v1/open", None, None)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "not a 500");
+            let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"]["requestId"], "req-/v1/open");
+        }
     }
 
     #[test]

@@ -253,13 +253,13 @@ impl Store {
         .bind(agent.cert_not_after)
         .execute(&mut *tx)
         .await?;
-        let audit = Audit {
-            actor: format!("bootstrap-token:{token_id}"),
-            action: "agent.enroll",
-            target: agent.id.clone(),
-            request_id: String::new(),
-            details: serde_json::json!({ "name": agent.name, "certSerial": agent.cert_serial }),
-        };
+        let audit = Audit::new(
+            format!("bootstrap-token:{token_id}"),
+            "agent.enroll",
+            agent.id.clone(),
+            "",
+            serde_json::json!({ "name": agent.name, "certSerial": agent.cert_serial }),
+        );
         Self::write_audit(&mut tx, &audit, now_ms).await?;
         tx.commit().await?;
         Ok(Ok(self.get_agent(&agent.id).await?.expect("agent inserted in this transaction")))

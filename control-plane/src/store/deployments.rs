@@ -394,9 +394,9 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        Self::insert_revision(&mut tx, d).await?;
+        let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
+        Self::insert_revision(&mut tx, d, &audit_id).await?;
         Self::insert_operation(&mut tx, op).await?;
-        Self::write_audit(&mut tx, audit, d.created_at).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -522,16 +522,19 @@ impl Store {
         Ok(out)
     }
 
-    async fn insert_revision(conn: &mut sqlx::AnyConnection, d: &DeploymentRecord) -> Result<()> {
+    /// Stores the deployment's current revision unless it exists, linked to the audit record of
+    /// the change that created it.
+    async fn insert_revision(conn: &mut sqlx::AnyConnection, d: &DeploymentRecord, audit_id: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO deployment_revisions (deployment_id, revision, version, spec, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, revision) DO NOTHING",
+            "INSERT INTO deployment_revisions (deployment_id, revision, version, spec, created_at, audit_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, revision) DO NOTHING",
         )
         .bind(&d.id)
         .bind(d.revision)
         .bind(&d.active_version)
         .bind(&d.spec)
         .bind(d.updated_at)
+        .bind(audit_id)
         .execute(conn)
         .await?;
         Ok(())
@@ -584,9 +587,9 @@ impl Store {
         .bind(d.revision)
         .execute(&mut *tx)
         .await?;
-        Self::insert_revision(&mut tx, &d).await?;
+        let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
+        Self::insert_revision(&mut tx, &d, &audit_id).await?;
         Self::insert_operation(&mut tx, &op).await?;
-        Self::write_audit(&mut tx, &audit, d.updated_at).await?;
         tx.commit().await?;
         let mut updated = d;
         updated.resource_version = current.resource_version + 1;

@@ -513,16 +513,45 @@ impl Store {
     // ---- status summary ---------------------------------------------------------------------
 
     /// Stores the derived status if it differs from the stored one. Returns whether it changed.
+    /// When the `status` itself changes, the transition is appended to the deployment's events in
+    /// the same transaction (one insert; see [`super::EVENTS_KEPT`] for the bound). On PostgreSQL
+    /// the deployment row is locked first, so replicas storing one deployment's status at the
+    /// same time serialize and each transition is recorded once, numbered in order.
     pub async fn put_status_summary(&self, deployment_id: &str, s: &StatusSummary, now_ms: i64) -> Result<bool> {
         if self.status_summary(deployment_id).await?.as_ref() == Some(s) {
             return Ok(false);
         }
+        let mut tx = self.write_tx().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM deployments WHERE id = $1 FOR UPDATE")
+                .bind(deployment_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(
+            "SELECT status, desired, current_count, ready, reasons, running_since, event_seq FROM deployment_status \
+             WHERE deployment_id = $1",
+        )
+        .bind(deployment_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let previous = row.as_ref().map(|r| Ok::<_, StoreError>((summary_from(r)?, r.try_get::<i64, _>("event_seq")?)));
+        let (previous, last_event) = match previous.transpose()? {
+            Some((p, seq)) => (Some(p), seq),
+            None => (None, 0),
+        };
+        if previous.as_ref() == Some(s) {
+            return Ok(false);
+        }
+        let transition = previous.as_ref().is_none_or(|p| p.status != s.status);
+        let event_seq = last_event + i64::from(transition);
         sqlx::query(
             "INSERT INTO deployment_status (deployment_id, status, desired, current_count, ready, reasons, \
-             running_since, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (deployment_id) DO UPDATE \
+             running_since, updated_at, event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (deployment_id) DO UPDATE \
              SET status = excluded.status, desired = excluded.desired, current_count = excluded.current_count, \
              ready = excluded.ready, reasons = excluded.reasons, running_since = excluded.running_since, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, event_seq = excluded.event_seq",
         )
         .bind(deployment_id)
         .bind(&s.status)
@@ -532,8 +561,22 @@ impl Store {
         .bind(serde_json::to_string(&s.reasons).expect("strings serialize"))
         .bind(s.running_since)
         .bind(now_ms)
-        .execute(&self.pool)
+        .bind(event_seq)
+        .execute(&mut *tx)
         .await?;
+        if transition {
+            let event = super::EventRecord {
+                deployment_id: deployment_id.to_string(),
+                seq: event_seq,
+                at: now_ms,
+                from: previous.map(|p| p.status),
+                to: s.status.clone(),
+                reasons: s.reasons.clone(),
+                message: format!("{} of {} replicas ready", s.ready, s.desired),
+            };
+            Self::append_event(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
         Ok(true)
     }
 

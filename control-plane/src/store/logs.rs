@@ -258,7 +258,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO deployments (id, name, environment, active_version, spec, target, desired_state, \
              restart_nonce, resource_version, created_at, updated_at, last_deployed_at) \
-             VALUES ($1, $1, 'test', 'v1', '{\"replicas\":0,\"command\":\"true\"}', '{\"selector\":{}}', \
+             VALUES ($1, $1, 'development', 'v1', '{\"replicas\":0,\"command\":\"true\"}', '{\"selector\":{}}', \
              'stopped', 0, 1, $2, $2, $2)",
         )
         .bind(id)

@@ -39,6 +39,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0006_approvals.sql"),
         include_str!("../../migrations/0006_approvals.sql"),
     ),
+    (
+        8,
+        "audit",
+        include_str!("../../migrations/0008_audit.sqlite.sql"),
+        include_str!("../../migrations/0008_audit.postgres.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

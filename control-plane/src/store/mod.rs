@@ -7,6 +7,8 @@
 //!
 //! Invariants:
 //! * every mutation that a user asked for writes its audit record in the same transaction;
+//!   audit records are never changed or deleted (the schema's triggers refuse it), and their
+//!   secret-looking fields are masked before they are stored (`audit.rs`);
 //! * a bootstrap token is consumed by a single conditional `UPDATE`, so two concurrent
 //!   enrollments with one token cannot both succeed, on either backend;
 //! * session ownership is a `session_id` compare-and-set: a stale session can neither refresh nor
@@ -16,6 +18,7 @@
 
 mod agents;
 mod approvals;
+mod audit;
 mod deployments;
 mod intent;
 mod logs;
@@ -33,6 +36,10 @@ pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
 pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalVisibility, Claim, Transition};
+pub use audit::{
+    Audit, AuditFilter, AuditRecord, EVENTS_KEPT, EVENTS_PRUNE_EVERY, EventRecord, Page, RevisionRecord, TimelineItem,
+    object_type_of,
+};
 pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Write};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
@@ -69,16 +76,6 @@ pub struct StoreOptions {
     /// PostgreSQL only: create (if needed) and use this schema instead of `public`. Tests use a
     /// schema per run to isolate themselves.
     pub pg_schema: Option<String>,
-}
-
-/// Who did what, recorded with every user-initiated mutation.
-#[derive(Debug, Clone)]
-pub struct Audit {
-    pub actor: String,
-    pub action: &'static str,
-    pub target: String,
-    pub request_id: String,
-    pub details: serde_json::Value,
 }
 
 #[derive(Clone)]
@@ -215,42 +212,6 @@ impl Store {
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?)
-    }
-
-    // ---- audit ----------------------------------------------------------------------------
-
-    async fn write_audit(conn: &mut sqlx::AnyConnection, audit: &Audit, now_ms: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, target, request_id, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(crate::ids::random_id("aud"))
-        .bind(now_ms)
-        .bind(&audit.actor)
-        .bind(audit.action)
-        .bind(&audit.target)
-        .bind(&audit.request_id)
-        .bind(audit.details.to_string())
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    /// Writes an audit record on its own, for events that change nothing else (a failed login,
-    /// a refused request).
-    pub async fn record_audit(&self, audit: &Audit, now_ms: i64) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        Self::write_audit(&mut conn, audit, now_ms).await
-    }
-
-    /// Audit records about `target`, oldest first.
-    pub async fn audit_for(&self, target: &str) -> Result<Vec<(String, String, String)>> {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT action, actor, request_id FROM audit_log WHERE target = $1 ORDER BY at, id")
-                .bind(target)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows)
     }
 }
 
