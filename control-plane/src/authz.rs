@@ -432,7 +432,10 @@ mod tests {
         let dev = [RoleBinding::global(Role::Developer)];
         assert_eq!(
             decide(&dev, DEPLOYMENT_CREATE, Scope::env(env("production"), None)),
-            Decision::Deny(Denial::Environment { permission: "deployment:create".into(), environment: "production".into() })
+            Decision::Deny(Denial::Environment {
+                permission: "deployment:create".into(),
+                environment: "production".into()
+            })
         );
         assert_eq!(
             decide(&dev, DEPLOYMENT_DELETE, Scope::env(env("development"), None)),
@@ -444,10 +447,16 @@ mod tests {
         let strict = EnvScope { name: "staging-eu", kind: "staging", required_roles: &[Role::ReleaseManager] };
         assert_eq!(
             decide(&[RoleBinding::global(Role::DevopsEngineer)], DEPLOYMENT_CREATE, Scope::env(strict, None)),
-            Decision::Deny(Denial::RequiredRole { environment: "staging-eu".into(), required: vec![Role::ReleaseManager] })
+            Decision::Deny(Denial::RequiredRole {
+                environment: "staging-eu".into(),
+                required: vec![Role::ReleaseManager]
+            })
         );
         // Reads are not restricted by requiredRoles.
-        assert_eq!(decide(&[RoleBinding::global(Role::Viewer)], DEPLOYMENT_READ, Scope::env(strict, None)), Decision::Allow);
+        assert_eq!(
+            decide(&[RoleBinding::global(Role::Viewer)], DEPLOYMENT_READ, Scope::env(strict, None)),
+            Decision::Allow
+        );
     }
 
     #[test]

@@ -308,8 +308,7 @@ impl<'a> Users<'a> {
             created_at: now,
             updated_at: now,
         };
-        let audit =
-            ctx.audit("user.create", &user.id, json!({ "username": user.username, "roles": user.roles }));
+        let audit = ctx.audit("user.create", &user.id, json!({ "username": user.username, "roles": user.roles }));
         if !self.state.store.create_user(&user, &audit).await? {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
-    AgentFilter, AgentStatus, ApiKeyRecord, Audit, Credential, DeploymentFilter, EnvironmentLock, UserRecord, EnrollRefusal, IntentRow, LogRow, NewAgent, NewBootstrapToken,
-    ObservedReport, Ownership, RowChange, StatusSummary, Store, StoreOptions,
+    AgentFilter, AgentStatus, ApiKeyRecord, Audit, Credential, DeploymentFilter, EnrollRefusal, EnvironmentLock,
+    IntentRow, LogRow, NewAgent, NewBootstrapToken, ObservedReport, Ownership, RowChange, StatusSummary, Store,
+    StoreOptions, UserRecord,
 };
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
@@ -520,7 +521,14 @@ async fn status_summaries_filter_the_listing(store: &Store) {
     assert_eq!((ids(rows), total), (vec!["dep-s2".to_string(), "dep-s3".to_string()], 5));
     let (rows, _) = store.list_deployments(f(None, 1, 1)).await.unwrap();
     assert_eq!(rows[0].1.as_ref().map(|s| s.reasons.clone()), Some(vec!["why".to_string()]));
-    let by = |environment, name, status| DeploymentFilter { environment, name, status, visible_environments: None, page: 1, page_size: 10 };
+    let by = |environment, name, status| DeploymentFilter {
+        environment,
+        name,
+        status,
+        visible_environments: None,
+        page: 1,
+        page_size: 10,
+    };
     assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
     let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
@@ -560,7 +568,10 @@ async fn users_sessions_and_keys(store: &Store) {
         id: "user-1".into(),
         username: "alice".into(),
         password_hash: "$argon2id$x".into(),
-        roles: vec![RoleBinding::global(Role::Developer), RoleBinding { role: Role::Viewer, workspace: Some("w".into()) }],
+        roles: vec![
+            RoleBinding::global(Role::Developer),
+            RoleBinding { role: Role::Viewer, workspace: Some("w".into()) },
+        ],
         created_by: "admin:a".into(),
         created_at: now,
         updated_at: now,
@@ -614,12 +625,14 @@ async fn environment_locks_are_exclusive(store: &Store) {
     assert!(prod.approval_required, "the seed's restrictions apply to production");
     assert_eq!(prod.required_roles.len(), 2);
     let lock = EnvironmentLock { by: "user:alice".into(), reason: "incident 42".into(), at: now_ms() };
-    let before = store.set_environment_lock(&prod.id, Some(&lock), &audit("environment.lock", &prod.id), now_ms()).await;
+    let before =
+        store.set_environment_lock(&prod.id, Some(&lock), &audit("environment.lock", &prod.id), now_ms()).await;
     assert!(before.unwrap().unwrap().lock.is_none());
     assert_eq!(store.get_environment("production").await.unwrap().unwrap().lock, Some(lock.clone()));
     // A second lock writes nothing and shows the holder.
     let other = EnvironmentLock { by: "user:bob".into(), ..lock.clone() };
-    let before = store.set_environment_lock(&prod.id, Some(&other), &audit("environment.lock", &prod.id), now_ms()).await;
+    let before =
+        store.set_environment_lock(&prod.id, Some(&other), &audit("environment.lock", &prod.id), now_ms()).await;
     assert_eq!(before.unwrap().unwrap().lock, Some(lock.clone()));
     assert_eq!(store.get_environment("production").await.unwrap().unwrap().lock, Some(lock));
     store.set_environment_lock(&prod.id, None, &audit("environment.unlock", &prod.id), now_ms()).await.unwrap();

@@ -246,11 +246,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let lock_row = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = format!("SELECT * FROM environments WHERE id = $1{lock_row}");
-        let Some(before) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some(before) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await? else {
             return Ok(None);
         };
         let before = environment_from_row(&before)?;

@@ -274,7 +274,12 @@ impl Store {
     }
 
     /// One page of API keys (all, or one owner's), newest first, and the total.
-    pub async fn list_api_keys(&self, owner: Option<&str>, offset: i64, limit: i64) -> Result<(Vec<ApiKeyRecord>, i64)> {
+    pub async fn list_api_keys(
+        &self,
+        owner: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<ApiKeyRecord>, i64)> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE ($1 IS NULL OR owner = $1)")
             .bind(owner)
             .fetch_one(&self.pool)
