@@ -18,7 +18,8 @@ use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 struct Db {
     store: Store,
     _dir: Option<tempfile::TempDir>,
-    cleanup: Option<(String, String)>,
+    /// The PostgreSQL schema to drop.
+    cleanup: Option<String>,
 }
 
 impl Db {
@@ -35,16 +36,16 @@ impl Db {
         };
         let schema = format!("ferry_test_{}", random_hex(6));
         let store = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
-        Some(Db { store, _dir: None, cleanup: Some((url, schema)) })
+        Some(Db { store, _dir: None, cleanup: Some(schema) })
     }
 
+    /// Drops the test's schema through its own connection: connecting to `public` would migrate
+    /// it, which fails (and should not happen) when another build has migrated it further.
     async fn drop_schema(self) {
-        self.store.close().await;
-        if let Some((url, schema)) = self.cleanup {
-            let plain = Store::connect(&url, StoreOptions::default()).await.unwrap();
-            plain.drop_pg_schema(&schema).await.unwrap();
-            plain.close().await;
+        if let Some(schema) = &self.cleanup {
+            self.store.drop_pg_schema(schema).await.unwrap();
         }
+        self.store.close().await;
     }
 }
 
