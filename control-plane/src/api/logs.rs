@@ -1,5 +1,7 @@
 //! `/v1/logs`: a deployment's stored log lines, as pages (`GET /v1/logs/deployments/{id}`) or as
-//! a live Server-Sent-Event stream (`GET /v1/logs/stream/{id}`).
+//! a live Server-Sent-Event stream (`GET /v1/logs/stream/{id}`). Both need `logs:read` where the
+//! deployment runs (its environment and workspace); a deployment in a workspace the caller's
+//! bindings do not reach is a 404, as on every deployment endpoint.
 //!
 //! Both are keyed by the line's id, which grows with every stored line and is the SSE event id.
 //! The store guarantees that the ids of one deployment become visible in id order, so "every
@@ -22,6 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorCode};
 use crate::AppState;
+use crate::context::RequestContext;
+use crate::deployments::Deployments;
 use crate::ids::rfc3339;
 use crate::logs::Subscription;
 use crate::store::{LogRow, StoreError};
@@ -82,6 +86,7 @@ impl From<LogRow> for LogView {
 /// `GET /v1/logs/deployments/{id}`: lines oldest first; page on with `after=<nextAfter>`.
 pub async fn list(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Value>> {
@@ -89,7 +94,7 @@ pub async fn list(
     let limit = q.limit.as_deref().map(|s| int("limit", s, 1..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_LIMIT);
     let stream = parse_stream(q.stream.as_deref())?;
     let after = q.after.as_deref().map(|s| int("after", s, 0..=i64::MAX)).transpose()?;
-    ensure_exists(&state, &id).await?;
+    Deployments::new(&state).authorize_logs(&ctx, &id).await?;
     let rows = state.store.query_logs(&id, after, since, stream, limit).await?;
     let next_after = rows.last().map(|r| r.id);
     let data: Vec<LogView> = rows.into_iter().map(LogView::from).collect();
@@ -108,6 +113,7 @@ enum Start {
 /// `GET /v1/logs/stream/{id}`: Server-Sent Events, one `log` event per line.
 pub async fn stream(
     State(state): State<AppState>,
+    ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<StreamParams>,
     headers: HeaderMap,
@@ -122,7 +128,7 @@ pub async fn stream(
     let tail = q.tail.as_deref().map(|s| int("tail", s, 0..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_TAIL);
     // The header is where a reconnecting client says how far it got: it wins over the URL.
     let start = last_event_id.or(after).map_or(Start::Tail(tail), Start::After);
-    ensure_exists(&state, &id).await?;
+    Deployments::new(&state).authorize_logs(&ctx, &id).await?;
     // Subscribe before the first query, so nothing stored meanwhile goes unnoticed.
     let sub = state.logs.subscribe(&id).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "too many open log streams; retry later")
@@ -221,15 +227,6 @@ impl Pump {
             sent = tokio::time::timeout(SEND_TIMEOUT, self.tx.send(Ok(event))) => matches!(sent, Ok(Ok(()))),
             _ = self.shutdown.wait_for(|s| *s) => false,
         }
-    }
-}
-
-async fn ensure_exists(state: &AppState, id: &str) -> ApiResult<()> {
-    if state.store.deployment_exists(id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
-            .with_details(json!({ "deploymentId": id })))
     }
 }
 

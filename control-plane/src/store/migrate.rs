@@ -33,6 +33,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0005_principals.sql"),
         include_str!("../../migrations/0005_principals.sql"),
     ),
+    (
+        7,
+        "workspaces",
+        include_str!("../../migrations/0007_workspaces.sql"),
+        include_str!("../../migrations/0007_workspaces.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.
