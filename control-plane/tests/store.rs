@@ -538,11 +538,11 @@ async fn status_summaries_filter_the_listing(store: &Store) {
         page_size: 10,
         ..Default::default()
     };
-    assert_eq!(store.list_deployments(by(Some("test"), None, None)).await.unwrap().1, 5);
+    assert_eq!(store.list_deployments(by(Some("development"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s3"), None)).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s3"), None)).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s3".to_string()], 1));
-    let (rows, total) = store.list_deployments(by(Some("test"), Some("dep-s1"), Some("failed"))).await.unwrap();
+    let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s1"), Some("failed"))).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s1".to_string()], 1));
     assert_eq!(store.list_deployments(by(None, Some("dep-s1"), Some("running"))).await.unwrap().1, 0);
 }

@@ -250,15 +250,16 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Inserts a minimal, stopped deployment (no replicas, so nothing gets placed). Tests and
-    /// benchmarks use it until the deployments API lands; nothing else should.
+    /// Inserts a minimal, stopped deployment (no replicas, so nothing gets placed) in the
+    /// `development` environment of the `default` workspace, so the API authorizes reads of it
+    /// as of any deployment there. Tests and benchmarks use it; nothing else should.
     #[doc(hidden)]
     pub async fn insert_test_deployment(&self, id: &str) -> Result<()> {
         let now = crate::ids::now_ms();
         sqlx::query(
             "INSERT INTO deployments (id, name, environment, active_version, spec, target, desired_state, \
              restart_nonce, resource_version, created_at, updated_at, last_deployed_at) \
-             VALUES ($1, $1, 'test', 'v1', '{\"replicas\":0,\"command\":\"true\"}', '{\"selector\":{}}', \
+             VALUES ($1, $1, 'development', 'v1', '{\"replicas\":0,\"command\":\"true\"}', '{\"selector\":{}}', \
              'stopped', 0, 1, $2, $2, $2)",
         )
         .bind(id)
