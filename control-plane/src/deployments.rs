@@ -3,6 +3,11 @@
 //! endpoint asks for it. Handlers (`api/deployments.rs`) only parse and render; the store only
 //! stores; the reconciler turns what this writes into intent.
 //!
+//! Every check of permission names the deployment's environment and workspace (the requested
+//! one on create, the stored one after), so a caller whose role bindings do not reach the
+//! workspace gets `DEPLOY_006` (404) as if the deployment did not exist, and lists show only the
+//! (workspace, environment) pairs the caller may read (filtered in SQL, so totals are right).
+//!
 //! Every mutation: checks permission for the deployment's environment and that the environment
 //! is not locked, validates, then writes the new desired state, its operation (superseding the
 //! deployment's open ones) and its audit record in one transaction, and reconciles the
@@ -21,7 +26,11 @@ use crate::ids::{now_ms, random_id};
 use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::Parsed;
 use crate::status::Derived;
-use crate::store::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, StatusSummary, Write};
+use crate::store::{
+    CreateRefusal, DEFAULT_WORKSPACE, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord,
+    StatusSummary, Visibility, Write,
+};
+use crate::workspaces::{AiZones, Projects, Workspaces, named_workspace_not_found};
 
 /// A deployment to create, as the caller described it.
 #[derive(Debug, Clone)]
@@ -33,6 +42,12 @@ pub struct NewDeployment {
     pub configuration: Configuration,
     /// Only `direct` (the process runtime) exists today.
     pub source: Option<String>,
+    /// By id or name; `None`: `default`.
+    pub workspace: Option<String>,
+    /// A project of that workspace, by id or name.
+    pub project: Option<String>,
+    /// An AI zone shared or dedicated to that workspace, by id or name.
+    pub ai_zone: Option<String>,
 }
 
 /// A change to an existing deployment's desired state.
@@ -117,8 +132,29 @@ impl<'a> Deployments<'a> {
         }
         new.configuration.validate().map_err(invalid)?;
         let target = new.target.validate().map_err(invalid)?;
+        let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
+        model::validate_name("workspace", workspace_key).map_err(invalid)?;
+        for (field, key) in [("projectId", &new.project), ("aiZoneId", &new.ai_zone)] {
+            if let Some(k) = key {
+                model::validate_name(field, k).map_err(invalid)?;
+            }
+        }
         let env = self.environment(&new.environment).await?;
-        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), None), || not_found(""))?;
+        // A workspace the caller's bindings do not reach answers like one that does not exist:
+        // 404 `WORKSPACE_001`, before anything else about it (its projects, zones, names) is
+        // looked at.
+        let ws = Workspaces::new(self.state).named(workspace_key).await?;
+        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), Some(&ws.name)), || {
+            named_workspace_not_found(workspace_key)
+        })?;
+        let project = match &new.project {
+            Some(key) => Some(Projects::new(self.state).for_deployment(&ws.name, key).await?.id),
+            None => None,
+        };
+        let ai_zone = match &new.ai_zone {
+            Some(key) => Some(AiZones::new(self.state).for_deployment(&ws.name, key).await?.id),
+            None => None,
+        };
         self.unlocked(&env)?;
         let now = now_ms();
         let record = DeploymentRecord {
@@ -135,20 +171,45 @@ impl<'a> Deployments<'a> {
             created_at: now,
             updated_at: now,
             last_deployed_at: now,
+            workspace: ws.name,
+            project_id: project,
+            ai_zone_id: ai_zone,
         };
         let op = operation(OperationKind::Create, &record.id, ctx, now);
-        let details =
-            json!({ "name": record.name, "environment": record.environment, "version": record.active_version });
+        let details = json!({
+            "name": record.name,
+            "environment": record.environment,
+            "version": record.active_version,
+            "workspace": record.workspace,
+            "projectId": record.project_id,
+            "aiZoneId": record.ai_zone_id,
+        });
         let after = audit_doc(&record, &new.configuration, &new.target);
         let audit = ctx
             .audit(OperationKind::Create.audit_action(), &record.id, details)
             .with_changes(changes(None, Some(&after)));
-        if !self.state.store.create_deployment(&record, &op, &audit).await? {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::DeploymentExists,
-                format!("a deployment named {:?} already exists in {:?}", record.name, record.environment),
-            ));
+        match self.state.store.create_deployment(&record, &op, &audit).await? {
+            Ok(()) => {}
+            Err(CreateRefusal::NameTaken) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::DeploymentExists,
+                    format!(
+                        "a deployment named {:?} already exists in {:?} of workspace {:?}",
+                        record.name, record.environment, record.workspace
+                    ),
+                ));
+            }
+            // Deleted since it was looked up.
+            Err(CreateRefusal::WorkspaceMissing) => return Err(named_workspace_not_found(workspace_key)),
+            Err(CreateRefusal::ProjectMissing) => {
+                let key = new.project.as_deref().unwrap_or_default();
+                return Err(crate::workspaces::project_not_in_workspace(&record.workspace, key));
+            }
+            Err(CreateRefusal::ZoneMissing) => {
+                let key = new.ai_zone.as_deref().unwrap_or_default();
+                return Err(crate::workspaces::zone_not_usable(&record.workspace, key));
+            }
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
         self.accepted(record, op).await
@@ -177,7 +238,7 @@ impl<'a> Deployments<'a> {
         }
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.require(change.permission(), Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(change.permission(), Scope::env(env.scope(), Some(&current.workspace)), || not_found(id))?;
         self.unlocked(&env)?;
         let kind = change.kind();
         let mut made = None;
@@ -240,7 +301,7 @@ impl<'a> Deployments<'a> {
     pub async fn delete(&self, ctx: &RequestContext, id: &str) -> ApiResult<OperationRecord> {
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), Some(&current.workspace)), || not_found(id))?;
         self.unlocked(&env)?;
         let now = now_ms();
         let op = operation(OperationKind::Delete, id, ctx, now);
@@ -269,15 +330,13 @@ impl<'a> Deployments<'a> {
         filter: DeploymentFilter<'_>,
     ) -> ApiResult<(Vec<(Parsed, Option<StatusSummary>)>, i64)> {
         let mut filter = filter;
-        let visible = match filter.environment {
-            Some(name) => {
-                let env = self.environment(name).await?;
-                ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(""))?;
-                None
-            }
-            None => Some(self.readable_environments(ctx).await?),
-        };
-        filter.visible_environments = visible.as_deref();
+        if let Some(name) = filter.environment {
+            // 403 when no role of the caller reads deployments in this environment anywhere.
+            let env = self.environment(name).await?;
+            ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(""))?;
+        }
+        let visible = self.visibility(ctx).await?;
+        filter.visible = visible.as_ref();
         let (rows, total) = self.state.store.list_deployments(filter).await?;
         let mut page = Vec::with_capacity(rows.len());
         for (record, summary) in rows {
@@ -305,34 +364,30 @@ impl<'a> Deployments<'a> {
         // An operation is read with its deployment (which may be deleted since).
         let (deployment, _) = self.state.store.get_deployment_any(&op.deployment_id).await?.ok_or_else(op_not_found)?;
         let env = self.environment(&deployment.environment).await?;
-        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), op_not_found)?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), Some(&deployment.workspace)), op_not_found)?;
         Ok(op)
     }
 
-    /// Whether the caller may read the logs of this (live) deployment: `logs:read` in its
-    /// environment.
+    /// Checks that the caller may read a live deployment's logs (`logs:read` where it runs);
+    /// 404 `DEPLOY_006` for a deployment it may not know of.
     pub async fn authorize_logs(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&record.environment).await?;
-        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), None), || not_found(id))
+        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))
     }
 
     /// A live deployment the caller may read.
     async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&record.environment).await?;
-        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))?;
         Ok(Parsed::from_record(record)?)
     }
 
-    /// The environments in which the caller may read deployments.
-    async fn readable_environments(&self, ctx: &RequestContext) -> ApiResult<Vec<String>> {
-        let envs = self.state.store.list_environments().await?;
-        Ok(envs
-            .into_iter()
-            .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), None)))
-            .map(|e| e.name)
-            .collect())
+    /// Which deployments the caller may read, as (workspace, environment) pairs for SQL;
+    /// `None` when it may read every deployment.
+    pub async fn visibility(&self, ctx: &RequestContext) -> ApiResult<Option<Visibility>> {
+        Ok(visibility(ctx, &self.state.store.list_environments().await?))
     }
 
     async fn environment(&self, name: &str) -> ApiResult<EnvironmentRecord> {
@@ -385,6 +440,33 @@ fn audit_doc(r: &DeploymentRecord, config: &Configuration, target: &TargetJson) 
     })
 }
 
+/// [`Deployments::visibility`] over these environments (pure).
+pub fn visibility(ctx: &RequestContext, environments: &[EnvironmentRecord]) -> Option<Visibility> {
+    // Readable through unscoped bindings alone: in every workspace.
+    let everywhere: Vec<String> = environments
+        .iter()
+        .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), Some(crate::workspaces::ANY_WORKSPACE))))
+        .map(|e| e.name.clone())
+        .collect();
+    if everywhere.len() == environments.len() {
+        return None;
+    }
+    let workspaces = crate::workspaces::bound_workspaces(ctx)
+        .into_iter()
+        .map(|w| {
+            let envs = environments
+                .iter()
+                .filter(|e| !everywhere.contains(&e.name))
+                .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), Some(w))))
+                .map(|e| e.name.clone())
+                .collect();
+            (w.to_string(), envs)
+        })
+        .filter(|(_, envs): &(String, Vec<String>)| !envs.is_empty())
+        .collect();
+    Some(Visibility { everywhere, workspaces })
+}
+
 /// What a revision pins: the process template, whatever the replica count.
 fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
     let mut spec = p.config.to_process_spec();
@@ -414,4 +496,81 @@ pub fn invalid(i: Invalid) -> ApiError {
 pub fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
         .with_details(json!({ "deploymentId": id }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{Role, RoleBinding};
+    use crate::context::{Principal, PrincipalKind};
+
+    fn ctx(roles: &[(Role, Option<&str>)]) -> RequestContext {
+        let roles =
+            roles.iter().map(|(role, w)| RoleBinding { role: *role, workspace: w.map(str::to_string) }).collect();
+        RequestContext {
+            principal: Principal { kind: PrincipalKind::User, id: "u".into(), name: "u".into(), roles, owner: None },
+            request_id: "req".into(),
+            idempotency_key: None,
+            source: None,
+        }
+    }
+
+    fn envs() -> Vec<EnvironmentRecord> {
+        ["development", "staging", "production"]
+            .into_iter()
+            .map(|name| {
+                let (required_roles, approval_required) = crate::authz::default_restrictions(name);
+                EnvironmentRecord {
+                    id: format!("env-{name}"),
+                    name: name.into(),
+                    kind: name.into(),
+                    description: String::new(),
+                    required_roles,
+                    approval_required,
+                    lock: None,
+                    created_at: 0,
+                    updated_at: 0,
+                }
+            })
+            .collect()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn visibility_is_the_workspace_environment_pairs_the_bindings_read() {
+        use Role::*;
+        let envs = envs();
+        // Unscoped bindings reading everything: no filter at all (the fast path).
+        assert_eq!(visibility(&ctx(&[(DeploymentAdmin, None)]), &envs), None);
+        assert_eq!(visibility(&ctx(&[(Viewer, None)]), &envs), None);
+        // An unscoped developer reads development in every workspace.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, None)]), &envs),
+            Some(Visibility { everywhere: names(&["development"]), workspaces: vec![] })
+        );
+        // Scoped bindings: only their workspaces, each with what its roles read there.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, Some("team-a")), (Viewer, Some("team-b"))]), &envs),
+            Some(Visibility {
+                everywhere: vec![],
+                workspaces: vec![
+                    ("team-a".into(), names(&["development"])),
+                    ("team-b".into(), names(&["development", "staging", "production"])),
+                ],
+            })
+        );
+        // Both: a workspace lists only what the unscoped bindings do not already cover.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, None), (Viewer, Some("team-b")), (DevopsEngineer, Some("team-c"))]), &envs),
+            Some(Visibility {
+                everywhere: names(&["development"]),
+                workspaces: vec![("team-b".into(), names(&["staging", "production"]))]
+            }),
+            "devops_engineer has no deployment:read, so team-c adds nothing"
+        );
+        assert_eq!(visibility(&ctx(&[]), &envs), Some(Visibility::default()));
+    }
 }

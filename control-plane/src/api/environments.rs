@@ -89,7 +89,7 @@ pub async fn lock(
 ) -> ApiResult<Json<Value>> {
     let service = Environments::new(&state);
     let env = service.lock(&ctx, &id, req.reason).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let n = service.deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }
 
@@ -99,6 +99,6 @@ pub async fn unlock(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let env = Environments::new(&state).unlock(&ctx, &id).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let n = Environments::new(&state).deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }

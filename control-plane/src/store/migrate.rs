@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0005_principals.sql"),
     ),
     (
+        7,
+        "workspaces",
+        include_str!("../../migrations/0007_workspaces.sql"),
+        include_str!("../../migrations/0007_workspaces.sql"),
+    ),
+    (
         8,
         "audit",
         include_str!("../../migrations/0008_audit.sqlite.sql"),
