@@ -9,6 +9,7 @@
 CREATE TABLE approvals (
     id                  TEXT PRIMARY KEY,
     environment         TEXT NOT NULL,
+    workspace           TEXT NOT NULL,
     deployment_id       TEXT NOT NULL,
     deployment_name     TEXT NOT NULL,
     action              TEXT NOT NULL,

@@ -38,8 +38,8 @@ use crate::domain::{ApprovalStatus, AuditOutcome, OperationKind, OperationStatus
 use crate::ids::{now_ms, random_id, rfc3339};
 use crate::reconcile::Parsed;
 use crate::store::{
-    ApprovalFilter, ApprovalRecord, ApprovalVisibility, Audit, Claim, EnvironmentRecord, OperationRecord,
-    StatusSummary, Transition,
+    ApprovalFilter, ApprovalGrant, ApprovalRecord, ApprovalVisibility, Audit, Claim, EnvironmentRecord,
+    OperationRecord, StatusSummary, Transition,
 };
 
 pub const MAX_COMMENT_LEN: usize = 1024;
@@ -68,6 +68,7 @@ pub struct NewPending {
     /// For a create, the id the deployment will have (its operation names it already).
     pub deployment_id: String,
     pub deployment_name: String,
+    pub workspace: String,
     pub action: OperationKind,
     pub request: PendingRequest,
     /// `pending` (needs approval) or `scheduled` (waits for the window).
@@ -193,6 +194,7 @@ impl<'a> Approvals<'a> {
         let approval = ApprovalRecord {
             id: id.clone(),
             environment: env.name.clone(),
+            workspace: p.workspace,
             deployment_id: p.deployment_id,
             deployment_name: p.deployment_name,
             action: p.action,
@@ -244,16 +246,27 @@ impl<'a> Approvals<'a> {
     ) -> ApiResult<(Vec<ApprovalRecord>, i64)> {
         self.expire_due(now_ms()).await?;
         let mut visible = ApprovalVisibility { identity: ctx.principal.identity(), ..Default::default() };
+        // Unscoped bindings reach every workspace; scoped ones their own.
+        let mut workspaces: Vec<Option<&str>> = vec![None];
+        workspaces.extend(crate::workspaces::bound_workspaces(ctx).into_iter().map(Some));
         for env in self.state.store.list_environments().await? {
-            let scope = Scope::env(env.scope(), None);
-            if ctx.allows(perm::APPROVAL_READ, scope) {
-                visible.environments.push(env.name.clone());
-                continue;
-            }
-            for p in [perm::DEPLOYMENT_CREATE, perm::DEPLOYMENT_UPDATE, perm::DEPLOYMENT_SCALE, perm::DEPLOYMENT_DELETE]
-            {
-                if ctx.allows(p, scope) {
-                    visible.decidable.push((env.name.clone(), p.to_string()));
+            for w in &workspaces {
+                let scope = Scope::env(env.scope(), Some(w.unwrap_or(crate::workspaces::ANY_WORKSPACE)));
+                let grant = |permission: Option<Permission>| ApprovalGrant {
+                    workspace: w.map(str::to_string),
+                    environment: env.name.clone(),
+                    permission: permission.map(|p| p.to_string()),
+                };
+                if ctx.allows(perm::APPROVAL_READ, scope) {
+                    visible.grants.push(grant(None));
+                    continue;
+                }
+                for p in
+                    [perm::DEPLOYMENT_CREATE, perm::DEPLOYMENT_UPDATE, perm::DEPLOYMENT_SCALE, perm::DEPLOYMENT_DELETE]
+                {
+                    if ctx.allows(p, scope) {
+                        visible.grants.push(grant(Some(p)));
+                    }
                 }
             }
         }
@@ -266,7 +279,7 @@ impl<'a> Approvals<'a> {
     /// decide it; anyone else gets the 403 naming `approval:read`.
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> ApiResult<ApprovalRecord> {
         let (a, env) = self.load(id).await?;
-        let scope = Scope::env(env.scope(), None);
+        let scope = Scope::env(env.scope(), Some(&a.workspace));
         if ctx.principal.identity() != a.requester_identity && !ctx.allows(self.permission(&a), scope) {
             ctx.require(perm::APPROVAL_READ, scope, || not_found(id))?;
         }
@@ -307,7 +320,7 @@ impl<'a> Approvals<'a> {
             )
             .with_details(json!({ "approvalId": a.id, "requestedBy": a.requester })));
         }
-        ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(self.permission(&a), Scope::env(env.scope(), Some(&a.workspace)), || not_found(id))?;
         if a.status != ApprovalStatus::Pending {
             return Err(not_pending(&a));
         }
@@ -353,7 +366,7 @@ impl<'a> Approvals<'a> {
         let (a, env) = self.load(id).await?;
         let own = ctx.principal.identity() == a.requester_identity;
         if !own {
-            ctx.require(self.permission(&a), Scope::env(env.scope(), None), || not_found(id))?;
+            ctx.require(self.permission(&a), Scope::env(env.scope(), Some(&a.workspace)), || not_found(id))?;
         }
         if !a.status.is_open() {
             return Err(not_pending(&a));
@@ -567,6 +580,9 @@ mod tests {
                     target: TargetJson { agent_ids: None, selector: Some(Default::default()) },
                     configuration: config.clone(),
                     source: None,
+                    workspace: Some("team-a".into()),
+                    project: None,
+                    ai_zone: None,
                 }),
             },
             PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) },

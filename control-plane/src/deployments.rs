@@ -3,6 +3,11 @@
 //! endpoint asks for it. Handlers (`api/deployments.rs`) only parse and render; the store only
 //! stores; the reconciler turns what this writes into intent.
 //!
+//! Every check of permission names the deployment's environment and workspace (the requested
+//! one on create, the stored one after), so a caller whose role bindings do not reach the
+//! workspace gets `DEPLOY_006` (404) as if the deployment did not exist, and lists show only the
+//! (workspace, environment) pairs the caller may read (filtered in SQL, so totals are right).
+//!
 //! Every mutation: checks permission for the deployment's environment, that the environment is
 //! not locked and that its change window is open, validates, then either
 //! * writes the new desired state, its operation (superseding the deployment's open ones) and its
@@ -28,8 +33,10 @@ use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::Parsed;
 use crate::status::Derived;
 use crate::store::{
-    Claim, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, StatusSummary, Write,
+    Claim, CreateRefusal, DEFAULT_WORKSPACE, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord,
+    StatusSummary, Visibility, Write,
 };
+use crate::workspaces::{AiZones, Projects, Workspaces, named_workspace_not_found};
 
 /// How a mutation was asked for.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,7 +74,7 @@ pub fn permission_of(kind: OperationKind) -> Permission {
     }
 }
 
-/// A deployment to create, as the caller described it.
+/// A deployment to create, as the caller described it (and as a pending change keeps it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewDeployment {
@@ -78,6 +85,12 @@ pub struct NewDeployment {
     pub configuration: Configuration,
     /// Only `direct` (the process runtime) exists today.
     pub source: Option<String>,
+    /// By id or name; `None`: `default`.
+    pub workspace: Option<String>,
+    /// A project of that workspace, by id or name.
+    pub project: Option<String>,
+    /// An AI zone shared or dedicated to that workspace, by id or name.
+    pub ai_zone: Option<String>,
 }
 
 /// A change to an existing deployment's desired state.
@@ -173,31 +186,36 @@ impl<'a> Deployments<'a> {
         opts: Options,
     ) -> ApiResult<Outcome<Accepted>> {
         validate_new(&new)?;
+        let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
         let env = self.environment(&new.environment).await?;
-        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), None), || not_found(""))?;
+        // A workspace the caller's bindings do not reach answers like one that does not exist:
+        // 404 `WORKSPACE_001`, before anything else about it (its projects, zones, names) is
+        // looked at.
+        let ws = Workspaces::new(self.state).named(workspace_key).await?;
+        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), Some(&ws.name)), || {
+            named_workspace_not_found(workspace_key)
+        })?;
+        // What it names must exist now (400); it is looked up again when the change applies.
+        self.named_in(&ws.name, &new).await?;
         let id = random_id("deploy");
         match self.route(&env, perm::DEPLOYMENT_CREATE, opts)? {
             None => Ok(Outcome::Applied(self.apply_create(ctx, id, new, None).await?)),
             Some(status) => {
-                let taken = self
-                    .state
-                    .store
-                    .list_deployments(DeploymentFilter {
-                        environment: Some(&env.name),
-                        name: Some(&new.name),
-                        page: 1,
-                        page_size: 1,
-                        ..Default::default()
-                    })
-                    .await?
-                    .1
-                    > 0;
-                if taken {
-                    return Err(exists(&new.name, &env.name));
+                let filter = DeploymentFilter {
+                    environment: Some(&env.name),
+                    workspace: Some(&ws.name),
+                    name: Some(&new.name),
+                    page: 1,
+                    page_size: 1,
+                    ..Default::default()
+                };
+                if self.state.store.list_deployments(filter).await?.1 > 0 {
+                    return Err(name_taken(&new.name, &env.name, &ws.name));
                 }
                 let pending = NewPending {
                     deployment_id: id,
                     deployment_name: new.name.clone(),
+                    workspace: ws.name.clone(),
                     action: OperationKind::Create,
                     request: PendingRequest::Create { deployment: Box::new(new) },
                     status,
@@ -206,6 +224,20 @@ impl<'a> Deployments<'a> {
                 Ok(Outcome::Deferred(Box::new(Approvals::new(self.state).defer(ctx, &env, pending).await?)))
             }
         }
+    }
+
+    /// The project and AI zone a new deployment names, as ids (400 if missing or not usable in
+    /// its workspace).
+    async fn named_in(&self, workspace: &str, new: &NewDeployment) -> ApiResult<(Option<String>, Option<String>)> {
+        let project = match &new.project {
+            Some(key) => Some(Projects::new(self.state).for_deployment(workspace, key).await?.id),
+            None => None,
+        };
+        let ai_zone = match &new.ai_zone {
+            Some(key) => Some(AiZones::new(self.state).for_deployment(workspace, key).await?.id),
+            None => None,
+        };
+        Ok((project, ai_zone))
     }
 
     /// Writes a new deployment (permission, lock and window already checked), as `ctx`'s
@@ -219,11 +251,15 @@ impl<'a> Deployments<'a> {
     ) -> ApiResult<Accepted> {
         validate_new(&new)?;
         let target = new.target.validate().map_err(invalid)?;
+        let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
+        let env = self.environment(&new.environment).await?;
+        let ws = Workspaces::new(self.state).named(workspace_key).await?;
+        let (project, ai_zone) = self.named_in(&ws.name, &new).await?;
         let now = now_ms();
         let record = DeploymentRecord {
             id,
             name: new.name,
-            environment: new.environment,
+            environment: env.name,
             active_version: new.version,
             spec: serde_json::to_string(&new.configuration).expect("configuration serializes"),
             target: serde_json::to_string(&new.target).expect("target serializes"),
@@ -234,19 +270,41 @@ impl<'a> Deployments<'a> {
             created_at: now,
             updated_at: now,
             last_deployed_at: now,
+            workspace: ws.name,
+            project_id: project,
+            ai_zone_id: ai_zone,
         };
         let op = operation(OperationKind::Create, &record.id, ctx, now, pending);
         let details = with_approval(
-            json!({ "name": record.name, "environment": record.environment, "version": record.active_version }),
+            json!({
+                "name": record.name,
+                "environment": record.environment,
+                "version": record.active_version,
+                "workspace": record.workspace,
+                "projectId": record.project_id,
+                "aiZoneId": record.ai_zone_id,
+            }),
             pending,
         );
         let after = audit_doc(&record, &new.configuration, &new.target);
         let audit = ctx
             .audit(OperationKind::Create.audit_action(), &record.id, details)
             .with_changes(changes(None, Some(&after)));
-        let claim = pending.map(|p| &p.claim);
-        if !self.state.store.create_deployment(&record, &op, &audit, claim).await? {
-            return Err(exists(&record.name, &record.environment));
+        match self.state.store.create_deployment(&record, &op, &audit, pending.map(|p| &p.claim)).await? {
+            Ok(()) => {}
+            Err(CreateRefusal::NameTaken) => {
+                return Err(name_taken(&record.name, &record.environment, &record.workspace));
+            }
+            // Deleted since it was looked up.
+            Err(CreateRefusal::WorkspaceMissing) => return Err(named_workspace_not_found(workspace_key)),
+            Err(CreateRefusal::ProjectMissing) => {
+                let key = new.project.as_deref().unwrap_or_default();
+                return Err(crate::workspaces::project_not_in_workspace(&record.workspace, key));
+            }
+            Err(CreateRefusal::ZoneMissing) => {
+                let key = new.ai_zone.as_deref().unwrap_or_default();
+                return Err(crate::workspaces::zone_not_usable(&record.workspace, key));
+            }
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
         self.accepted(record, op).await
@@ -265,7 +323,7 @@ impl<'a> Deployments<'a> {
         change.validate()?;
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.require(change.permission(), Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(change.permission(), Scope::env(env.scope(), Some(&current.workspace)), || not_found(id))?;
         match self.route(&env, change.permission(), opts)? {
             None => Ok(Outcome::Applied(self.apply_change(ctx, id, if_match, change, None).await?)),
             Some(status) => {
@@ -278,6 +336,7 @@ impl<'a> Deployments<'a> {
                 let pending = NewPending {
                     deployment_id: id.to_string(),
                     deployment_name: current.name.clone(),
+                    workspace: current.workspace.clone(),
                     action: change.kind(),
                     request: PendingRequest::Change { change, if_match },
                     status,
@@ -361,13 +420,14 @@ impl<'a> Deployments<'a> {
     pub async fn delete(&self, ctx: &RequestContext, id: &str, opts: Options) -> ApiResult<Outcome<OperationRecord>> {
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
-        ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(perm::DEPLOYMENT_DELETE, Scope::env(env.scope(), Some(&current.workspace)), || not_found(id))?;
         match self.route(&env, perm::DEPLOYMENT_DELETE, opts)? {
             None => Ok(Outcome::Applied(self.apply_delete(ctx, &current, None).await?)),
             Some(status) => {
                 let pending = NewPending {
                     deployment_id: id.to_string(),
                     deployment_name: current.name.clone(),
+                    workspace: current.workspace.clone(),
                     action: OperationKind::Delete,
                     request: PendingRequest::Delete,
                     status,
@@ -440,15 +500,13 @@ impl<'a> Deployments<'a> {
         filter: DeploymentFilter<'_>,
     ) -> ApiResult<(Vec<(Parsed, Option<StatusSummary>)>, i64)> {
         let mut filter = filter;
-        let visible = match filter.environment {
-            Some(name) => {
-                let env = self.environment(name).await?;
-                ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(""))?;
-                None
-            }
-            None => Some(self.readable_environments(ctx).await?),
-        };
-        filter.visible_environments = visible.as_deref();
+        if let Some(name) = filter.environment {
+            // 403 when no role of the caller reads deployments in this environment anywhere.
+            let env = self.environment(name).await?;
+            ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(""))?;
+        }
+        let visible = self.visibility(ctx).await?;
+        filter.visible = visible.as_ref();
         let (rows, total) = self.state.store.list_deployments(filter).await?;
         let mut page = Vec::with_capacity(rows.len());
         for (record, summary) in rows {
@@ -472,42 +530,41 @@ impl<'a> Deployments<'a> {
         let op = self.state.store.get_operation(id).await?.ok_or_else(op_not_found)?;
         // An operation is read with its deployment (which may be deleted since, or, for a
         // create waiting for approval, not exist yet: then with its pending change).
-        let environment = match self.state.store.get_deployment_any(&op.deployment_id).await? {
-            Some((deployment, _)) => deployment.environment,
+        let (environment, workspace) = match self.state.store.get_deployment_any(&op.deployment_id).await? {
+            Some((deployment, _)) => (deployment.environment, deployment.workspace),
             None => match &op.approval_id {
-                Some(a) => self.state.store.get_approval(a).await?.ok_or_else(op_not_found)?.environment,
+                Some(a) => {
+                    let a = self.state.store.get_approval(a).await?.ok_or_else(op_not_found)?;
+                    (a.environment, a.workspace)
+                }
                 None => return Err(op_not_found()),
             },
         };
         let env = self.environment(&environment).await?;
-        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), op_not_found)?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), Some(&workspace)), op_not_found)?;
         Ok(op)
     }
 
-    /// Whether the caller may read the logs of this (live) deployment: `logs:read` in its
-    /// environment.
+    /// Checks that the caller may read a live deployment's logs (`logs:read` where it runs);
+    /// 404 `DEPLOY_006` for a deployment it may not know of.
     pub async fn authorize_logs(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&record.environment).await?;
-        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), None), || not_found(id))
+        ctx.require(perm::LOGS_READ, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))
     }
 
     /// A live deployment the caller may read.
     async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&record.environment).await?;
-        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), None), || not_found(id))?;
+        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))?;
         Ok(Parsed::from_record(record)?)
     }
 
-    /// The environments in which the caller may read deployments.
-    async fn readable_environments(&self, ctx: &RequestContext) -> ApiResult<Vec<String>> {
-        let envs = self.state.store.list_environments().await?;
-        Ok(envs
-            .into_iter()
-            .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), None)))
-            .map(|e| e.name)
-            .collect())
+    /// Which deployments the caller may read, as (workspace, environment) pairs for SQL;
+    /// `None` when it may read every deployment.
+    pub async fn visibility(&self, ctx: &RequestContext) -> ApiResult<Option<Visibility>> {
+        Ok(visibility(ctx, &self.state.store.list_environments().await?))
     }
 
     async fn environment(&self, name: &str) -> ApiResult<EnvironmentRecord> {
@@ -556,6 +613,33 @@ fn audit_doc(r: &DeploymentRecord, config: &Configuration, target: &TargetJson) 
     })
 }
 
+/// [`Deployments::visibility`] over these environments (pure).
+pub fn visibility(ctx: &RequestContext, environments: &[EnvironmentRecord]) -> Option<Visibility> {
+    // Readable through unscoped bindings alone: in every workspace.
+    let everywhere: Vec<String> = environments
+        .iter()
+        .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), Some(crate::workspaces::ANY_WORKSPACE))))
+        .map(|e| e.name.clone())
+        .collect();
+    if everywhere.len() == environments.len() {
+        return None;
+    }
+    let workspaces = crate::workspaces::bound_workspaces(ctx)
+        .into_iter()
+        .map(|w| {
+            let envs = environments
+                .iter()
+                .filter(|e| !everywhere.contains(&e.name))
+                .filter(|e| ctx.allows(perm::DEPLOYMENT_READ, Scope::env(e.scope(), Some(w))))
+                .map(|e| e.name.clone())
+                .collect();
+            (w.to_string(), envs)
+        })
+        .filter(|(_, envs): &(String, Vec<String>)| !envs.is_empty())
+        .collect();
+    Some(Visibility { everywhere, workspaces })
+}
+
 /// What a revision pins: the process template, whatever the replica count.
 fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
     let mut spec = p.config.to_process_spec();
@@ -596,7 +680,7 @@ fn operation(
 }
 
 /// The applied change's audit details, naming the pending change and its approver.
-fn with_approval(mut details: serde_json::Value, pending: Option<&PendingApply>) -> serde_json::Value {
+fn with_approval(mut details: Value, pending: Option<&PendingApply>) -> Value {
     if let (Some(p), Some(obj)) = (pending, details.as_object_mut()) {
         obj.insert("approvalId".into(), json!(p.claim.approval_id));
         obj.insert("approvedBy".into(), json!(p.approved_by));
@@ -604,6 +688,7 @@ fn with_approval(mut details: serde_json::Value, pending: Option<&PendingApply>)
     details
 }
 
+/// Shape checks of a create (400s before anything is looked up).
 fn validate_new(new: &NewDeployment) -> ApiResult<()> {
     model::validate_name("deploymentName", &new.name).map_err(invalid)?;
     model::validate_version(&new.version).map_err(invalid)?;
@@ -612,14 +697,20 @@ fn validate_new(new: &NewDeployment) -> ApiResult<()> {
     }
     new.configuration.validate().map_err(invalid)?;
     new.target.validate().map_err(invalid)?;
+    model::validate_name("workspace", new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE)).map_err(invalid)?;
+    for (field, key) in [("projectId", &new.project), ("aiZoneId", &new.ai_zone)] {
+        if let Some(k) = key {
+            model::validate_name(field, k).map_err(invalid)?;
+        }
+    }
     Ok(())
 }
 
-fn exists(name: &str, environment: &str) -> ApiError {
+fn name_taken(name: &str, environment: &str, workspace: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         ErrorCode::DeploymentExists,
-        format!("a deployment named {name:?} already exists in {environment:?}"),
+        format!("a deployment named {name:?} already exists in {environment:?} of workspace {workspace:?}"),
     )
 }
 
@@ -640,4 +731,82 @@ pub fn invalid(i: Invalid) -> ApiError {
 pub fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, ErrorCode::DeploymentNotFound, format!("deployment {id:?} not found"))
         .with_details(json!({ "deploymentId": id }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{Role, RoleBinding};
+    use crate::context::{Principal, PrincipalKind};
+
+    fn ctx(roles: &[(Role, Option<&str>)]) -> RequestContext {
+        let roles =
+            roles.iter().map(|(role, w)| RoleBinding { role: *role, workspace: w.map(str::to_string) }).collect();
+        RequestContext {
+            principal: Principal { kind: PrincipalKind::User, id: "u".into(), name: "u".into(), roles, owner: None },
+            request_id: "req".into(),
+            idempotency_key: None,
+            source: None,
+        }
+    }
+
+    fn envs() -> Vec<EnvironmentRecord> {
+        ["development", "staging", "production"]
+            .into_iter()
+            .map(|name| {
+                let (required_roles, approval_required) = crate::authz::default_restrictions(name);
+                EnvironmentRecord {
+                    id: format!("env-{name}"),
+                    name: name.into(),
+                    kind: name.into(),
+                    description: String::new(),
+                    required_roles,
+                    approval_required,
+                    lock: None,
+                    change_windows: None,
+                    created_at: 0,
+                    updated_at: 0,
+                }
+            })
+            .collect()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn visibility_is_the_workspace_environment_pairs_the_bindings_read() {
+        use Role::*;
+        let envs = envs();
+        // Unscoped bindings reading everything: no filter at all (the fast path).
+        assert_eq!(visibility(&ctx(&[(DeploymentAdmin, None)]), &envs), None);
+        assert_eq!(visibility(&ctx(&[(Viewer, None)]), &envs), None);
+        // An unscoped developer reads development in every workspace.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, None)]), &envs),
+            Some(Visibility { everywhere: names(&["development"]), workspaces: vec![] })
+        );
+        // Scoped bindings: only their workspaces, each with what its roles read there.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, Some("team-a")), (Viewer, Some("team-b"))]), &envs),
+            Some(Visibility {
+                everywhere: vec![],
+                workspaces: vec![
+                    ("team-a".into(), names(&["development"])),
+                    ("team-b".into(), names(&["development", "staging", "production"])),
+                ],
+            })
+        );
+        // Both: a workspace lists only what the unscoped bindings do not already cover.
+        assert_eq!(
+            visibility(&ctx(&[(Developer, None), (Viewer, Some("team-b")), (DevopsEngineer, Some("team-c"))]), &envs),
+            Some(Visibility {
+                everywhere: names(&["development"]),
+                workspaces: vec![("team-b".into(), names(&["staging", "production"]))]
+            }),
+            "devops_engineer has no deployment:read, so team-c adds nothing"
+        );
+        assert_eq!(visibility(&ctx(&[]), &envs), Some(Visibility::default()));
+    }
 }

@@ -11,7 +11,7 @@ use crate::authz::{Role, Scope, perm};
 use crate::change_windows::{self, ChangeWindowsDoc};
 use crate::context::RequestContext;
 use crate::ids::{now_ms, random_id};
-use crate::store::{EnvironmentLock, EnvironmentRecord};
+use crate::store::{DeploymentFilter, EnvironmentLock, EnvironmentRecord, Visibility};
 
 pub const MAX_LOCK_REASON_LEN: usize = 512;
 
@@ -70,23 +70,37 @@ impl<'a> Environments<'a> {
         Self { state }
     }
 
-    /// Every environment, in promotion order, each with its number of live deployments.
+    /// Every environment, in promotion order, each with its number of live deployments (that
+    /// the caller may read).
     pub async fn list(&self, ctx: &RequestContext) -> ApiResult<Vec<(EnvironmentRecord, i64)>> {
+        let envs = self.state.store.list_environments().await?;
+        let visible = crate::deployments::visibility(ctx, &envs);
         let mut out = Vec::new();
-        for e in self.state.store.list_environments().await? {
+        for e in envs {
             if ctx.allows(perm::ENVIRONMENT_READ, Scope::env(e.scope(), None)) {
-                let n = self.state.store.count_deployments(&e.name).await?;
+                let n = self.count(&e.name, visible.as_ref()).await?;
                 out.push((e, n));
             }
         }
         Ok(out)
     }
 
+    /// The live deployments in an environment that the caller may read.
+    pub async fn deployment_count(&self, ctx: &RequestContext, name: &str) -> ApiResult<i64> {
+        let visible = crate::deployments::Deployments::new(self.state).visibility(ctx).await?;
+        self.count(name, visible.as_ref()).await
+    }
+
+    async fn count(&self, name: &str, visible: Option<&Visibility>) -> ApiResult<i64> {
+        let filter = DeploymentFilter { environment: Some(name), visible, ..Default::default() };
+        Ok(self.state.store.count_deployments_matching(filter).await?)
+    }
+
     /// By id or name.
     pub async fn get(&self, ctx: &RequestContext, key: &str) -> ApiResult<(EnvironmentRecord, i64)> {
         let e = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
         ctx.require(perm::ENVIRONMENT_READ, Scope::env(e.scope(), None), || not_found(key))?;
-        let n = self.state.store.count_deployments(&e.name).await?;
+        let n = self.deployment_count(ctx, &e.name).await?;
         Ok((e, n))
     }
 

@@ -25,6 +25,7 @@ pub mod reconcile;
 pub mod status;
 pub mod store;
 pub mod tokens;
+pub mod workspaces;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let admin_token_path = config.data_dir.join("admin.token");
     ensure_admin_token(&store, &admin_token_path).await?;
     store.seed_environments(ids::now_ms()).await?;
+    store.seed_default_workspace(ids::now_ms()).await?;
 
     let server = ca.issue_server(&config.sans, SERVER_CERT_LIFETIME)?;
     let chain = format!("{}{}", server.cert_pem, ca.cert_pem());

@@ -8,19 +8,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_control_plane::audit::mask::MASK;
-use ferry_control_plane::domain::AuditOutcome;
+use ferry_control_plane::domain::{AuditOutcome, DesiredState, OperationKind, OperationStatus};
 use ferry_control_plane::ids::{now_ms, random_hex};
 use ferry_control_plane::store::{
     AgentFilter, AgentStatus, ApiKeyRecord, Audit, AuditFilter, Credential, DeploymentFilter, EVENTS_KEPT,
     EVENTS_PRUNE_EVERY, EnrollRefusal, EnvironmentLock, IntentRow, LogRow, NewAgent, NewBootstrapToken, ObservedReport,
     Ownership, Page, RowChange, StatusSummary, Store, StoreOptions, TimelineItem, UserRecord,
 };
+use ferry_control_plane::store::{
+    AiZoneChange, AiZoneRecord, CreateRefusal, DeploymentRecord, OperationRecord, ProjectDelete, ProjectRecord,
+    Renamed, Visibility, WorkspaceDelete, WorkspaceRecord,
+};
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
 struct Db {
     store: Store,
     _dir: Option<tempfile::TempDir>,
-    cleanup: Option<(String, String)>,
+    /// The PostgreSQL schema to drop.
+    cleanup: Option<String>,
 }
 
 impl Db {
@@ -37,13 +42,13 @@ impl Db {
         };
         let schema = format!("ferry_test_{}", random_hex(6));
         let store = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
-        Some(Db { store, _dir: None, cleanup: Some((url, schema)) })
+        Some(Db { store, _dir: None, cleanup: Some(schema) })
     }
 
-    /// Drops the test's schema through its own store: a store on the default schema would
-    /// migrate `public`, which other builds of Ferry sharing this database also use.
+    /// Drops the test's schema through its own connection: connecting to `public` would migrate
+    /// it, which fails (and should not happen) when another build has migrated it further.
     async fn drop_schema(self) {
-        if let Some((_, schema)) = &self.cleanup {
+        if let Some(schema) = &self.cleanup {
             self.store.drop_pg_schema(schema).await.unwrap();
         }
         self.store.close().await;
@@ -89,6 +94,9 @@ conformance!(
     status_events_are_appended_on_transitions_only,
     status_events_are_bounded_per_deployment,
     timelines_merge_audit_records_and_events,
+    workspaces_projects_and_zones,
+    deployments_are_created_only_where_what_they_name_exists,
+    listing_shows_only_the_visible_workspace_environment_pairs,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -531,9 +539,9 @@ async fn status_summaries_filter_the_listing(store: &Store) {
         environment,
         name,
         status,
-        visible_environments: None,
         page: 1,
         page_size: 10,
+        ..Default::default()
     };
     assert_eq!(store.list_deployments(by(Some("development"), None, None)).await.unwrap().1, 5);
     assert_eq!(store.list_deployments(by(Some("nope"), None, None)).await.unwrap().1, 0);
@@ -542,18 +550,6 @@ async fn status_summaries_filter_the_listing(store: &Store) {
     let (rows, total) = store.list_deployments(by(Some("development"), Some("dep-s1"), Some("failed"))).await.unwrap();
     assert_eq!((ids(rows), total), (vec!["dep-s1".to_string()], 1));
     assert_eq!(store.list_deployments(by(None, Some("dep-s1"), Some("running"))).await.unwrap().1, 0);
-    // The caller's readable environments bound the listing (and its total).
-    let visible =
-        |envs: &'static [String]| DeploymentFilter { visible_environments: Some(envs), ..by(None, None, None) };
-    static NONE: Vec<String> = Vec::new();
-    let staging: &'static [String] = Box::leak(vec!["staging".to_string()].into_boxed_slice());
-    let both: &'static [String] = Box::leak(vec!["staging".to_string(), "development".to_string()].into_boxed_slice());
-    assert_eq!(store.list_deployments(visible(&NONE)).await.unwrap().1, 0);
-    assert_eq!(store.list_deployments(visible(staging)).await.unwrap().1, 0);
-    assert_eq!(store.list_deployments(visible(both)).await.unwrap().1, 5);
-    let (rows, total) =
-        store.list_deployments(DeploymentFilter { status: Some("running"), ..visible(both) }).await.unwrap();
-    assert_eq!((rows.len(), total), (2, 2));
 }
 
 async fn liveness_is_flushed_in_batches(store: &Store) {
@@ -662,10 +658,9 @@ async fn environment_locks_are_exclusive(store: &Store) {
 // ---- pending changes ----------------------------------------------------------------------
 
 use ferry_control_plane::authz::{Role, RoleBinding};
-use ferry_control_plane::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus};
+use ferry_control_plane::domain::ApprovalStatus;
 use ferry_control_plane::store::{
-    ApprovalFilter, ApprovalRecord, ApprovalVisibility, Claim, DeploymentRecord, OperationRecord, StoreError,
-    Transition, Write,
+    ApprovalFilter, ApprovalGrant, ApprovalRecord, ApprovalVisibility, Claim, StoreError, Transition, Write,
 };
 
 fn deployment_record(id: &str, environment: &str) -> DeploymentRecord {
@@ -684,6 +679,9 @@ fn deployment_record(id: &str, environment: &str) -> DeploymentRecord {
         created_at: now,
         updated_at: now,
         last_deployed_at: now,
+        workspace: "default".into(),
+        project_id: None,
+        ai_zone_id: None,
     }
 }
 
@@ -721,6 +719,7 @@ fn approval_record(
     ApprovalRecord {
         id: id.into(),
         environment: "production".into(),
+        workspace: "default".into(),
         deployment_id: deployment.into(),
         deployment_name: deployment.into(),
         action,
@@ -777,9 +776,10 @@ fn claim(approval: &str, by: &str) -> Claim {
 
 async fn a_pending_change_is_applied_exactly_once(store: &Store) {
     store.seed_environments(now_ms()).await.unwrap();
+    store.seed_default_workspace(now_ms()).await.unwrap();
     let d = deployment_record("dep-p1", "production");
     let first = op_record("op-first", OperationKind::Create, "dep-p1", OperationStatus::InProgress, None);
-    assert!(store.create_deployment(&d, &first, &audit("deployment.create", "dep-p1"), None).await.unwrap());
+    assert_eq!(store.create_deployment(&d, &first, &audit("deployment.create", "dep-p1"), None).await.unwrap(), Ok(()));
     let a = pending(store, "apr-1", "dep-p1", OperationKind::Scale, ApprovalStatus::Pending, now_ms() + 60_000).await;
     let waiting = store.get_operation(&a.operation_id).await.unwrap().unwrap();
     assert_eq!(
@@ -853,6 +853,7 @@ async fn a_pending_change_is_applied_exactly_once(store: &Store) {
 
 async fn a_pending_create_is_applied_exactly_once(store: &Store) {
     store.seed_environments(now_ms()).await.unwrap();
+    store.seed_default_workspace(now_ms()).await.unwrap();
     let a = pending(store, "apr-c", "dep-new", OperationKind::Create, ApprovalStatus::Pending, now_ms() + 60_000).await;
     let waiting = store.get_operation(&a.operation_id).await.unwrap().unwrap();
     let store = Arc::new(store.clone());
@@ -870,7 +871,7 @@ async fn a_pending_create_is_applied_exactly_once(store: &Store) {
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    assert_eq!(results.iter().filter(|r| matches!(r, Ok(true))).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(Ok(())))).count(), 1, "{results:?}");
     assert_eq!(results.iter().filter(|r| matches!(r, Err(StoreError::NotPending(_)))).count(), 3, "{results:?}");
     assert_eq!(store.get_approval("apr-c").await.unwrap().unwrap().status, ApprovalStatus::Applied);
     assert_eq!(store.get_operation(&a.operation_id).await.unwrap().unwrap().status, OperationStatus::InProgress);
@@ -883,12 +884,13 @@ async fn a_pending_create_is_applied_exactly_once(store: &Store) {
     let written = store
         .create_deployment(&taken, &op, &audit("deployment.create", "dep-other"), Some(&claim("apr-d", "user:a")))
         .await;
-    assert!(!written.unwrap());
+    assert_eq!(written.unwrap(), Err(CreateRefusal::NameTaken));
     assert_eq!(store.get_approval("apr-d").await.unwrap().unwrap().status, ApprovalStatus::Pending, "rolled back");
 }
 
 async fn expiry_and_schedule_queries_and_transitions(store: &Store) {
     let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
     pending(store, "apr-old", "d1", OperationKind::Scale, ApprovalStatus::Pending, now - 1).await;
     pending(store, "apr-late", "d2", OperationKind::Scale, ApprovalStatus::Scheduled, now - 1).await;
     pending(store, "apr-young", "d3", OperationKind::Scale, ApprovalStatus::Pending, now + 60_000).await;
@@ -946,7 +948,7 @@ async fn expiry_and_schedule_queries_and_transitions(store: &Store) {
     };
     let d = deployment_record("d3", "production");
     let op = OperationRecord { status: OperationStatus::InProgress, ..op };
-    assert!(store.create_deployment(&d, &op, &audit("deployment.create", "d3"), Some(&c)).await.unwrap());
+    assert_eq!(store.create_deployment(&d, &op, &audit("deployment.create", "d3"), Some(&c)).await.unwrap(), Ok(()));
     let a = store.get_approval("apr-young").await.unwrap().unwrap();
     assert_eq!((a.status, a.decided_by.as_deref()), (ApprovalStatus::Applied, Some("user:admin2")));
 }
@@ -971,23 +973,25 @@ async fn approvals_are_listed_by_visibility(store: &Store) {
     };
     assert_eq!(list(Some(ApprovalStatus::Pending), None).await, (vec!["apr-a".into(), "apr-b".into()], 2));
     assert_eq!(list(None, None).await.1, 3);
-    // Own requests, whole environments, or (environment, permission) pairs one could decide.
+    // Own requests, and grants: (workspace or any, environment, permission or any).
     let mine = ApprovalVisibility { identity: "user:rm1".into(), ..Default::default() };
     assert_eq!(list(Some(ApprovalStatus::Pending), Some(&mine)).await, (vec!["apr-a".into()], 1));
-    let env = ApprovalVisibility {
+    let grant = |workspace: Option<&str>, permission: Option<&str>| ApprovalVisibility {
         identity: "user:nobody".into(),
-        environments: vec!["production".into()],
-        ..Default::default()
+        grants: vec![ApprovalGrant {
+            workspace: workspace.map(str::to_string),
+            environment: "production".into(),
+            permission: permission.map(str::to_string),
+        }],
     };
+    let (env, delete, create) =
+        (grant(None, None), grant(None, Some("deployment:delete")), grant(None, Some("deployment:create")));
     assert_eq!(list(None, Some(&env)).await.1, 2);
-    let decide = |perm: &str| ApprovalVisibility {
-        identity: "user:nobody".into(),
-        decidable: vec![("production".into(), perm.into())],
-        ..Default::default()
-    };
-    let (delete, create) = (decide("deployment:delete"), decide("deployment:create"));
     assert_eq!(list(Some(ApprovalStatus::Pending), Some(&delete)).await, (vec!["apr-b".into()], 1));
     assert_eq!(list(Some(ApprovalStatus::Pending), Some(&create)).await.1, 0);
+    let (ours, theirs) = (grant(Some("default"), None), grant(Some("team-b"), None));
+    assert_eq!(list(None, Some(&ours)).await.1, 2);
+    assert_eq!(list(None, Some(&theirs)).await.1, 0, "another workspace's changes are not listed");
     let (rows, total) =
         store.list_approvals(ApprovalFilter { status: None, visible: None, page: 2, page_size: 2 }).await.unwrap();
     assert_eq!((rows.len(), total), (1, 3));
@@ -1275,4 +1279,346 @@ async fn timelines_merge_audit_records_and_events(store: &Store) {
     assert_eq!((show(items), total), (vec!["20:running".to_string(), "10:deploying".to_string()], 5));
     let (items, total) = store.deployment_timeline("dep-none", asc).await.unwrap();
     assert_eq!((items.len(), total), (0, 0));
+}
+
+// ---- workspaces, projects, AI zones ---------------------------------------------------------
+
+fn workspace(name: &str) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: format!("ws-{name}"),
+        name: name.into(),
+        description: format!("{name} team"),
+        owner: "admin:test".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+fn project(id: &str, name: &str, workspace: &str) -> ProjectRecord {
+    ProjectRecord {
+        id: id.into(),
+        name: name.into(),
+        workspace: workspace.into(),
+        description: String::new(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+fn zone(id: &str, name: &str, workspace: Option<&str>) -> AiZoneRecord {
+    AiZoneRecord {
+        id: id.into(),
+        name: name.into(),
+        workspace: workspace.map(str::to_string),
+        description: String::new(),
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+        labels: BTreeMap::from([("accelerator".into(), "nvidia-a100".into())]),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+/// A deployment record as the service would build it (created `at`, for a stable order).
+fn deployment(id: &str, workspace: &str, environment: &str, at: i64) -> DeploymentRecord {
+    DeploymentRecord {
+        id: id.into(),
+        name: id.into(),
+        environment: environment.into(),
+        active_version: "v1".into(),
+        spec: r#"{"replicas":0,"command":"true"}"#.into(),
+        target: r#"{"selector":{}}"#.into(),
+        desired_state: DesiredState::Running,
+        restart_nonce: 0,
+        revision: 1,
+        resource_version: 1,
+        created_at: at,
+        updated_at: at,
+        last_deployed_at: at,
+        workspace: workspace.into(),
+        project_id: None,
+        ai_zone_id: None,
+    }
+}
+
+fn create_op(deployment: &str) -> OperationRecord {
+    OperationRecord {
+        id: format!("op-{deployment}"),
+        kind: OperationKind::Create,
+        deployment_id: deployment.into(),
+        status: OperationStatus::InProgress,
+        message: String::new(),
+        request_id: "req-1".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        finished_at: None,
+        approval_id: None,
+        started_at: None,
+    }
+}
+
+async fn create(store: &Store, d: &DeploymentRecord) -> Result<(), CreateRefusal> {
+    store.create_deployment(d, &create_op(&d.id), &audit("deployment.create", &d.id), None).await.unwrap()
+}
+
+async fn workspaces_projects_and_zones(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_default_workspace(now + 1).await.unwrap();
+    let default = store.get_workspace("default").await.unwrap().unwrap();
+    assert_eq!((default.id.as_str(), default.created_at), ("ws-default", now), "seeding is idempotent");
+
+    for name in ["team-a", "team-b", "team-c"] {
+        assert!(store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap());
+    }
+    let twin = WorkspaceRecord { id: "ws-other".into(), ..workspace("team-a") };
+    assert!(!store.create_workspace(&twin, &audit("workspace.create", "x")).await.unwrap(), "names are unique");
+    assert_eq!(store.get_workspace("ws-team-a").await.unwrap().unwrap().name, "team-a", "by id");
+    assert_eq!(store.get_workspace("team-a").await.unwrap().unwrap().id, "ws-team-a", "by name");
+    assert!(store.get_workspace("team-z").await.unwrap().is_none());
+    let names = |rows: Vec<WorkspaceRecord>| rows.into_iter().map(|w| w.name).collect::<Vec<_>>();
+    let (rows, total) = store.list_workspaces(None, 0, 2).await.unwrap();
+    assert_eq!((names(rows), total), (vec!["default".to_string(), "team-a".to_string()], 4));
+    let visible = ["team-b".to_string(), "team-c".to_string(), "team-gone".to_string()];
+    let (rows, total) = store.list_workspaces(Some(&visible), 1, 10).await.unwrap();
+    assert_eq!((names(rows), total), (vec!["team-c".to_string()], 2), "filtered and paged in SQL");
+    assert_eq!(store.list_workspaces(Some(&[]), 0, 10).await.unwrap().1, 0);
+    let update = audit("workspace.update", "ws-team-a");
+    let w = store.update_workspace("ws-team-a", Some("A-Team"), None, &update, now + 5).await.unwrap().unwrap();
+    assert_eq!((w.description.as_str(), w.owner.as_str(), w.updated_at), ("A-Team", "admin:test", now + 5));
+    assert!(store.update_workspace("ws-nope", None, None, &audit("x", "y"), now).await.unwrap().is_none());
+
+    // Projects: unique per workspace, only in existing workspaces.
+    let p1 = project("proj-1", "api", "team-a");
+    assert_eq!(store.create_project(&p1, &audit("project.create", "proj-1")).await.unwrap(), Ok(()));
+    assert_eq!(
+        store.create_project(&project("proj-2", "api", "team-b"), &audit("project.create", "p")).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.create_project(&project("proj-3", "api", "team-a"), &audit("project.create", "p")).await.unwrap(),
+        Err(true)
+    );
+    assert_eq!(
+        store.create_project(&project("proj-4", "x", "team-z"), &audit("project.create", "p")).await.unwrap(),
+        Err(false)
+    );
+    assert_eq!(store.find_project("team-a", "api").await.unwrap().unwrap().id, "proj-1");
+    assert_eq!(store.find_project("team-a", "proj-1").await.unwrap().unwrap().id, "proj-1");
+    assert!(store.find_project("team-a", "proj-2").await.unwrap().is_none(), "another workspace's project");
+    assert_eq!(store.list_projects(None, None, 0, 10).await.unwrap().1, 2);
+    assert_eq!(store.list_projects(Some("team-a"), None, 0, 10).await.unwrap().1, 1);
+    let only_b = ["team-b".to_string()];
+    let (rows, total) = store.list_projects(None, Some(&only_b), 0, 10).await.unwrap();
+    assert_eq!((rows[0].id.as_str(), total), ("proj-2", 1));
+    assert_eq!(store.list_projects(Some("team-a"), Some(&only_b), 0, 10).await.unwrap().1, 0);
+    assert!(matches!(
+        store.update_project("proj-1", Some("web"), Some("the web"), &audit("project.update", "proj-1"), now).await.unwrap(),
+        Renamed::Done(p) if p.name == "web" && p.description == "the web" && p.workspace == "team-a"
+    ));
+    store.create_project(&project("proj-5", "api", "team-a"), &audit("project.create", "p")).await.unwrap().unwrap();
+    assert_eq!(
+        store.update_project("proj-5", Some("web"), None, &audit("project.update", "proj-5"), now).await.unwrap(),
+        Renamed::NameTaken
+    );
+    assert_eq!(store.update_project("proj-x", None, None, &audit("x", "y"), now).await.unwrap(), Renamed::NotFound);
+
+    // AI zones: shared or dedicated to an existing workspace; names unique.
+    assert_eq!(
+        store.create_ai_zone(&zone("aiz-1", "gpu-shared", None), &audit("aizone.create", "z")).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.create_ai_zone(&zone("aiz-2", "gpu-a", Some("team-a")), &audit("aizone.create", "z")).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.create_ai_zone(&zone("aiz-3", "gpu-c", Some("team-c")), &audit("aizone.create", "z")).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.create_ai_zone(&zone("aiz-4", "gpu-a", None), &audit("aizone.create", "z")).await.unwrap(),
+        Err(true)
+    );
+    assert_eq!(
+        store.create_ai_zone(&zone("aiz-5", "gpu-z", Some("team-z")), &audit("aizone.create", "z")).await.unwrap(),
+        Err(false)
+    );
+    let z = store.get_ai_zone("gpu-a").await.unwrap().unwrap();
+    assert_eq!(
+        z,
+        AiZoneRecord { created_at: z.created_at, updated_at: z.updated_at, ..zone("aiz-2", "gpu-a", Some("team-a")) }
+    );
+    let zone_ids = |rows: Vec<AiZoneRecord>| rows.into_iter().map(|z| z.id).collect::<Vec<_>>();
+    assert_eq!(zone_ids(store.list_ai_zones(true, None, 0, 10).await.unwrap().0), ["aiz-2", "aiz-3", "aiz-1"]);
+    assert_eq!(zone_ids(store.list_ai_zones(true, Some(&only_b), 0, 10).await.unwrap().0), ["aiz-1"]);
+    let only_a = ["team-a".to_string()];
+    assert_eq!(zone_ids(store.list_ai_zones(false, Some(&only_a), 0, 10).await.unwrap().0), ["aiz-2"]);
+    assert_eq!(store.list_ai_zones(false, Some(&[]), 0, 10).await.unwrap().1, 0);
+    let labels = BTreeMap::from([("accelerator".to_string(), "tpu-v5".to_string())]);
+    let change = AiZoneChange { region: Some("eu-west-1"), labels: Some(&labels), ..Default::default() };
+    let Renamed::Done(z) = store.update_ai_zone("aiz-2", &change, &audit("aizone.update", "aiz-2"), now).await.unwrap()
+    else {
+        panic!("updated")
+    };
+    assert_eq!(
+        (z.name.as_str(), z.region.as_str(), z.provider.as_str(), &z.labels),
+        ("gpu-a", "eu-west-1", "aws", &labels)
+    );
+    let rename = AiZoneChange { name: Some("gpu-shared"), ..Default::default() };
+    assert_eq!(
+        store.update_ai_zone("aiz-2", &rename, &audit("aizone.update", "aiz-2"), now).await.unwrap(),
+        Renamed::NameTaken
+    );
+    assert_eq!(store.update_ai_zone("aiz-x", &rename, &audit("x", "y"), now).await.unwrap(), Renamed::NotFound);
+
+    // A workspace with projects or live deployments stays; an empty one goes with its zones.
+    assert_eq!(
+        store.delete_workspace("ws-team-a", &audit("workspace.delete", "ws-team-a"), now).await.unwrap(),
+        WorkspaceDelete::NotEmpty { deployments: 0, projects: 2 }
+    );
+    let mut d = deployment("dep-w1", "team-a", "development", now);
+    d.project_id = Some("proj-1".into());
+    create(store, &d).await.unwrap();
+    assert_eq!(
+        store.delete_project("proj-1", &audit("project.delete", "proj-1"), now).await.unwrap(),
+        ProjectDelete::InUse { deployments: 1 }
+    );
+    assert_eq!(
+        store.delete_project("proj-5", &audit("project.delete", "proj-5"), now).await.unwrap(),
+        ProjectDelete::Deleted
+    );
+    assert_eq!(
+        store.delete_project("proj-5", &audit("project.delete", "proj-5"), now).await.unwrap(),
+        ProjectDelete::NotFound
+    );
+    store
+        .delete_deployment("dep-w1", &create_op("dep-w1-del"), &audit("deployment.delete", "dep-w1"), now, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_project("proj-1", &audit("project.delete", "proj-1"), now).await.unwrap(),
+        ProjectDelete::Deleted
+    );
+    assert_eq!(
+        store.delete_workspace("ws-team-a", &audit("workspace.delete", "ws-team-a"), now).await.unwrap(),
+        WorkspaceDelete::Deleted { zones: vec!["aiz-2".into()] },
+        "a deleted deployment does not hold its workspace"
+    );
+    assert!(store.get_workspace("team-a").await.unwrap().is_none());
+    assert!(store.get_ai_zone("aiz-2").await.unwrap().is_none(), "its dedicated zone went with it");
+    assert!(store.get_ai_zone("aiz-1").await.unwrap().is_some(), "shared zones stay");
+    assert_eq!(store.delete_workspace("ws-team-a", &audit("x", "y"), now).await.unwrap(), WorkspaceDelete::NotFound);
+    // Every accepted change wrote its audit record; refusals wrote none.
+    let mut actions: Vec<String> = store.audit_for("ws-team-a").await.unwrap().into_iter().map(|a| a.0).collect();
+    actions.sort();
+    assert_eq!(actions, ["workspace.delete", "workspace.update"], "the refused delete wrote no record");
+    assert_eq!(store.audit_for("proj-5").await.unwrap().len(), 1, "only the delete that happened");
+}
+
+async fn deployments_are_created_only_where_what_they_name_exists(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    for name in ["team-a", "team-b"] {
+        store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
+    }
+    store.create_project(&project("proj-a", "api", "team-a"), &audit("project.create", "p")).await.unwrap().unwrap();
+    store.create_ai_zone(&zone("aiz-b", "gpu-b", Some("team-b")), &audit("aizone.create", "z")).await.unwrap().unwrap();
+    store.create_ai_zone(&zone("aiz-s", "gpu-s", None), &audit("aizone.create", "z")).await.unwrap().unwrap();
+
+    let mut d = deployment("dep-1", "team-z", "development", now);
+    assert_eq!(create(store, &d).await, Err(CreateRefusal::WorkspaceMissing));
+    d.workspace = "team-b".into();
+    d.project_id = Some("proj-a".into());
+    assert_eq!(create(store, &d).await, Err(CreateRefusal::ProjectMissing), "another workspace's project");
+    d.workspace = "team-a".into();
+    d.ai_zone_id = Some("aiz-b".into());
+    assert_eq!(create(store, &d).await, Err(CreateRefusal::ZoneMissing), "a zone dedicated to another workspace");
+    d.ai_zone_id = Some("aiz-nope".into());
+    assert_eq!(create(store, &d).await, Err(CreateRefusal::ZoneMissing));
+    d.ai_zone_id = Some("aiz-s".into());
+    assert_eq!(create(store, &d).await, Ok(()));
+    let stored = store.get_deployment("dep-1").await.unwrap().unwrap();
+    assert_eq!(stored, d);
+    // Names are unique per (workspace, environment), not across workspaces.
+    let twin = DeploymentRecord { id: "dep-2".into(), ..d.clone() };
+    assert_eq!(create(store, &twin).await, Err(CreateRefusal::NameTaken));
+    let other = DeploymentRecord { id: "dep-3".into(), workspace: "team-b".into(), project_id: None, ..d.clone() };
+    assert_eq!(create(store, &other).await, Ok(()));
+    let mut dedicated = deployment("dep-4", "team-b", "development", now);
+    dedicated.ai_zone_id = Some("aiz-b".into());
+    assert_eq!(create(store, &dedicated).await, Ok(()));
+    // Refused creates stored nothing, not even their audit record or operation.
+    for id in ["dep-2"] {
+        assert!(store.get_deployment_any(id).await.unwrap().is_none());
+        assert!(store.get_operation(&format!("op-{id}")).await.unwrap().is_none());
+    }
+    assert_eq!(store.audit_for("dep-1").await.unwrap().len(), 1);
+}
+
+async fn listing_shows_only_the_visible_workspace_environment_pairs(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    for name in ["team-a", "team-b"] {
+        store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
+    }
+    store.create_project(&project("proj-a", "api", "team-a"), &audit("project.create", "p")).await.unwrap().unwrap();
+    store.create_ai_zone(&zone("aiz-s", "gpu-s", None), &audit("aizone.create", "z")).await.unwrap().unwrap();
+    let rows = [
+        ("a-dev-1", "team-a", "development"),
+        ("a-dev-2", "team-a", "development"),
+        ("a-prod", "team-a", "production"),
+        ("b-dev", "team-b", "development"),
+        ("b-stage", "team-b", "staging"),
+        ("d-dev", "default", "development"),
+        ("d-prod", "default", "production"),
+    ];
+    for (i, (id, ws, env)) in rows.iter().enumerate() {
+        let mut d = deployment(id, ws, env, now + i as i64);
+        if *id == "a-dev-2" {
+            d.project_id = Some("proj-a".into());
+            d.ai_zone_id = Some("aiz-s".into());
+        }
+        create(store, &d).await.unwrap();
+    }
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let list = |visible: Option<Visibility>, page: i64, page_size: i64| async move {
+        let f = DeploymentFilter { visible: visible.as_ref(), page, page_size, ..Default::default() };
+        let (rows, total) = store.list_deployments(f).await.unwrap();
+        let count = store.count_deployments_matching(f).await.unwrap();
+        assert_eq!(count, total, "count and listing agree");
+        (rows.into_iter().map(|(d, _)| d.id).collect::<Vec<_>>(), total)
+    };
+    assert_eq!(list(None, 1, 100).await.1, 7);
+    // Scoped to team-a, reading development and production there.
+    let a = Visibility { everywhere: vec![], workspaces: vec![("team-a".into(), s(&["development", "production"]))] };
+    assert_eq!(list(Some(a.clone()), 1, 100).await, (s(&["a-dev-1", "a-dev-2", "a-prod"]), 3));
+    // Pages are cut in SQL, so the total is the caller's, not the table's.
+    assert_eq!(list(Some(a), 2, 2).await, (s(&["a-prod"]), 3));
+    // Scoped to team-b, development only: its staging deployment stays out.
+    let b = Visibility { everywhere: vec![], workspaces: vec![("team-b".into(), s(&["development"]))] };
+    assert_eq!(list(Some(b), 1, 100).await, (s(&["b-dev"]), 1));
+    // Unscoped development reader plus team-b production/staging.
+    let mixed = Visibility {
+        everywhere: s(&["development"]),
+        workspaces: vec![("team-b".into(), s(&["staging"])), ("team-a".into(), vec![])],
+    };
+    assert_eq!(list(Some(mixed), 1, 100).await, (s(&["a-dev-1", "a-dev-2", "b-dev", "b-stage", "d-dev"]), 5));
+    assert_eq!(list(Some(Visibility::default()), 1, 100).await, (vec![], 0), "nothing visible");
+    // Filters by workspace, project and zone, combined with visibility.
+    let by = |workspace, project_id, ai_zone_id| DeploymentFilter {
+        workspace,
+        project_id,
+        ai_zone_id,
+        page: 1,
+        page_size: 100,
+        ..Default::default()
+    };
+    assert_eq!(store.list_deployments(by(Some("team-a"), None, None)).await.unwrap().1, 3);
+    assert_eq!(store.list_deployments(by(Some("default"), None, None)).await.unwrap().1, 2);
+    assert_eq!(store.list_deployments(by(None, Some("proj-a"), None)).await.unwrap().1, 1);
+    assert_eq!(store.list_deployments(by(None, None, Some("aiz-s"))).await.unwrap().1, 1);
+    let b_only = Visibility { everywhere: vec![], workspaces: vec![("team-b".into(), s(&["development"]))] };
+    let hidden = DeploymentFilter { visible: Some(&b_only), ..by(None, None, Some("aiz-s")) };
+    assert_eq!(store.list_deployments(hidden).await.unwrap().1, 0, "a zone's deployments are filtered too");
 }

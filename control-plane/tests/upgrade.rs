@@ -41,6 +41,7 @@ async fn write_schema_3(conn: &mut AnyConnection, v3: &'static str) {
 async fn old_rows_still_load(store: &Store) {
     let d = store.get_deployment("deploy-old").await.unwrap().unwrap();
     assert_eq!((d.revision, d.resource_version, d.active_version.as_str()), (1, 4, "v3"));
+    assert_eq!((d.workspace.as_str(), d.project_id.as_deref(), d.ai_zone_id.as_deref()), ("default", None, None));
     let (version, spec) = store.revision("deploy-old", 1).await.unwrap().unwrap();
     assert_eq!(version, "v3");
     assert!(spec.contains("/bin/sleep"));

@@ -290,8 +290,8 @@ async fn the_loop_runs_on_postgresql() {
     };
     use ferry_control_plane::store::{Store, StoreOptions};
     let schema = format!("ferry_e2e_{}", ferry_control_plane::ids::random_hex(6));
+    // Kept open to drop the schema at the end (connecting to `public` would migrate it).
     let setup = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
-    setup.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
 
@@ -308,8 +308,6 @@ async fn the_loop_runs_on_postgresql() {
     drop(agent);
     cp.stop().await;
 
-    // Into the test's own schema: a store on the default one would migrate `public`.
-    let cleanup = Store::connect(&url, StoreOptions { pg_schema: Some(schema.clone()) }).await.unwrap();
-    cleanup.drop_pg_schema(&schema).await.unwrap();
-    cleanup.close().await;
+    setup.drop_pg_schema(&schema).await.unwrap();
+    setup.close().await;
 }

@@ -32,6 +32,13 @@ pub struct CreateDeployment {
     configuration: Configuration,
     #[serde(default)]
     deployment_source: Option<String>,
+    /// By id or name; `default` when not given.
+    #[serde(default)]
+    workspace: Option<String>,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    ai_zone_id: Option<String>,
 }
 
 fn default_version() -> String {
@@ -64,6 +71,42 @@ pub struct ListParams {
     status: Option<String>,
     environment: Option<String>,
     name: Option<String>,
+    workspace: Option<String>,
+    project_id: Option<String>,
+    ai_zone_id: Option<String>,
+}
+
+impl ListParams {
+    /// The filter these parameters ask for (visibility is the service's business).
+    pub(super) fn filter(&self) -> ApiResult<DeploymentFilter<'_>> {
+        let (page, page_size) =
+            super::PageParams { page: self.page, page_size: self.page_size, status: None }.resolve()?;
+        if let Some(s) = self.status.as_deref()
+            && DeploymentStatus::parse(s).is_none()
+        {
+            return Err(ApiError::validation(
+                "status",
+                format!("unknown status {s:?}: one of {}", DeploymentStatus::names()),
+            ));
+        }
+        Ok(DeploymentFilter {
+            environment: self.environment.as_deref(),
+            workspace: self.workspace.as_deref(),
+            project_id: self.project_id.as_deref(),
+            ai_zone_id: self.ai_zone_id.as_deref(),
+            name: self.name.as_deref(),
+            status: self.status.as_deref(),
+            visible: None,
+            page,
+            page_size,
+        })
+    }
+}
+
+/// A page of deployments in the listing format.
+pub(super) fn page(rows: &[(Parsed, Option<StatusSummary>)], filter: &DeploymentFilter<'_>, total: i64) -> Value {
+    let data = rows.iter().map(|(p, s)| deployment_view(p, s.as_ref())).collect();
+    page_json(data, filter.page, filter.page_size, total)
 }
 
 /// Query parameters of every mutation: `?waitForWindow=true` stores a change asked for outside
@@ -113,6 +156,9 @@ fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
         "activeVersion": r.active_version,
         "status": status,
         "environment": r.environment,
+        "workspace": r.workspace,
+        "projectId": r.project_id,
+        "aiZoneId": r.ai_zone_id,
         "deploymentSource": "direct",
         "target": p.target,
         "configuration": p.config,
@@ -190,6 +236,9 @@ pub async fn create(
         target: req.target,
         configuration: req.configuration,
         source: req.deployment_source,
+        workspace: req.workspace,
+        project: req.project_id,
+        ai_zone: req.ai_zone_id,
     };
     Ok(outcome(Deployments::new(&state).create(&ctx, new, params.options()).await?))
 }
@@ -199,26 +248,9 @@ pub async fn list(
     ctx: RequestContext,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Value>> {
-    let (page, page_size) = super::PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
-    if let Some(s) = q.status.as_deref()
-        && DeploymentStatus::parse(s).is_none()
-    {
-        return Err(ApiError::validation(
-            "status",
-            format!("unknown status {s:?}: one of {}", DeploymentStatus::names()),
-        ));
-    }
-    let filter = DeploymentFilter {
-        environment: q.environment.as_deref(),
-        name: q.name.as_deref(),
-        status: q.status.as_deref(),
-        visible_environments: None,
-        page,
-        page_size,
-    };
+    let filter = q.filter()?;
     let (rows, total) = Deployments::new(&state).list(&ctx, filter).await?;
-    let data = rows.iter().map(|(p, s)| deployment_view(p, s.as_ref())).collect();
-    Ok(Json(page_json(data, page, page_size, total)))
+    Ok(Json(page(&rows, &filter, total)))
 }
 
 pub async fn get(
@@ -252,6 +284,7 @@ pub async fn status(
         "name": r.name,
         "status": d.status,
         "environment": r.environment,
+        "workspace": r.workspace,
         "version": r.active_version,
         "revision": r.revision,
         "deployment": { "lastDeployed": rfc3339(r.last_deployed_at), "strategy": "rolling" },

@@ -106,7 +106,7 @@ pub async fn lock(
 ) -> ApiResult<Json<Value>> {
     let service = Environments::new(&state);
     let env = service.lock(&ctx, &id, req.reason).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let n = service.deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }
 
@@ -116,7 +116,7 @@ pub async fn unlock(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let env = Environments::new(&state).unlock(&ctx, &id).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let n = Environments::new(&state).deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }
 
@@ -135,8 +135,9 @@ pub async fn set_restrictions(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RestrictionsRequest>,
 ) -> ApiResult<Json<Value>> {
-    let env = Environments::new(&state).set_restrictions(&ctx, &id, req.required_roles, req.approval_required).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let service = Environments::new(&state);
+    let env = service.set_restrictions(&ctx, &id, req.required_roles, req.approval_required).await?;
+    let n = service.deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }
 
@@ -157,8 +158,9 @@ pub async fn set_change_windows(
     ApiPath(id): ApiPath<String>,
     ApiJson(doc): ApiJson<ChangeWindowsDoc>,
 ) -> ApiResult<Json<Value>> {
-    let env = Environments::new(&state).set_change_windows(&ctx, &id, Some(doc)).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let service = Environments::new(&state);
+    let env = service.set_change_windows(&ctx, &id, Some(doc)).await?;
+    let n = service.deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }
 
@@ -168,7 +170,8 @@ pub async fn delete_change_windows(
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let env = Environments::new(&state).set_change_windows(&ctx, &id, None).await?;
-    let n = state.store.count_deployments(&env.name).await?;
+    let service = Environments::new(&state);
+    let env = service.set_change_windows(&ctx, &id, None).await?;
+    let n = service.deployment_count(&ctx, &env.name).await?;
     Ok(Json(view(&env, n)))
 }

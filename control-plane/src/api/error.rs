@@ -73,7 +73,7 @@ error_codes! {
     ReplicaLimit = "DEPLOY_004",
     /// 404: no deployment with this id.
     DeploymentNotFound = "DEPLOY_006",
-    /// 409: a deployment with this name already exists in the environment.
+    /// 409: a deployment with this name already exists in the workspace and environment.
     DeploymentExists = "DEPLOY_008",
     /// 412: the deployment changed since the caller read it (`If-Match`).
     StaleResourceVersion = "DEPLOY_009",
@@ -93,6 +93,24 @@ error_codes! {
     SelfApproval = "APPROVAL_002",
     /// 409: the change is no longer pending (applied, rejected, expired or failed).
     ApprovalNotPending = "APPROVAL_003",
+    /// 404: no workspace with this id or name (or none the caller has a role in).
+    WorkspaceNotFound = "WORKSPACE_001",
+    /// 409: a workspace with this name already exists.
+    WorkspaceExists = "WORKSPACE_002",
+    /// 409: the workspace still has live deployments or projects.
+    WorkspaceNotEmpty = "WORKSPACE_003",
+    /// 409: the `default` workspace cannot be deleted.
+    DefaultWorkspace = "WORKSPACE_004",
+    /// 404/400: no project with this id (in this workspace).
+    ProjectNotFound = "PROJECT_001",
+    /// 409: the workspace already has a project with this name.
+    ProjectExists = "PROJECT_002",
+    /// 409: live deployments still belong to the project.
+    ProjectInUse = "PROJECT_003",
+    /// 404/400: no AI zone with this id or name (usable here).
+    AiZoneNotFound = "AIZONE_001",
+    /// 409: an AI zone with this name already exists.
+    AiZoneExists = "AIZONE_002",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.

@@ -1,5 +1,7 @@
 //! `/v1/logs`: a deployment's stored log lines, as pages (`GET /v1/logs/deployments/{id}`) or as
-//! a live Server-Sent-Event stream (`GET /v1/logs/stream/{id}`).
+//! a live Server-Sent-Event stream (`GET /v1/logs/stream/{id}`). Both need `logs:read` where the
+//! deployment runs (its environment and workspace); a deployment in a workspace the caller's
+//! bindings do not reach is a 404, as on every deployment endpoint.
 //!
 //! Both are keyed by the line's id, which grows with every stored line and is the SSE event id.
 //! The store guarantees that the ids of one deployment become visible in id order, so "every
@@ -23,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{ApiError, ApiPath, ApiQuery, ApiResult, ErrorCode};
 use crate::AppState;
 use crate::context::RequestContext;
+use crate::deployments::Deployments;
 use crate::ids::rfc3339;
 use crate::logs::Subscription;
 use crate::store::{LogRow, StoreError};
@@ -91,7 +94,7 @@ pub async fn list(
     let limit = q.limit.as_deref().map(|s| int("limit", s, 1..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_LIMIT);
     let stream = parse_stream(q.stream.as_deref())?;
     let after = q.after.as_deref().map(|s| int("after", s, 0..=i64::MAX)).transpose()?;
-    ensure_readable(&state, &ctx, &id).await?;
+    Deployments::new(&state).authorize_logs(&ctx, &id).await?;
     let rows = state.store.query_logs(&id, after, since, stream, limit).await?;
     let next_after = rows.last().map(|r| r.id);
     let data: Vec<LogView> = rows.into_iter().map(LogView::from).collect();
@@ -125,7 +128,7 @@ pub async fn stream(
     let tail = q.tail.as_deref().map(|s| int("tail", s, 0..=MAX_LIMIT)).transpose()?.unwrap_or(DEFAULT_TAIL);
     // The header is where a reconnecting client says how far it got: it wins over the URL.
     let start = last_event_id.or(after).map_or(Start::Tail(tail), Start::After);
-    ensure_readable(&state, &ctx, &id).await?;
+    Deployments::new(&state).authorize_logs(&ctx, &id).await?;
     // Subscribe before the first query, so nothing stored meanwhile goes unnoticed.
     let sub = state.logs.subscribe(&id).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "too many open log streams; retry later")
@@ -225,11 +228,6 @@ impl Pump {
             _ = self.shutdown.wait_for(|s| *s) => false,
         }
     }
-}
-
-/// The deployment exists and the caller may read its logs.
-async fn ensure_readable(state: &AppState, ctx: &RequestContext, id: &str) -> ApiResult<()> {
-    crate::deployments::Deployments::new(state).authorize_logs(ctx, id).await
 }
 
 fn int(field: &str, s: &str, range: RangeInclusive<i64>) -> ApiResult<i64> {

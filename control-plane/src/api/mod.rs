@@ -11,6 +11,7 @@ mod environments;
 pub mod error;
 mod limits;
 mod logs;
+mod workspaces;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -75,6 +76,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}", get(auth::get_user).put(auth::update_user).delete(auth::delete_user))
         .route("/v1/api-keys", get(auth::list_keys).post(auth::create_key))
         .route("/v1/api-keys/{id}", axum::routing::delete(auth::revoke_key))
+        .route("/v1/workspaces", get(workspaces::list_workspaces).post(workspaces::create_workspace))
+        .route(
+            "/v1/workspaces/{id}",
+            get(workspaces::get_workspace).put(workspaces::update_workspace).delete(workspaces::delete_workspace),
+        )
+        .route("/v1/projects", get(workspaces::list_projects).post(workspaces::create_project))
+        .route(
+            "/v1/projects/{id}",
+            get(workspaces::get_project).put(workspaces::update_project).delete(workspaces::delete_project),
+        )
+        .route("/v1/aizones", get(workspaces::list_zones).post(workspaces::create_zone))
+        .route("/v1/aizones/{id}", get(workspaces::get_zone).put(workspaces::update_zone))
+        .route("/v1/aizones/{id}/deployments", get(workspaces::zone_deployments))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
         .route("/v1/audit", get(audit::list))

@@ -16,6 +16,8 @@ use crate::domain::{ApprovalStatus, OperationKind, OperationStatus};
 pub struct ApprovalRecord {
     pub id: String,
     pub environment: String,
+    /// The deployment's workspace (for a create, the one it will be created in).
+    pub workspace: String,
     pub deployment_id: String,
     pub deployment_name: String,
     /// What the change does (the kind of its operation).
@@ -59,13 +61,20 @@ pub struct Claim {
     pub now: i64,
 }
 
-/// Which pending changes a caller may see: all those of some environments, those it asked
-/// for, and those it could decide (environment, permission).
+/// Which pending changes a caller may see: those it asked for, and those a grant covers.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalVisibility {
-    pub environments: Vec<String>,
     pub identity: String,
-    pub decidable: Vec<(String, String)>,
+    pub grants: Vec<ApprovalGrant>,
+}
+
+/// Pending changes in `environment` of `workspace` (`None`: any workspace) that need
+/// `permission` (`None`: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalGrant {
+    pub workspace: Option<String>,
+    pub environment: String,
+    pub permission: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +95,7 @@ fn approval_from_row(r: &AnyRow) -> Result<ApprovalRecord> {
     Ok(ApprovalRecord {
         id: r.try_get("id")?,
         environment: r.try_get("environment")?,
+        workspace: r.try_get("workspace")?,
         deployment_id: r.try_get("deployment_id")?,
         deployment_name: r.try_get("deployment_name")?,
         action: OperationKind::parse(&action).ok_or_else(|| corrupt("action", format!("unknown value {action:?}")))?,
@@ -130,14 +140,15 @@ impl Store {
     pub async fn create_approval(&self, a: &ApprovalRecord, op: &OperationRecord, audit: &Audit) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO approvals (id, environment, deployment_id, deployment_name, action, permission, request, \
-             requester, requester_id, requester_identity, requester_roles, request_id, operation_id, status, \
+            "INSERT INTO approvals (id, environment, workspace, deployment_id, deployment_name, action, permission, \
+             request, requester, requester_id, requester_identity, requester_roles, request_id, operation_id, status, \
              approval_required, wait_for_window, message, decided_by, decision_comment, decided_at, created_at, \
              updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23)",
+             $17, $18, $19, $20, $21, $22, $23, $24)",
         )
         .bind(&a.id)
         .bind(&a.environment)
+        .bind(&a.workspace)
         .bind(&a.deployment_id)
         .bind(&a.deployment_name)
         .bind(a.action.as_str())
@@ -187,13 +198,15 @@ impl Store {
         }
         if let Some(v) = f.visible {
             let mut any = vec![format!("requester_identity = {}", bind(&mut binds, &v.identity))];
-            if !v.environments.is_empty() {
-                let list: Vec<String> = v.environments.iter().map(|e| bind(&mut binds, e)).collect();
-                any.push(format!("environment IN ({})", list.join(", ")));
-            }
-            for (env, permission) in &v.decidable {
-                let (e, p) = (bind(&mut binds, env), bind(&mut binds, permission));
-                any.push(format!("(environment = {e} AND permission = {p})"));
+            for g in &v.grants {
+                let mut all = vec![format!("environment = {}", bind(&mut binds, &g.environment))];
+                if let Some(w) = &g.workspace {
+                    all.push(format!("workspace = {}", bind(&mut binds, w)));
+                }
+                if let Some(p) = &g.permission {
+                    all.push(format!("permission = {}", bind(&mut binds, p)));
+                }
+                any.push(format!("({})", all.join(" AND ")));
             }
             conds.push(format!("({})", any.join(" OR ")));
         }

@@ -62,6 +62,12 @@ pub struct DeploymentRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_deployed_at: i64,
+    /// The workspace (by name) whose role bindings reach it; never changes.
+    pub workspace: String,
+    /// A project of that workspace, by id; never changes.
+    pub project_id: Option<String>,
+    /// The AI zone it runs in, by id; never changes.
+    pub ai_zone_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +100,11 @@ impl OperationRecord {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeploymentFilter<'a> {
     pub environment: Option<&'a str>,
-    /// Only these environments (what the caller may read); `None`: all.
-    pub visible_environments: Option<&'a [String]>,
+    pub workspace: Option<&'a str>,
+    pub project_id: Option<&'a str>,
+    pub ai_zone_id: Option<&'a str>,
+    /// Only what the caller may read; `None`: everything.
+    pub visible: Option<&'a Visibility>,
     pub name: Option<&'a str>,
     pub status: Option<&'a str>,
     /// 1-based; `offset = (page - 1) * page_size` must fit (the caller checks).
@@ -103,8 +112,31 @@ pub struct DeploymentFilter<'a> {
     pub page_size: i64,
 }
 
+/// Which deployments a caller may read, as (workspace, environment) pairs SQL can apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Visibility {
+    /// Environments whose deployments are readable in every workspace (unscoped bindings).
+    pub everywhere: Vec<String>,
+    /// Per workspace, the further environments readable there (bindings scoped to it).
+    pub workspaces: Vec<(String, Vec<String>)>,
+}
+
+/// Why a deployment was not created (re-checked inside the write transaction, under locks on
+/// the rows it names, so a concurrent delete of its workspace or project cannot slip between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateRefusal {
+    /// A live deployment of that name exists in the workspace and environment.
+    NameTaken,
+    WorkspaceMissing,
+    /// The project does not exist or belongs to another workspace.
+    ProjectMissing,
+    /// The AI zone does not exist or is dedicated to another workspace.
+    ZoneMissing,
+}
+
 pub(super) const DEPLOYMENT_COLUMNS: &str = "id, name, environment, active_version, spec, target, desired_state, \
-     restart_nonce, resource_version, created_at, updated_at, last_deployed_at, revision";
+     restart_nonce, resource_version, created_at, updated_at, last_deployed_at, revision, workspace, project_id, \
+     ai_zone_id";
 
 pub(super) fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
     Ok(DeploymentRecord {
@@ -121,6 +153,9 @@ pub(super) fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRecord> {
         updated_at: r.try_get("updated_at")?,
         last_deployed_at: r.try_get("last_deployed_at")?,
         revision: r.try_get("revision")?,
+        workspace: r.try_get("workspace")?,
+        project_id: r.try_get("project_id")?,
+        ai_zone_id: r.try_get("ai_zone_id")?,
     })
 }
 
@@ -187,6 +222,59 @@ pub enum Write<T> {
     Conflict {
         current: i64,
     },
+}
+
+/// `FROM … WHERE …` of a deployment listing and its parameters, in order; `None` when the
+/// filter can match nothing (nothing is visible). Only the filters given appear in the SQL, so an
+/// index serves each shape (a handful).
+fn filter_sql<'a>(f: &DeploymentFilter<'a>) -> Option<(String, Vec<&'a str>)> {
+    let mut conds = vec!["d.deleted_at IS NULL".to_string()];
+    let mut binds: Vec<&'a str> = Vec::new();
+    for (column, value) in [
+        ("d.environment", f.environment),
+        ("d.workspace", f.workspace),
+        ("d.project_id", f.project_id),
+        ("d.ai_zone_id", f.ai_zone_id),
+        ("d.name", f.name),
+    ] {
+        if let Some(v) = value {
+            binds.push(v);
+            conds.push(format!("{column} = ${}", binds.len()));
+        }
+    }
+    if let Some(visible) = f.visible {
+        // (environment IN everywhere) OR (workspace = w AND environment IN envs of w) OR …
+        let list = |binds: &mut Vec<&'a str>, envs: &'a [String]| {
+            let first = binds.len() + 1;
+            binds.extend(envs.iter().map(String::as_str));
+            (first..=binds.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        };
+        let mut any = Vec::new();
+        if !visible.everywhere.is_empty() {
+            any.push(format!("d.environment IN ({})", list(&mut binds, &visible.everywhere)));
+        }
+        for (workspace, envs) in &visible.workspaces {
+            if envs.is_empty() {
+                continue;
+            }
+            binds.push(workspace);
+            let w = binds.len();
+            any.push(format!("(d.workspace = ${w} AND d.environment IN ({}))", list(&mut binds, envs)));
+        }
+        if any.is_empty() {
+            return None;
+        }
+        conds.push(format!("({})", any.join(" OR ")));
+    }
+    // A deployment without a summary yet counts as `deploying`.
+    let join = if let Some(status) = f.status {
+        binds.push(status);
+        conds.push(format!("COALESCE(s.status, 'deploying') = ${}", binds.len()));
+        " LEFT JOIN deployment_status s ON s.deployment_id = d.id"
+    } else {
+        ""
+    };
+    Some((format!("FROM deployments d{join} WHERE {}", conds.join(" AND ")), binds))
 }
 
 impl Store {
@@ -345,32 +433,63 @@ impl Store {
 
     // ---- deployments ------------------------------------------------------------------
 
-    /// Inserts a deployment and its first operation. `false` if the environment already has a
-    /// live deployment of that name. With a claim, only if the pending change it names is still
-    /// open (else [`StoreError::NotPending`]), consuming it in the same transaction.
+    /// Inserts a deployment and its first operation, unless its name is taken in its workspace
+    /// and environment or what it names (workspace, project, AI zone) is missing. With a claim,
+    /// only if the pending change it names is still open (else [`StoreError::NotPending`]),
+    /// consuming it in the same transaction.
     pub async fn create_deployment(
         &self,
         d: &DeploymentRecord,
         op: &OperationRecord,
         audit: &Audit,
         claim: Option<&Claim>,
-    ) -> Result<bool> {
+    ) -> Result<std::result::Result<(), CreateRefusal>> {
         let mut tx = self.write_tx().await?;
         if let Some(c) = claim {
             Self::claim_approval(&mut tx, c).await?;
         }
+        let share = if self.backend == super::Backend::Postgres { " FOR SHARE" } else { "" };
+        let sql = format!("SELECT id FROM workspaces WHERE name = $1{share}");
+        let ws: Option<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&d.workspace).fetch_optional(&mut *tx).await?;
+        if ws.is_none() {
+            return Ok(Err(CreateRefusal::WorkspaceMissing));
+        }
+        if let Some(p) = &d.project_id {
+            let sql = format!("SELECT id FROM projects WHERE id = $1 AND workspace = $2{share}");
+            let found: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(p)
+                .bind(&d.workspace)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Ok(Err(CreateRefusal::ProjectMissing));
+            }
+        }
+        if let Some(z) = &d.ai_zone_id {
+            let sql = format!("SELECT workspace FROM ai_zones WHERE id = $1{share}");
+            let found: Option<Option<String>> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(z).fetch_optional(&mut *tx).await?;
+            // Missing, or dedicated to another workspace.
+            let usable = matches!(&found, Some(w) if w.as_ref().is_none_or(|w| *w == d.workspace));
+            if !usable {
+                return Ok(Err(CreateRefusal::ZoneMissing));
+            }
+        }
         let taken: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM deployments WHERE environment = $1 AND name = $2 AND deleted_at IS NULL",
+            "SELECT id FROM deployments WHERE workspace = $1 AND environment = $2 AND name = $3 AND deleted_at IS NULL",
         )
+        .bind(&d.workspace)
         .bind(&d.environment)
         .bind(&d.name)
         .fetch_optional(&mut *tx)
         .await?;
         if taken.is_some() {
-            return Ok(false);
+            return Ok(Err(CreateRefusal::NameTaken));
         }
         let sql = format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&d.id)
@@ -386,19 +505,22 @@ impl Store {
             .bind(d.updated_at)
             .bind(d.last_deployed_at)
             .bind(d.revision)
+            .bind(&d.workspace)
+            .bind(d.project_id.clone())
+            .bind(d.ai_zone_id.clone())
             .execute(&mut *tx)
             .await;
         match inserted {
             Ok(_) => {}
             // The partial unique index caught a concurrent create of the same name.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(Err(CreateRefusal::NameTaken)),
             Err(e) => return Err(e.into()),
         }
         let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
         Self::insert_revision(&mut tx, d, &audit_id).await?;
         Self::insert_operation(&mut tx, op).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Ok(()))
     }
 
     pub async fn get_deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
@@ -431,33 +553,7 @@ impl Store {
         &self,
         f: DeploymentFilter<'_>,
     ) -> Result<(Vec<(DeploymentRecord, Option<StatusSummary>)>, i64)> {
-        // Only the filters given appear in the SQL, so an index serves each shape (a handful).
-        let mut conds = vec!["d.deleted_at IS NULL".to_string()];
-        let mut binds: Vec<&str> = Vec::new();
-        for (column, value) in [("d.environment", f.environment), ("d.name", f.name)] {
-            if let Some(v) = value {
-                binds.push(v);
-                conds.push(format!("{column} = ${}", binds.len()));
-            }
-        }
-        if let Some(visible) = f.visible_environments {
-            if visible.is_empty() {
-                return Ok((Vec::new(), 0));
-            }
-            let first = binds.len() + 1;
-            binds.extend(visible.iter().map(String::as_str));
-            let list: Vec<String> = (first..=binds.len()).map(|i| format!("${i}")).collect();
-            conds.push(format!("d.environment IN ({})", list.join(", ")));
-        }
-        // A deployment without a summary yet counts as `deploying`.
-        let join = if let Some(status) = f.status {
-            binds.push(status);
-            conds.push(format!("COALESCE(s.status, 'deploying') = ${}", binds.len()));
-            " LEFT JOIN deployment_status s ON s.deployment_id = d.id"
-        } else {
-            ""
-        };
-        let filter = format!("FROM deployments d{join} WHERE {}", conds.join(" AND "));
+        let Some((filter, binds)) = filter_sql(&f) else { return Ok((Vec::new(), 0)) };
         let mut count = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {filter}")));
         for b in &binds {
             count = count.bind(b.to_string());
@@ -484,12 +580,14 @@ impl Store {
         Ok((page, total))
     }
 
-    /// Live deployments in an environment.
-    pub async fn count_deployments(&self, environment: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deployments WHERE deleted_at IS NULL AND environment = $1")
-            .bind(environment)
-            .fetch_one(&self.pool)
-            .await?)
+    /// The number of live deployments matching the filter (its page is ignored).
+    pub async fn count_deployments_matching(&self, f: DeploymentFilter<'_>) -> Result<i64> {
+        let Some((filter, binds)) = filter_sql(&f) else { return Ok(0) };
+        let mut count = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {filter}")));
+        for b in &binds {
+            count = count.bind(b.to_string());
+        }
+        Ok(count.fetch_one(&self.pool).await?)
     }
 
     /// The template of one revision: `(version, spec)`. Revisions never change once written.

@@ -250,8 +250,9 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Inserts a minimal, stopped deployment (no replicas, so nothing gets placed). Tests and
-    /// benchmarks use it until the deployments API lands; nothing else should.
+    /// Inserts a minimal, stopped deployment (no replicas, so nothing gets placed) in the
+    /// `development` environment of the `default` workspace, so the API authorizes reads of it
+    /// as of any deployment there. Tests and benchmarks use it; nothing else should.
     #[doc(hidden)]
     pub async fn insert_test_deployment(&self, id: &str) -> Result<()> {
         let now = crate::ids::now_ms();

@@ -40,6 +40,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0006_approvals.sql"),
     ),
     (
+        7,
+        "workspaces",
+        include_str!("../../migrations/0007_workspaces.sql"),
+        include_str!("../../migrations/0007_workspaces.sql"),
+    ),
+    (
         8,
         "audit",
         include_str!("../../migrations/0008_audit.sqlite.sql"),

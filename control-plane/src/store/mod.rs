@@ -24,6 +24,7 @@ mod intent;
 mod logs;
 mod migrate;
 mod principals;
+mod workspaces;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,15 +36,22 @@ use sqlx::{AnyPool, AssertSqlSafe};
 pub use agents::{
     AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord, EnrollRefusal, NewAgent, NewBootstrapToken,
 };
-pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalVisibility, Claim, Transition};
+pub use approvals::{ApprovalFilter, ApprovalGrant, ApprovalRecord, ApprovalVisibility, Claim, Transition};
 pub use audit::{
     Audit, AuditFilter, AuditRecord, EVENTS_KEPT, EVENTS_PRUNE_EVERY, EventRecord, Page, RevisionRecord, TimelineItem,
     object_type_of,
 };
-pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Write};
+pub use deployments::{
+    CreateRefusal, DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Visibility,
+    Write,
+};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};
+pub use workspaces::{
+    AiZoneChange, AiZoneRecord, DEFAULT_WORKSPACE, ProjectDelete, ProjectRecord, Renamed, Visible, WorkspaceDelete,
+    WorkspaceRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

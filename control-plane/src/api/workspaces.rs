@@ -1,0 +1,311 @@
+//! `/v1/workspaces`, `/v1/projects`, `/v1/aizones`: handlers parse and render; the rules are in
+//! [`crate::workspaces`].
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, page_json};
+use crate::AppState;
+use crate::context::RequestContext;
+use crate::ids::rfc3339;
+use crate::store::{AiZoneRecord, ProjectRecord, WorkspaceRecord};
+use crate::workspaces::{AiZoneUpdate, AiZones, NewAiZone, Projects, Workspaces};
+
+fn workspace_view(w: &WorkspaceRecord) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "description": w.description,
+        "owner": w.owner,
+        "created": rfc3339(w.created_at),
+        "updated": rfc3339(w.updated_at),
+    })
+}
+
+fn project_view(p: &ProjectRecord) -> Value {
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "workspace": p.workspace,
+        "description": p.description,
+        "created": rfc3339(p.created_at),
+        "updated": rfc3339(p.updated_at),
+    })
+}
+
+fn zone_view(z: &AiZoneRecord) -> Value {
+    json!({
+        "id": z.id,
+        "name": z.name,
+        "workspace": z.workspace,
+        "description": z.description,
+        "provider": z.provider,
+        "region": z.region,
+        "labels": z.labels,
+        "created": rfc3339(z.created_at),
+        "updated": rfc3339(z.updated_at),
+    })
+}
+
+/// `page` and `pageSize` only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Paging {
+    page: Option<i64>,
+    page_size: Option<i64>,
+}
+
+impl Paging {
+    fn resolve(&self) -> ApiResult<(i64, i64)> {
+        PageParams { page: self.page, page_size: self.page_size, status: None }.resolve()
+    }
+}
+
+// ---- workspaces -----------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateWorkspace {
+    name: String,
+    #[serde(default)]
+    description: String,
+    owner: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWorkspace {
+    description: Option<String>,
+    owner: Option<String>,
+}
+
+pub async fn list_workspaces(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> ApiResult<Json<Value>> {
+    let (page, size) = q.resolve()?;
+    let (rows, total) = Workspaces::new(&state).list(&ctx, (page - 1) * size, size).await?;
+    Ok(Json(page_json(rows.iter().map(workspace_view).collect(), page, size, total)))
+}
+
+pub async fn get_workspace(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(workspace_view(&Workspaces::new(&state).get(&ctx, &id).await?)))
+}
+
+pub async fn create_workspace(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiJson(req): ApiJson<CreateWorkspace>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let w = Workspaces::new(&state).create(&ctx, req.name, req.description, req.owner).await?;
+    Ok((StatusCode::CREATED, Json(workspace_view(&w))))
+}
+
+pub async fn update_workspace(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateWorkspace>,
+) -> ApiResult<Json<Value>> {
+    if req.description.is_none() && req.owner.is_none() {
+        return Err(ApiError::validation("description", "nothing to change: send description and/or owner"));
+    }
+    let w = Workspaces::new(&state).update(&ctx, &id, req.description, req.owner).await?;
+    Ok(Json(workspace_view(&w)))
+}
+
+pub async fn delete_workspace(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    Workspaces::new(&state).delete(&ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- projects -------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectList {
+    page: Option<i64>,
+    page_size: Option<i64>,
+    workspace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateProject {
+    name: String,
+    #[serde(default = "default_workspace")]
+    workspace: String,
+    #[serde(default)]
+    description: String,
+}
+
+fn default_workspace() -> String {
+    crate::store::DEFAULT_WORKSPACE.into()
+}
+
+/// A project never moves to another workspace: `workspace` is refused as an unknown field.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateProject {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+pub async fn list_projects(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiQuery(q): ApiQuery<ProjectList>,
+) -> ApiResult<Json<Value>> {
+    let (page, size) = PageParams { page: q.page, page_size: q.page_size, status: None }.resolve()?;
+    let (rows, total) = Projects::new(&state).list(&ctx, q.workspace.as_deref(), (page - 1) * size, size).await?;
+    Ok(Json(page_json(rows.iter().map(project_view).collect(), page, size, total)))
+}
+
+pub async fn get_project(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(project_view(&Projects::new(&state).get(&ctx, &id).await?)))
+}
+
+pub async fn create_project(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiJson(req): ApiJson<CreateProject>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let p = Projects::new(&state).create(&ctx, req.name, req.workspace, req.description).await?;
+    Ok((StatusCode::CREATED, Json(project_view(&p))))
+}
+
+pub async fn update_project(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateProject>,
+) -> ApiResult<Json<Value>> {
+    if req.name.is_none() && req.description.is_none() {
+        return Err(ApiError::validation("name", "nothing to change: send name and/or description"));
+    }
+    Ok(Json(project_view(&Projects::new(&state).update(&ctx, &id, req.name, req.description).await?)))
+}
+
+pub async fn delete_project(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    Projects::new(&state).delete(&ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- AI zones -------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateAiZone {
+    name: String,
+    /// Dedicate the zone to one workspace; shared by all when absent.
+    workspace: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// A zone never changes workspace: `workspace` is refused as an unknown field.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateAiZone {
+    name: Option<String>,
+    description: Option<String>,
+    provider: Option<String>,
+    region: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+pub async fn list_zones(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> ApiResult<Json<Value>> {
+    let (page, size) = q.resolve()?;
+    let (rows, total) = AiZones::new(&state).list(&ctx, (page - 1) * size, size).await?;
+    Ok(Json(page_json(rows.iter().map(zone_view).collect(), page, size, total)))
+}
+
+pub async fn get_zone(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(zone_view(&AiZones::new(&state).get(&ctx, &id).await?)))
+}
+
+pub async fn create_zone(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiJson(req): ApiJson<CreateAiZone>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let new = NewAiZone {
+        name: req.name,
+        workspace: req.workspace,
+        description: req.description,
+        provider: req.provider,
+        region: req.region,
+        labels: req.labels,
+    };
+    Ok((StatusCode::CREATED, Json(zone_view(&AiZones::new(&state).create(&ctx, new).await?))))
+}
+
+pub async fn update_zone(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateAiZone>,
+) -> ApiResult<Json<Value>> {
+    let u = AiZoneUpdate {
+        name: req.name,
+        description: req.description,
+        provider: req.provider,
+        region: req.region,
+        labels: req.labels,
+    };
+    if u.name.is_none() && u.description.is_none() && u.provider.is_none() && u.region.is_none() && u.labels.is_none() {
+        return Err(ApiError::validation(
+            "name",
+            "nothing to change: send name, description, provider, region or labels",
+        ));
+    }
+    Ok(Json(zone_view(&AiZones::new(&state).update(&ctx, &id, u).await?)))
+}
+
+/// `GET /v1/aizones/{id}/deployments`: the deployments listing (same parameters) of one zone.
+pub async fn zone_deployments(
+    State(state): State<AppState>,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<super::deployments::ListParams>,
+) -> ApiResult<Json<Value>> {
+    let filter = q.filter()?;
+    let (rows, total) = AiZones::new(&state).deployments(&ctx, &id, filter).await?;
+    Ok(Json(super::deployments::page(&rows, &filter, total)))
+}
