@@ -534,3 +534,56 @@ async fn two_approvers_at_once_apply_the_change_once() {
         assert_eq!(creates, [("deployment.create".to_string(), "user:rm1".to_string())]);
     }
 }
+
+/// Creates a user with these role bindings and logs in.
+async fn scoped_user(cp: &ControlPlane, name: &str, roles: Value) -> String {
+    let body = json!({ "username": name, "password": PASSWORD, "roles": roles });
+    let (status, res) = cp.api(Method::POST, "/v1/users", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    let login = json!({ "username": name, "password": PASSWORD });
+    let (_, res) = cp.request(Method::POST, "/v1/auth/login", Some(login), None).await;
+    res["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn pending_changes_stay_in_their_workspace() {
+    let cp = ControlPlane::spawn().await;
+    for name in ["team-a", "team-b"] {
+        let (status, res) = cp.api(Method::POST, "/v1/workspaces", Some(json!({ "name": name }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{res}");
+    }
+    let rm_a = scoped_user(&cp, "rm-a", json!([{ "role": "release_manager", "workspace": "team-a" }])).await;
+    let rm_a2 = scoped_user(&cp, "rm-a2", json!([{ "role": "release_manager", "workspace": "team-a" }])).await;
+    let rm_b = scoped_user(&cp, "rm-b", json!([{ "role": "release_manager", "workspace": "team-b" }])).await;
+    let mut body = deployment("svc", "production", 1);
+    body["workspace"] = json!("team-a");
+    let (status, res) = call(&cp, &rm_a, Method::POST, "/v1/deployments", Some(body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    let id = res["approval"]["id"].as_str().unwrap().to_string();
+    let op_href = res["operation"]["href"].as_str().unwrap().to_string();
+
+    // Another team's release manager neither sees it nor can decide it (404, as if absent).
+    let (_, list) = call(&cp, &rm_b, Method::GET, "/v1/approvals", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 0, "{list}");
+    for (method, path) in [
+        (Method::GET, format!("/v1/approvals/{id}")),
+        (Method::POST, format!("/v1/approvals/{id}/approve")),
+        (Method::GET, op_href.clone()),
+    ] {
+        let (status, res) = call(&cp, &rm_b, method.clone(), &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {res}");
+    }
+    let (status, res) =
+        call(&cp, &rm_b, Method::POST, &format!("/v1/approvals/{id}/reject"), Some(json!({ "comment": "no" }))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{res}");
+
+    // A colleague in the same workspace sees and approves it; it is created there.
+    let (_, list) = call(&cp, &rm_a2, Method::GET, "/v1/approvals", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 1, "{list}");
+    let (status, res) = call(&cp, &rm_a2, Method::POST, &format!("/v1/approvals/{id}/approve"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    let deployment_id = res["operation"]["deploymentId"].as_str().unwrap().to_string();
+    let (status, d) = call(&cp, &rm_a, Method::GET, &format!("/v1/deployments/{deployment_id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["workspace"], "team-a", "{d}");
+}
