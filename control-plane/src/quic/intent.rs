@@ -132,7 +132,8 @@ impl Templates {
             if !seen.insert(w.deployment_id.clone()) {
                 continue;
             }
-            let WorkloadSpec::Process(spec) = w.spec;
+            // Secrets go only to agents that advertise them, which speak protocol 2.
+            let (WorkloadSpec::Process(spec) | WorkloadSpec::ProcessWithSecrets { spec, .. }) = w.spec;
             workloads.push(Workload {
                 id: w.deployment_id,
                 name: w.name,
