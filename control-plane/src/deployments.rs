@@ -19,7 +19,9 @@ use crate::ids::{now_ms, random_id};
 use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::Parsed;
 use crate::status::Derived;
-use crate::store::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, StatusSummary, Write};
+use crate::store::{
+    DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, SecretScope, StatusSummary, Write,
+};
 
 /// A deployment to create, as the caller described it.
 #[derive(Debug, Clone)]
@@ -73,7 +75,10 @@ impl Change {
                     p.target = t.clone();
                 }
                 if let Some(c) = configuration {
+                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`).
+                    let secrets = std::mem::take(&mut p.config.secrets);
                     p.config = (**c).clone();
+                    p.config.secrets = secrets;
                 }
             }
             Change::Scale(replicas) => p.config.replicas = *replicas,
@@ -106,7 +111,7 @@ impl<'a> Deployments<'a> {
         Self { state }
     }
 
-    pub async fn create(&self, ctx: &RequestContext, new: NewDeployment) -> ApiResult<Accepted> {
+    pub async fn create(&self, ctx: &RequestContext, mut new: NewDeployment) -> ApiResult<Accepted> {
         model::validate_name("deploymentName", &new.name).map_err(invalid)?;
         model::validate_version(&new.version).map_err(invalid)?;
         if new.source.as_deref().is_some_and(|s| s != "direct") {
@@ -117,6 +122,9 @@ impl<'a> Deployments<'a> {
         let env = self.environment(&new.environment).await?;
         ctx.authorize(Action::Create, &env.name)?;
         self.unlocked(&env)?;
+        // Its first revision runs with its environment's secrets.
+        let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
+        new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
         let now = now_ms();
         let record = DeploymentRecord {
             id: random_id("deploy"),
@@ -145,6 +153,8 @@ impl<'a> Deployments<'a> {
             ));
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
+        // The environment's secrets may have changed since they were read: pin what is there now.
+        let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, record, op).await?;
         self.accepted(record, op).await
     }
 
@@ -184,9 +194,11 @@ impl<'a> Deployments<'a> {
                 change.apply(&mut parsed)?;
                 let now = now_ms();
                 let mut record = parsed.record.clone();
-                // A new template (what the processes run, or the version label) is a new revision.
+                // A new template (what the processes run, with which secrets, or the version label)
+                // is a new revision.
                 if before.record.active_version != parsed.record.active_version
                     || template(&before) != template(&parsed)
+                    || before.config.secrets != parsed.config.secrets
                 {
                     record.revision += 1;
                 }
@@ -302,7 +314,7 @@ impl<'a> Deployments<'a> {
         })
     }
 
-    fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
+    pub(crate) fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
         if env.locked {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -338,7 +350,7 @@ fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
     spec
 }
 
-fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
+pub(crate) fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
     OperationRecord {
         id: random_id("op"),
         kind,

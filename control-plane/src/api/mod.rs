@@ -8,6 +8,7 @@ mod environments;
 pub mod error;
 mod limits;
 mod logs;
+mod secrets;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -46,10 +47,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/v1/deployments/{id}/status", get(deployments::status))
         .route("/v1/deployments/{id}/scale", post(deployments::scale))
+        .route("/v1/deployments/{id}/secrets", get(secrets::get_deployment).put(secrets::put_deployment))
         .route("/v1/deployments/{id}/{action}", post(deployments::lifecycle))
         .route("/v1/operations/{id}", get(deployments::get_operation))
         .route("/v1/environments", get(environments::list).post(environments::create))
         .route("/v1/environments/{id}", get(environments::get))
+        .route("/v1/environments/{id}/secrets", get(secrets::get_environment).put(secrets::put_environment))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))

@@ -27,6 +27,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0004_intent_rows.sql"),
         include_str!("../../migrations/0004_intent_rows.sql"),
     ),
+    (
+        9,
+        "secrets",
+        include_str!("../../migrations/0009_secrets.sql"),
+        include_str!("../../migrations/0009_secrets.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

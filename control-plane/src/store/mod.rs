@@ -12,13 +12,16 @@
 //! * session ownership is a `session_id` compare-and-set: a stale session can neither refresh nor
 //!   clear the row of the session that replaced it;
 //! * log lines are stored once per `(source, seq)`, and the ids of one deployment's lines
-//!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`).
+//!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`);
+//! * secret values are stored sealed only (`secrets.rs`; sealing is `crate::secrets`'s), and a
+//!   change of them stores the new revisions it rolls out in the same transaction.
 
 mod agents;
 mod deployments;
 mod intent;
 mod logs;
 mod migrate;
+mod secrets;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ pub use agents::{
 pub use deployments::{DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord, Write};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
+pub use secrets::{SecretRecord, SecretScope, SecretWrite, SecretsWritten};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
