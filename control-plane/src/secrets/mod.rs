@@ -13,6 +13,7 @@
 //!   replicas are replaced with the new values and revisions never hold a value.
 
 pub mod crypto;
+mod rotate;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +33,7 @@ use crate::store::{
     DeploymentRecord, EnvironmentRecord, OperationRecord, SecretRecord, SecretScope, SecretWrite, SecretsWritten,
 };
 pub use crypto::{MasterKey, OpenError, Sealed};
+pub use rotate::{RotateError, Rotation, rotate_master_key};
 
 /// At most this many secrets per deployment, and per environment.
 pub const MAX_SECRETS: usize = 100;
