@@ -154,7 +154,7 @@ impl<'a> Deployments<'a> {
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
         // The environment's secrets may have changed since they were read: pin what is there now.
-        let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, record, op).await?;
+        let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, &env.id, record, op).await?;
         self.accepted(record, op).await
     }
 
@@ -194,11 +194,10 @@ impl<'a> Deployments<'a> {
                 change.apply(&mut parsed)?;
                 let now = now_ms();
                 let mut record = parsed.record.clone();
-                // A new template (what the processes run, with which secrets, or the version label)
-                // is a new revision.
+                // A new template (what the processes run, or the version label) is a new revision.
+                // (Secrets make new revisions through the secrets service, which sets the pins.)
                 if before.record.active_version != parsed.record.active_version
                     || template(&before) != template(&parsed)
-                    || before.config.secrets != parsed.config.secrets
                 {
                     record.revision += 1;
                 }

@@ -630,15 +630,11 @@ fn names(secrets: &[SecretRecord]) -> Vec<(String, i64)> {
 /// What a rollout closure saw: (deployment, environment's secrets, its own).
 type Seen = Vec<(String, Vec<(String, i64)>, Vec<(String, i64)>)>;
 
+/// What a rollout closure returns.
+type Rollout = Result<Option<(DeploymentRecord, OperationRecord)>, String>;
+
 /// A new revision (with an operation) for every deployment the write covers.
-fn bump(
-    seen: &mut Seen,
-) -> impl FnMut(
-    &DeploymentRecord,
-    &[SecretRecord],
-    &[SecretRecord],
-) -> Result<Option<(DeploymentRecord, OperationRecord)>, String>
-+ '_ {
+fn bump(seen: &mut Seen) -> impl FnMut(&DeploymentRecord, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
     |d, env, own| {
         seen.push((d.id.clone(), names(env), names(own)));
         let mut next = d.clone();
@@ -690,7 +686,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
     assert_eq!((stored.revision, stored.resource_version, stored.spec.as_str()), (2, 2, d1.spec.as_str()));
     assert_eq!(store.revision("d1", 2).await.unwrap().map(|(_, spec)| spec), Some(d1.spec.clone()));
     let open: Vec<String> = store.open_operations_of("d1").await.unwrap().into_iter().map(|o| o.id).collect();
-    assert_eq!(open, [op1.id.clone()], "the rollout's operation supersedes the older ones");
+    assert_eq!(open, [op1.id.as_str()], "the rollout's operation supersedes the older ones");
     let actions: Vec<String> = store.audit_for("d1").await.unwrap().into_iter().map(|(a, _, _)| a).collect();
     assert_eq!(actions.last().map(String::as_str), Some("deployment.secrets.update"));
 

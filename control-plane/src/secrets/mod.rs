@@ -132,11 +132,11 @@ impl<'a> Secrets<'a> {
     pub async fn repin(
         &self,
         ctx: &RequestContext,
+        environment_id: &str,
         record: DeploymentRecord,
         op: OperationRecord,
     ) -> ApiResult<(DeploymentRecord, OperationRecord)> {
-        let env = self.environment(&record.environment).await?;
-        let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
+        let env_secrets = self.state.store.list_secrets(SecretScope::Environment, environment_id).await?;
         if Parsed::from_record(record.clone())?.config.secrets == pins(&env_secrets, &[]) {
             return Ok((record, op));
         }
