@@ -28,7 +28,7 @@ use crate::reconcile::Parsed;
 use crate::status::Derived;
 use crate::store::{
     CreateRefusal, DEFAULT_WORKSPACE, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord,
-    StatusSummary, Visibility, Write,
+    SecretScope, StatusSummary, Visibility, Write,
 };
 use crate::workspaces::{AiZones, Projects, Workspaces, named_workspace_not_found};
 
@@ -91,7 +91,10 @@ impl Change {
                     p.target = t.clone();
                 }
                 if let Some(c) = configuration {
+                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`).
+                    let secrets = std::mem::take(&mut p.config.secrets);
                     p.config = (**c).clone();
+                    p.config.secrets = secrets;
                 }
             }
             Change::Scale(replicas) => p.config.replicas = *replicas,
@@ -124,7 +127,7 @@ impl<'a> Deployments<'a> {
         Self { state }
     }
 
-    pub async fn create(&self, ctx: &RequestContext, new: NewDeployment) -> ApiResult<Accepted> {
+    pub async fn create(&self, ctx: &RequestContext, mut new: NewDeployment) -> ApiResult<Accepted> {
         model::validate_name("deploymentName", &new.name).map_err(invalid)?;
         model::validate_version(&new.version).map_err(invalid)?;
         if new.source.as_deref().is_some_and(|s| s != "direct") {
@@ -156,6 +159,9 @@ impl<'a> Deployments<'a> {
             None => None,
         };
         self.unlocked(&env)?;
+        // Its first revision runs with its environment's secrets.
+        let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
+        new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
         let now = now_ms();
         let record = DeploymentRecord {
             id: random_id("deploy"),
@@ -212,6 +218,8 @@ impl<'a> Deployments<'a> {
             }
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
+        // The environment's secrets may have changed since they were read: pin what is there now.
+        let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, &env.id, record, op).await?;
         self.accepted(record, op).await
     }
 
@@ -252,6 +260,7 @@ impl<'a> Deployments<'a> {
                 let now = now_ms();
                 let mut record = parsed.record.clone();
                 // A new template (what the processes run, or the version label) is a new revision.
+                // (Secrets make new revisions through the secrets service, which sets the pins.)
                 if before.record.active_version != parsed.record.active_version
                     || template(&before) != template(&parsed)
                 {
@@ -401,7 +410,7 @@ impl<'a> Deployments<'a> {
         })
     }
 
-    fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
+    pub(crate) fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
         crate::environments::unlocked(env)
     }
 
@@ -474,7 +483,7 @@ fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
     spec
 }
 
-fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
+pub(crate) fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
     OperationRecord {
         id: random_id("op"),
         kind,

@@ -12,7 +12,8 @@ use crate::AppState;
 use crate::context::RequestContext;
 use crate::environments::Environments;
 use crate::ids::rfc3339;
-use crate::store::EnvironmentRecord;
+use crate::secrets::Secrets;
+use crate::store::{EnvironmentRecord, SecretRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -24,7 +25,8 @@ pub struct CreateEnvironment {
     description: String,
 }
 
-fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
+/// The seed's Environment entity (`configuration.secrets` lists names, never values).
+fn view(e: &EnvironmentRecord, deployments: i64, secrets: &[SecretRecord]) -> Value {
     json!({
         "id": e.id,
         "name": e.name,
@@ -39,6 +41,7 @@ fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
         "created": rfc3339(e.created_at),
         "updated": rfc3339(e.updated_at),
         "deployments": { "total": deployments },
+        "configuration": { "secrets": super::secrets::listed(secrets) },
     })
 }
 
@@ -53,7 +56,10 @@ pub async fn list(
     let (page, page_size) = q.resolve()?;
     let all = Environments::new(&state).list(&ctx).await?;
     let total = all.len() as i64;
-    let data = super::paginate(&all, page, page_size).into_iter().map(|(e, n)| view(e, *n)).collect();
+    let shown = super::paginate(&all, page, page_size);
+    let envs: Vec<&EnvironmentRecord> = shown.iter().map(|(e, _)| e).collect();
+    let secrets = Secrets::new(&state).of_environments(&envs).await?;
+    let data = shown.into_iter().map(|(e, n)| view(e, *n, secrets.get(&e.id).map_or(&[], Vec::as_slice))).collect();
     Ok(Json(page_json(data, page, page_size, total)))
 }
 
@@ -63,7 +69,8 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let (e, n) = Environments::new(&state).get(&ctx, &id).await?;
-    Ok(Json(view(&e, n)))
+    let secrets = Secrets::new(&state).of_environments(&[&e]).await?;
+    Ok(Json(view(&e, n, secrets.get(&e.id).map_or(&[], Vec::as_slice))))
 }
 
 pub async fn create(
@@ -72,7 +79,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateEnvironment>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let env = Environments::new(&state).create(&ctx, req.name, req.kind, req.description).await?;
-    Ok((StatusCode::CREATED, Json(view(&env, 0))))
+    Ok((StatusCode::CREATED, Json(view(&env, 0, &[]))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,7 +97,8 @@ pub async fn lock(
     let service = Environments::new(&state);
     let env = service.lock(&ctx, &id, req.reason).await?;
     let n = service.deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
 
 pub async fn unlock(
@@ -100,5 +108,6 @@ pub async fn unlock(
 ) -> ApiResult<Json<Value>> {
     let env = Environments::new(&state).unlock(&ctx, &id).await?;
     let n = Environments::new(&state).deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
