@@ -12,8 +12,13 @@
 //! other way than the session speaks (the state file of an agent upgraded from protocol 1, or a
 //! session with a control plane that speaks the other version) is never a base for a delta, and
 //! a whole update at the same generation replaces it (it is the same intent, renamed).
+//!
+//! Secrets are never written to disk, so an intent loaded from the state file holds the
+//! workloads that carry secrets without them ([`Intent::withheld`]). Such an intent is never a
+//! delta's base either, and a whole update at the same generation replaces it: the agent asks
+//! for it right after Welcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_protocol::{AckOutcome, Assignment, IntentUpdate, WorkloadIntent, WorkloadSpec};
 use serde::{Deserialize, Serialize};
@@ -42,11 +47,14 @@ pub struct Intent {
     pub generation: u64,
     pub naming: Naming,
     pub workloads: BTreeMap<String, WorkloadIntent>,
+    /// Workloads held without their secrets (an intent loaded from the state file, which never
+    /// stores secret values): they must not run until the control plane sends them again.
+    pub withheld: BTreeSet<String>,
 }
 
 impl Default for Intent {
     fn default() -> Self {
-        Self { generation: 0, naming: Naming::Revision, workloads: BTreeMap::new() }
+        Self { generation: 0, naming: Naming::Revision, workloads: BTreeMap::new(), withheld: BTreeSet::new() }
     }
 }
 
@@ -70,27 +78,57 @@ impl Intent {
                 (w.id, intent)
             })
             .collect();
-        Self { generation: a.generation, naming: Naming::Deployment, workloads }
+        Self { generation: a.generation, naming: Naming::Deployment, workloads, withheld: BTreeSet::new() }
     }
 
     /// This intent with a protocol-2 update applied (to be called once [`decide`] said
     /// [`Decision::Apply`]): a whole update replaces everything; a delta removes, then upserts.
     /// Removing an id not held is not an error (it may have come and gone since the base).
     pub fn updated(&self, u: IntentUpdate) -> Intent {
-        let mut workloads = if u.base.is_some() { self.workloads.clone() } else { BTreeMap::new() };
+        let (mut workloads, mut withheld) = match u.base {
+            Some(_) => (self.workloads.clone(), self.withheld.clone()),
+            None => (BTreeMap::new(), BTreeSet::new()),
+        };
         for id in &u.removals {
             workloads.remove(id);
+            withheld.remove(id);
         }
         for w in u.upserts {
+            withheld.remove(&w.id);
             workloads.insert(w.id.clone(), w);
         }
-        Intent { generation: u.generation, naming: Naming::Revision, workloads }
+        Intent { generation: u.generation, naming: Naming::Revision, workloads, withheld }
     }
 
     /// The agent needs the whole intent to hold one named for `naming` (it holds a non-empty
     /// intent named the other way).
     pub fn needs_renaming(&self, naming: Naming) -> bool {
         self.generation > 0 && self.naming != naming
+    }
+
+    /// The agent cannot build on what it holds and needs the whole intent: it is named for the
+    /// other protocol, or some of its workloads lack their secrets.
+    pub fn needs_whole(&self, naming: Naming) -> bool {
+        self.needs_renaming(naming) || !self.withheld.is_empty()
+    }
+
+    /// This intent as it may be written to disk: every workload's secret material removed,
+    /// and those workloads listed in `withheld`.
+    pub fn without_secrets(&self) -> Intent {
+        let mut withheld = self.withheld.clone();
+        let workloads = self
+            .workloads
+            .iter()
+            .map(|(id, w)| {
+                let mut w = w.clone();
+                if let WorkloadSpec::ProcessWithSecrets { secrets, .. } = &mut w.spec {
+                    *secrets = Default::default();
+                    withheld.insert(id.clone());
+                }
+                (id.clone(), w)
+            })
+            .collect();
+        Intent { generation: self.generation, naming: self.naming, workloads, withheld }
     }
 }
 
@@ -108,13 +146,13 @@ pub enum Decision {
 /// named `naming`, given the `held` intent.
 pub fn decide(held: &Intent, incoming: u64, base: Option<u64>, naming: Naming) -> Decision {
     let current = held.generation;
-    let renamed = held.needs_renaming(naming);
-    let newer = incoming > current || (incoming == current && base.is_none() && renamed);
+    let incomplete = held.needs_whole(naming);
+    let newer = incoming > current || (incoming == current && base.is_none() && incomplete);
     if !newer {
         return Decision::Stale { current };
     }
     match base {
-        Some(base) if renamed || base != current => Decision::NeedFull { held: current },
+        Some(base) if incomplete || base != current => Decision::NeedFull { held: current },
         _ => Decision::Apply,
     }
 }
@@ -164,7 +202,47 @@ pub(crate) mod tests {
     }
 
     fn held(generation: u64, naming: Naming) -> Intent {
-        Intent { generation, naming, workloads: BTreeMap::new() }
+        Intent { generation, naming, workloads: BTreeMap::new(), withheld: BTreeSet::new() }
+    }
+
+    pub(crate) fn with_secret(deployment: &str, revision: u64, value: &str) -> WorkloadIntent {
+        let mut w = workload(deployment, revision, 1);
+        let WorkloadSpec::Process(spec) = w.spec else { unreachable!() };
+        let secrets = ferry_protocol::SecretMaterial {
+            env: [("TOKEN".to_string(), ferry_protocol::SecretValue::new(value))].into(),
+        };
+        w.spec = WorkloadSpec::ProcessWithSecrets { spec, secrets };
+        w
+    }
+
+    #[test]
+    fn an_intent_without_its_secrets_is_replaced_whole() {
+        let full = Intent {
+            generation: 5,
+            naming: Naming::Revision,
+            workloads: [workload("a", 1, 1), with_secret("b", 2, "s3cret")].map(|w| (w.id.clone(), w)).into(),
+            withheld: BTreeSet::new(),
+        };
+        assert!(!full.needs_whole(Naming::Revision));
+        let stored = full.without_secrets();
+        assert_eq!(stored.withheld, BTreeSet::from(["b@2".to_string()]));
+        assert_eq!(stored.workloads["a@1"], full.workloads["a@1"]);
+        assert_eq!(stored.workloads["b@2"].spec.secrets(), Some(&Default::default()));
+        assert!(!format!("{:?}", stored.workloads).contains("s3cret"));
+        // Held without its secrets: never a delta's base; the same generation, whole, applies.
+        assert!(stored.needs_whole(Naming::Revision));
+        assert_eq!(decide(&stored, 6, Some(5), Naming::Revision), Decision::NeedFull { held: 5 });
+        assert_eq!(decide(&stored, 5, None, Naming::Revision), Decision::Apply);
+        assert_eq!(decide(&stored, 4, None, Naming::Revision), Decision::Stale { current: 5 });
+        let whole = IntentUpdate {
+            generation: 5,
+            base: None,
+            upserts: full.workloads.values().cloned().collect(),
+            removals: vec![],
+        };
+        let back = stored.updated(whole);
+        assert_eq!(back, full);
+        assert!(!back.needs_whole(Naming::Revision));
     }
 
     #[test]

@@ -25,6 +25,11 @@
 //!   100,000 lines (64 MiB) the oldest are dropped and counted in
 //!   [`AgentState::dropped_log_lines`]. Lines not yet acknowledged are lost if the agent process
 //!   itself dies.
+//! * Secrets (`WorkloadSpec::ProcessWithSecrets`, sent only because the agent announces
+//!   `secrets:v1` in `Hello`) arrive inside the mTLS session, become the replicas' environment
+//!   variables, and are kept in memory only: `intent.json` stores such workloads without them
+//!   (listed as `withheld`). After a restart they stay `Pending` until the control plane sends
+//!   them again; the agent asks for its whole intent right after Welcome to get them.
 //! * **Agent restarts restart workloads; control-plane restarts do not.** Sessions come and go
 //!   around the runtime, so a lost connection, a reconnect or a control-plane restart leaves
 //!   every process running (re-applying the same intent is a no-op). When the agent exits

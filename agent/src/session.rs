@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, ServerMessage, Status, StatusDelta,
-    Welcome, WireError,
+    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, SECRETS_CAPABILITY, ServerMessage, Status,
+    StatusDelta, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
@@ -161,8 +161,9 @@ async fn handshake(link: &Link, s: &Session<'_>) -> Result<(SendStream, RecvStre
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         name: s.config.name.clone(),
         labels: s.config.labels.clone(),
-        // What this agent can run: its runtime's capability (`runtime:process`).
-        capabilities: vec![s.workloads.capability()],
+        // What this agent can run: its runtime's capability (`runtime:process`), and workloads
+        // with secrets (`secrets:v1`, `WorkloadSpec::ProcessWithSecrets`).
+        capabilities: vec![s.workloads.capability(), SECRETS_CAPABILITY.to_string()],
         last_generation: s.intent.generation,
     };
     net::send(&mut send, &AgentMessage::Hello(hello))
@@ -274,14 +275,17 @@ struct Control<'c, 'a> {
 
 impl Control<'_, '_> {
     /// Asks for the whole intent first if the held one is named for the other protocol (the
-    /// state of an agent upgraded from protocol 1): a delta cannot apply to it, and if the
-    /// control plane thinks the agent is up to date it would send nothing at all. Then runs.
+    /// state of an agent upgraded from protocol 1) or lacks the secrets of some workloads (they
+    /// are never stored): a delta cannot apply to it, and if the control plane thinks the agent
+    /// is up to date it would send nothing at all. Then runs.
     async fn start(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
         let held = self.s.intent.generation;
-        if self.naming == Naming::Revision && self.s.intent.needs_renaming(self.naming) {
+        if self.naming == Naming::Revision && self.s.intent.needs_whole(self.naming) {
             tracing::info!(
                 generation = held,
-                "the held intent names workloads by deployment; asking for the whole intent"
+                renamed = self.s.intent.needs_renaming(self.naming),
+                without_secrets = self.s.intent.withheld.len(),
+                "the held intent is incomplete or named by deployment; asking for the whole intent"
             );
             let ack = Ack { generation: held, outcome: AckOutcome::NeedFull { held } };
             self.write("ask for the whole intent", AgentMessage::Ack(ack)).await?;

@@ -4,10 +4,13 @@
 //!   means "enrolled"; it is written last during enrollment.
 //! * `ca.crt` — the CA the agent trusts.
 //! * `identity.json` — `{"agentId": "..."}`.
-//! * `intent.json` (0600, it may carry secrets in environment variables) — the last applied
-//!   intent: `{"format": 2, "generation": …, "naming": "revision" | "deployment", "workloads":
-//!   [WorkloadIntent…]}` (`naming` says whether workload ids are `<deployment>@<revision>`,
-//!   protocol 2, or deployment ids, protocol 1).
+//! * `intent.json` (0600, it may carry configuration in environment variables) — the last
+//!   applied intent: `{"format": 2, "generation": …, "naming": "revision" | "deployment",
+//!   "workloads": [WorkloadIntent…], "withheld": [id…]}` (`naming` says whether workload ids are
+//!   `<deployment>@<revision>`, protocol 2, or deployment ids, protocol 1). Secret values are
+//!   never written: workloads that carry secrets are stored without them and listed in
+//!   `withheld` (absent when empty), so after a restart they wait until the control plane sends
+//!   them again.
 //! * `assignment.json` — what agents before protocol 2 stored instead (a protocol-1
 //!   [`Assignment`]). It is still read when there is no `intent.json` (the workloads keep their
 //!   ids, the deployment ids, until the control plane sends a whole intent that replaces them)
@@ -60,6 +63,9 @@ struct IntentFile {
     generation: u64,
     naming: Naming,
     workloads: Vec<WorkloadIntent>,
+    /// Workloads stored without their secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    withheld: Vec<String>,
 }
 
 /// An opened (existing or newly created) state directory.
@@ -139,7 +145,8 @@ impl StateDir {
             let file: IntentFile =
                 serde_json::from_value(value).map_err(|e| corrupt(format!("invalid intent: {e}")))?;
             let workloads = file.workloads.into_iter().map(|w| (w.id.clone(), w)).collect();
-            return Ok(Some(Intent { generation: file.generation, naming: file.naming, workloads }));
+            let withheld = file.withheld.into_iter().collect();
+            return Ok(Some(Intent { generation: file.generation, naming: file.naming, workloads, withheld }));
         }
         if self.read_optional(ASSIGNMENT_JSON)?.is_none() {
             return Ok(None);
@@ -148,14 +155,17 @@ impl StateDir {
         Ok(Some(Intent::from_assignment(old)))
     }
 
-    /// Replaces `intent.json` (atomically, 0600), then removes a pre-protocol-2
-    /// `assignment.json` (a crash in between leaves both; `intent.json` wins).
+    /// Replaces `intent.json` (atomically, 0600) with `intent` stripped of its secrets, then
+    /// removes a pre-protocol-2 `assignment.json` (a crash in between leaves both;
+    /// `intent.json` wins).
     pub fn save_intent(&self, intent: &Intent) -> Result<(), StateError> {
+        let stored = intent.without_secrets();
         let file = IntentFile {
             format: INTENT_FORMAT,
-            generation: intent.generation,
-            naming: intent.naming,
-            workloads: intent.workloads.values().cloned().collect(),
+            generation: stored.generation,
+            naming: stored.naming,
+            workloads: stored.workloads.into_values().collect(),
+            withheld: stored.withheld.into_iter().collect(),
         };
         let json = serde_json::to_string_pretty(&file).map_err(|e| self.write_err(INTENT_JSON, e))?;
         ferry_certs::write_private(&self.file(INTENT_JSON), &json).map_err(|e| self.write_err(INTENT_JSON, e))?;
@@ -220,7 +230,32 @@ mod tests {
 
     fn intent(generation: u64) -> Intent {
         let workloads = [workload("dep-1", 2, 1), workload("dep-2", 1, 3)];
-        Intent { generation, naming: Naming::Revision, workloads: workloads.map(|w| (w.id.clone(), w)).into() }
+        Intent {
+            generation,
+            naming: Naming::Revision,
+            workloads: workloads.map(|w| (w.id.clone(), w)).into(),
+            withheld: Default::default(),
+        }
+    }
+
+    #[test]
+    fn secret_values_never_reach_the_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let mut held = intent(3);
+        let secret = crate::intent::tests::with_secret("dep-3", 1, "hunter2-never-on-disk");
+        held.workloads.insert(secret.id.clone(), secret);
+        dir.save_intent(&held).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(INTENT_JSON)).unwrap();
+        assert!(!text.contains("hunter2-never-on-disk"), "{text}");
+        assert!(text.contains("dep-3@1") && text.contains("withheld"), "{text}");
+        let back = dir.load_intent().unwrap().unwrap();
+        assert_eq!(back, held.without_secrets());
+        assert_eq!(back.withheld.iter().collect::<Vec<_>>(), ["dep-3@1"]);
+        // Without secrets, nothing is listed as withheld and the file is as before.
+        dir.save_intent(&intent(4)).unwrap();
+        assert!(!std::fs::read_to_string(tmp.path().join(INTENT_JSON)).unwrap().contains("withheld"));
+        assert_eq!(dir.load_intent().unwrap(), Some(intent(4)));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_protocol::{Phase, ReplicaStatus, Status, WorkloadIntent, WorkloadStatus};
+use ferry_protocol::{Phase, ReplicaStatus, Status, WorkloadStatus};
 use ferry_runtime::{ProcessRuntime, Runtime, Workload};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -79,9 +79,13 @@ impl Workloads {
     /// Hands `intent` to the applier and returns at once; a newer one handed over before the
     /// applier got to this one replaces it.
     pub(crate) fn assign(&self, intent: &Intent) {
-        let (workloads, unrunnable) = route(intent.workloads.values(), self.runtime.kind(), now_ms());
+        let (workloads, unrunnable) = route(intent, self.runtime.kind(), now_ms());
         for w in &unrunnable {
-            tracing::warn!(workload = %w.id, "no runtime here runs this workload's kind; reported as failed");
+            if intent.withheld.contains(&w.id) {
+                tracing::info!(workload = %w.id, "waiting for the control plane to send this workload's secrets");
+            } else {
+                tracing::warn!(workload = %w.id, "no runtime here runs this workload's kind; reported as failed");
+            }
         }
         self.desired.send_replace(Some(Arc::new(Routed { generation: intent.generation, workloads, unrunnable })));
     }
@@ -127,25 +131,27 @@ struct Routed {
     unrunnable: Vec<WorkloadStatus>,
 }
 
-/// Splits `workloads` into those of the runtime's `kind` and the status of the others: every
-/// replica `Failed`, with a reason, since `now_ms`.
-fn route<'a>(
-    workloads: impl Iterator<Item = &'a WorkloadIntent>,
-    kind: &str,
-    now_ms: u64,
-) -> (Vec<Workload>, Vec<WorkloadStatus>) {
+/// Splits the intent's workloads into those of the runtime's `kind` and the status of the
+/// others since `now_ms`: every replica `Pending` for a workload held without its secrets (it
+/// starts once the control plane sent them), `Failed` with a reason for one of another kind.
+fn route(intent: &Intent, kind: &str, now_ms: u64) -> (Vec<Workload>, Vec<WorkloadStatus>) {
     let mut runnable = Vec::new();
     let mut unrunnable = Vec::new();
-    for w in workloads {
-        if w.spec.kind() == kind {
+    for w in intent.workloads.values() {
+        let withheld = intent.withheld.contains(&w.id);
+        if w.spec.kind() == kind && !withheld {
             runnable.push(Workload::from(w));
             continue;
         }
-        let reason = format!("this agent has no runtime for kind `{}` (it runs `{kind}`)", w.spec.kind());
+        let (phase, reason) = if withheld {
+            (Phase::Pending, "waiting for its secrets from the control plane (they are never stored on disk)".into())
+        } else {
+            (Phase::Failed, format!("this agent has no runtime for kind `{}` (it runs `{kind}`)", w.spec.kind()))
+        };
         let replicas = (0..w.spec.replicas())
             .map(|index| ReplicaStatus {
                 index,
-                phase: Phase::Failed,
+                phase,
                 pid: None,
                 port: None,
                 ready: false,
@@ -266,22 +272,30 @@ async fn observe(publisher: Arc<Publisher>) {
 
 #[cfg(test)]
 mod tests {
-    use ferry_protocol::WorkloadSpec;
+    use ferry_protocol::{WorkloadIntent, WorkloadSpec};
 
     use super::*;
     use crate::intent::tests::workload;
 
+    fn intent_of(workloads: impl IntoIterator<Item = WorkloadIntent>) -> Intent {
+        Intent {
+            generation: 1,
+            workloads: workloads.into_iter().map(|w| (w.id.clone(), w)).collect(),
+            ..Intent::default()
+        }
+    }
+
     #[test]
     fn workloads_go_to_the_runtime_of_their_kind_and_others_are_reported_failed() {
-        let intents = [workload("a", 1, 2), workload("b", 3, 1)];
-        let (runnable, unrunnable) = route(intents.iter(), "process", 7);
+        let intents = intent_of([workload("a", 1, 2), workload("b", 3, 1)]);
+        let (runnable, unrunnable) = route(&intents, "process", 7);
         assert!(unrunnable.is_empty());
         let ids: Vec<(&str, &str)> = runnable.iter().map(|w| (w.id.as_str(), w.deployment_id.as_str())).collect();
         assert_eq!(ids, [("a@1", "a"), ("b@3", "b")]);
         assert!(matches!(runnable[0].spec, WorkloadSpec::Process(ref p) if p.replicas == 2));
 
         // An agent whose runtime is of another kind cannot run them: reported, not dropped.
-        let (runnable, unrunnable) = route(intents.iter(), "kubernetes", 7);
+        let (runnable, unrunnable) = route(&intents, "kubernetes", 7);
         assert!(runnable.is_empty());
         assert_eq!(unrunnable.len(), 2);
         assert_eq!(unrunnable[0].id, "a@1");
@@ -289,5 +303,17 @@ mod tests {
         let r = &unrunnable[0].replicas[1];
         assert_eq!((r.index, r.phase, r.ready, r.since_ms), (1, Phase::Failed, false, 7));
         assert!(r.reason.as_deref().unwrap().contains("no runtime for kind `process`"), "{r:?}");
+    }
+
+    #[test]
+    fn workloads_held_without_their_secrets_wait() {
+        let secret = crate::intent::tests::with_secret("s", 2, "v");
+        let held = intent_of([workload("a", 1, 1), secret]).without_secrets();
+        let (runnable, waiting) = route(&held, "process", 9);
+        assert_eq!(runnable.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["a@1"]);
+        assert_eq!(waiting.len(), 1);
+        let r = &waiting[0].replicas[0];
+        assert_eq!((waiting[0].id.as_str(), r.phase, r.since_ms), ("s@2", Phase::Pending, 9));
+        assert!(r.reason.as_deref().unwrap().contains("secrets"), "{r:?}");
     }
 }

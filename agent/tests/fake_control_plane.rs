@@ -228,7 +228,7 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
         return ferry_transport::close(&conn, CloseCode::ProtocolError, "expected Hello");
     };
     assert_eq!(hello.agent_id, agent_id);
-    assert_eq!(hello.capabilities, vec!["runtime:process".to_string()]);
+    assert_eq!(hello.capabilities, vec!["runtime:process".to_string(), "secrets:v1".to_string()]);
     shared.record(Event::Hello { agent_id: agent_id.clone(), last_generation: hello.last_generation });
     let number = {
         let mut n = shared.sessions.lock().unwrap();
@@ -794,4 +794,83 @@ async fn protocol_2_intents_after_an_upgrade_from_protocol_1() {
     eventually("stale", || fake.events().contains(&ack(7, AckOutcome::Stale { current: 7 }))).await;
     assert_eq!(agent.stop().await, Exit::Stopped);
     assert!(fake.shared.violations.lock().unwrap().is_empty());
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_live_in_memory_only_and_come_again_after_a_restart() {
+    use ferry_protocol::{SecretMaterial, SecretValue};
+    let fake = Fake::start(Duration::from_secs(3600)).await;
+    fake.shared.protocol.store(2, Ordering::SeqCst);
+    let out = tempfile::tempdir().unwrap();
+    let written = out.path().join("out");
+    let secret = "s3cret-in-memory-only-7f3a";
+    let mut with_secret = sleeper("dep-s", 1);
+    let WorkloadSpec::Process(mut spec) = with_secret.spec else { unreachable!() };
+    spec.args = vec!["-c".into(), "printf %s \"$TOKEN\" > out.tmp && mv out.tmp out; exec sleep 1000".into()];
+    spec.working_dir = Some(out.path().to_str().unwrap().into());
+    let secrets = SecretMaterial { env: [("TOKEN".to_string(), SecretValue::new(secret))].into() };
+    with_secret.spec = WorkloadSpec::ProcessWithSecrets { spec, secrets };
+    let full =
+        IntentUpdate { generation: 3, base: None, upserts: vec![sleeper("dep-p", 1), with_secret], removals: vec![] };
+    *fake.shared.full.lock().unwrap() = Some(full.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start(fake.config(dir.path()));
+    agent.wait("connected", |s| s.connected).await;
+    let _ = fake.shared.intents.send(full);
+    let both = |s: &AgentState| s.last_generation == 3 && s.workloads.len() == 2 && all_running(s);
+    agent.wait("both workloads running", both).await;
+    eventually("the workload saw its secret", || std::fs::read_to_string(&written).is_ok_and(|v| v == secret)).await;
+    let stored = std::fs::read_to_string(dir.path().join("intent.json")).unwrap();
+    assert!(stored.contains("dep-s@1") && stored.contains("withheld"), "{stored}");
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert_eq!(files_containing(dir.path(), secret), Vec::<std::path::PathBuf>::new());
+    std::fs::remove_file(&written).unwrap();
+
+    // Offline, the stored intent runs, except the workload whose secrets were not stored.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut offline = fake.config(dir.path());
+    offline.token = None;
+    offline.server = silent.local_addr().unwrap().to_string();
+    let mut agent = start(offline);
+    let s = agent
+        .wait("dep-p running, dep-s waiting for its secrets", |s| {
+            running_pids(&s.workloads, "dep-p@1", 1).is_some()
+                && s.workloads.iter().any(|w| w.id == "dep-s@1" && w.replicas.iter().all(|r| r.phase == Phase::Pending))
+        })
+        .await;
+    let reason = s.workloads.iter().find(|w| w.id == "dep-s@1").unwrap().replicas[0].reason.clone();
+    assert!(reason.as_deref().is_some_and(|r| r.contains("secrets")), "{reason:?}");
+    assert!(!written.exists(), "it never ran without its secret");
+    assert_eq!(agent.stop().await, Exit::Stopped);
+
+    // Online, it asks for the whole intent at once (the control plane thinks it up to date) and
+    // runs the workload with its secret again.
+    let mut online = fake.config(dir.path());
+    online.token = None;
+    let mut agent = start(online);
+    let need_full = Event::Ack(Ack { generation: 3, outcome: AckOutcome::NeedFull { held: 3 } });
+    eventually("NeedFull", || fake.events().contains(&need_full)).await;
+    agent.wait("both workloads running again", both).await;
+    eventually("the secret came again", || std::fs::read_to_string(&written).is_ok_and(|v| v == secret)).await;
+    assert_eq!(agent.stop().await, Exit::Stopped);
+    assert_eq!(files_containing(dir.path(), secret), Vec::<std::path::PathBuf>::new());
+    assert!(fake.shared.violations.lock().unwrap().is_empty(), "{:?}", fake.shared.violations.lock().unwrap());
 }

@@ -28,12 +28,40 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often the sweep expires pending changes and applies scheduled ones.
     pub approval_sweep_interval: Duration,
+    /// Where the master key that encrypts secrets comes from.
+    pub master_key: MasterKeySource,
 }
+
+/// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
+/// the database; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// `FERRY_MASTER_KEY` (checked: 64 hexadecimal characters).
+    Env(String),
+    /// `--master-key-file` / `FERRY_MASTER_KEY_FILE` / `master_key_file`.
+    File(PathBuf),
+    /// Neither: `<data-dir>/master.key`, generated (mode 0600) at the first start.
+    DataDir,
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterKeySource::Env(_) => f.write_str("Env(FERRY_MASTER_KEY)"),
+            MasterKeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+            MasterKeySource::DataDir => f.write_str("DataDir"),
+        }
+    }
+}
+
+/// The environment variable holding the master key itself (never a flag: command lines are
+/// visible to every local user).
+pub const MASTER_KEY_ENV: &str = "FERRY_MASTER_KEY";
 
 impl ServerConfig {
     /// Defaults for a data directory, with both listeners on ephemeral loopback ports.
     pub fn for_tests(data_dir: &Path) -> Self {
-        let mut c = Self::resolve(Args::parse_from(["ferry-server"]), None).expect("defaults are valid");
+        let mut c = Self::resolve(Args::parse_from(["ferry-server"]), None, None).expect("defaults are valid");
         c.data_dir = data_dir.to_path_buf();
         c.database_url = default_db_url(data_dir);
         c.http_addr = "127.0.0.1:0".parse().expect("literal");
@@ -46,15 +74,18 @@ impl ServerConfig {
         self.heartbeat_interval * 3
     }
 
+    /// The configuration from flags, the `FERRY_*` environment (including `FERRY_MASTER_KEY`)
+    /// and the TOML file they name.
     pub fn from_args(args: Args) -> Result<Self, String> {
         let file = match &args.config {
             Some(path) => Some(FileConfig::load(path)?),
             None => None,
         };
-        Self::resolve(args, file)
+        let env_key = std::env::var(MASTER_KEY_ENV).ok().filter(|k| !k.is_empty());
+        Self::resolve(args, file, env_key)
     }
 
-    fn resolve(args: Args, file: Option<FileConfig>) -> Result<Self, String> {
+    fn resolve(args: Args, file: Option<FileConfig>, env_key: Option<String>) -> Result<Self, String> {
         let f = file.unwrap_or_default();
         let data_dir = args.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("ferry-data"));
         let addr = |flag: Option<String>, file: Option<String>, default: &str, name: &str| {
@@ -130,6 +161,18 @@ impl ServerConfig {
             Some("json") => true,
             Some(other) => return Err(format!("invalid --log-format {other:?}: text or json")),
         };
+        let master_key = match (env_key, args.master_key_file.or(f.master_key_file)) {
+            (Some(_), Some(_)) => {
+                return Err(format!("give one of {MASTER_KEY_ENV} and --master-key-file, not both"));
+            }
+            // The value itself is never echoed.
+            (Some(key), None) if !crate::secrets::crypto::is_key_hex(&key) => {
+                return Err(format!("invalid {MASTER_KEY_ENV}: expected 64 hexadecimal characters"));
+            }
+            (Some(key), None) => MasterKeySource::Env(key.trim().to_string()),
+            (None, Some(path)) => MasterKeySource::File(path),
+            (None, None) => MasterKeySource::DataDir,
+        };
         Ok(Self {
             data_dir,
             http_addr,
@@ -143,6 +186,7 @@ impl ServerConfig {
             json_logs,
             approval_ttl,
             approval_sweep_interval,
+            master_key,
         })
     }
 }
@@ -198,6 +242,10 @@ pub struct Args {
     /// window opens [default: 10s].
     #[arg(long, env = "FERRY_APPROVAL_SWEEP_INTERVAL")]
     pub approval_sweep_interval: Option<String>,
+    /// File holding the master key that encrypts secrets (64 hexadecimal characters), instead of
+    /// FERRY_MASTER_KEY [default: <data-dir>/master.key, generated at the first start].
+    #[arg(long, env = "FERRY_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +263,7 @@ struct FileConfig {
     log_format: Option<String>,
     approval_ttl: Option<String>,
     approval_sweep_interval: Option<String>,
+    master_key_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -264,6 +313,30 @@ mod tests {
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_master_key_comes_from_the_environment_a_file_or_the_data_dir() {
+        let resolve = |flags: &[&str], env: Option<&str>| {
+            let mut v = vec!["ferry-server"];
+            v.extend_from_slice(flags);
+            ServerConfig::resolve(Args::try_parse_from(v).unwrap(), None, env.map(str::to_string))
+        };
+        assert_eq!(resolve(&[], None).unwrap().master_key, MasterKeySource::DataDir);
+        let key = "ab".repeat(32);
+        let c = resolve(&[], Some(&key)).unwrap();
+        assert_eq!(c.master_key, MasterKeySource::Env(key.clone()));
+        assert!(!format!("{c:?}").contains(&key), "Debug shows no key material");
+        assert_eq!(
+            resolve(&["--master-key-file", "/etc/ferry/master.key"], None).unwrap().master_key,
+            MasterKeySource::File("/etc/ferry/master.key".into())
+        );
+        let both = resolve(&["--master-key-file", "k"], Some(&key)).unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        for bad in ["abc", "zz".repeat(32).as_str(), "ab".repeat(33).as_str()] {
+            let e = resolve(&[], Some(bad)).unwrap_err();
+            assert!(e.contains(MASTER_KEY_ENV) && !e.contains(bad), "{e}");
         }
     }
 

@@ -34,7 +34,7 @@ use crate::reconcile::Parsed;
 use crate::status::Derived;
 use crate::store::{
     Claim, CreateRefusal, DEFAULT_WORKSPACE, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord,
-    StatusSummary, Visibility, Write,
+    SecretScope, StatusSummary, Visibility, Write,
 };
 use crate::workspaces::{AiZones, Projects, Workspaces, named_workspace_not_found};
 
@@ -146,7 +146,10 @@ impl Change {
                     p.target = t.clone();
                 }
                 if let Some(c) = configuration {
+                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`).
+                    let secrets = std::mem::take(&mut p.config.secrets);
                     p.config = (**c).clone();
+                    p.config.secrets = secrets;
                 }
             }
             Change::Scale(replicas) => p.config.replicas = *replicas,
@@ -246,7 +249,7 @@ impl<'a> Deployments<'a> {
         &self,
         ctx: &RequestContext,
         id: String,
-        new: NewDeployment,
+        mut new: NewDeployment,
         pending: Option<&PendingApply>,
     ) -> ApiResult<Accepted> {
         validate_new(&new)?;
@@ -255,6 +258,9 @@ impl<'a> Deployments<'a> {
         let env = self.environment(&new.environment).await?;
         let ws = Workspaces::new(self.state).named(workspace_key).await?;
         let (project, ai_zone) = self.named_in(&ws.name, &new).await?;
+        // Its first revision runs with its environment's secrets (as they are when it applies).
+        let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
+        new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
         let now = now_ms();
         let record = DeploymentRecord {
             id,
@@ -274,7 +280,7 @@ impl<'a> Deployments<'a> {
             project_id: project,
             ai_zone_id: ai_zone,
         };
-        let op = operation(OperationKind::Create, &record.id, ctx, now, pending);
+        let op = change_operation(OperationKind::Create, &record.id, ctx, now, pending);
         let details = with_approval(
             json!({
                 "name": record.name,
@@ -307,6 +313,8 @@ impl<'a> Deployments<'a> {
             }
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
+        // The environment's secrets may have changed since they were read: pin what is there now.
+        let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, &env.id, record, op).await?;
         self.accepted(record, op).await
     }
 
@@ -373,6 +381,7 @@ impl<'a> Deployments<'a> {
                 let now = now_ms();
                 let mut record = parsed.record.clone();
                 // A new template (what the processes run, or the version label) is a new revision.
+                // (Secrets make new revisions through the secrets service, which sets the pins.)
                 if before.record.active_version != parsed.record.active_version
                     || template(&before) != template(&parsed)
                 {
@@ -384,7 +393,7 @@ impl<'a> Deployments<'a> {
                 if kind != OperationKind::Stop {
                     record.last_deployed_at = now;
                 }
-                let op = operation(kind, id, ctx, now, pending);
+                let op = change_operation(kind, id, ctx, now, pending);
                 let details = with_approval(
                     json!({
                         "version": record.active_version,
@@ -451,7 +460,7 @@ impl<'a> Deployments<'a> {
     ) -> ApiResult<OperationRecord> {
         let id = current.id.as_str();
         let now = now_ms();
-        let op = operation(OperationKind::Delete, id, ctx, now, pending);
+        let op = change_operation(OperationKind::Delete, id, ctx, now, pending);
         let before = Parsed::from_record(current.clone())?;
         let audit = ctx
             .audit(OperationKind::Delete.audit_action(), id, with_approval(json!({ "name": current.name }), pending))
@@ -578,6 +587,10 @@ impl<'a> Deployments<'a> {
         })
     }
 
+    pub(crate) fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
+        crate::environments::unlocked(env)
+    }
+
     /// Reconciles the deployment now (so the answer reflects its new intent) and reads back
     /// its status.
     async fn accepted(&self, record: DeploymentRecord, operation: OperationRecord) -> ApiResult<Accepted> {
@@ -648,7 +661,7 @@ fn template(p: &Parsed) -> ferry_protocol::ProcessSpec {
 }
 
 /// The operation of a change applied now: a new one, or the pending change's, which goes on.
-fn operation(
+fn change_operation(
     kind: OperationKind,
     deployment_id: &str,
     ctx: &RequestContext,
@@ -677,6 +690,11 @@ fn operation(
             started_at: Some(now),
         },
     }
+}
+
+/// A new operation for a change applied now (the secrets service's rollouts use it too).
+pub(crate) fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestContext, now: i64) -> OperationRecord {
+    change_operation(kind, deployment_id, ctx, now, None)
 }
 
 /// The applied change's audit details, naming the pending change and its approver.

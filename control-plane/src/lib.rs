@@ -22,6 +22,7 @@ pub mod planner;
 pub mod principals;
 pub mod quic;
 pub mod reconcile;
+pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod tokens;
@@ -54,6 +55,13 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Transport(#[from] ferry_transport::TransportError),
+    #[error(transparent)]
+    MasterKey(#[from] secrets::crypto::KeyError),
+    #[error(
+        "stored secrets were sealed with master key {stored}, but this server was given master key {current}: start it \
+         with the key that sealed them (FERRY_MASTER_KEY or --master-key-file), or rotate (ferry-server rotate-master-key)"
+    )]
+    WrongMasterKey { stored: String, current: String },
 }
 
 /// What handlers and sessions share. Cheap to clone.
@@ -70,6 +78,8 @@ pub struct AppState {
     /// `host:port` agents should dial (the advertise address, or the bound QUIC address).
     pub advertise_addr: Arc<str>,
     pub login_limiter: principals::LoginLimiter,
+    /// Seals and opens secret values (`secrets`).
+    pub master_key: Arc<secrets::MasterKey>,
 }
 
 /// A running control plane.
@@ -121,7 +131,15 @@ async fn wait_for_signal() {
 pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     ferry_certs::tls::provider();
     create_private_dir(&config.data_dir)?;
+    let master_key = secrets::MasterKey::load(&config.master_key, &config.data_dir)?;
     let store = Store::connect(&config.database_url, StoreOptions::default()).await?;
+    check_master_key(&store, &master_key).await?;
+    if store.backend() == store::Backend::Postgres && config.master_key == config::MasterKeySource::DataDir {
+        tracing::warn!(
+            "secrets are sealed with the master key in this data directory; replicas sharing the database \
+            must share the key: give each the same FERRY_MASTER_KEY or --master-key-file"
+        );
+    }
     let ca = Ca::load_or_create(&config.data_dir, "Ferry CA")?;
     let admin_token_path = config.data_dir.join("admin.token");
     ensure_admin_token(&store, &admin_token_path).await?;
@@ -153,6 +171,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         reconciler: reconcile::Reconciler::default(),
         advertise_addr: advertise,
         login_limiter: principals::LoginLimiter::default(),
+        master_key: Arc::new(master_key),
     };
     // Placement must know every agent before the first reconcile, or it would move work away
     // from agents it has not loaded yet.
@@ -184,6 +203,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         shutdown,
         tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task, approvals_task],
     })
+}
+
+/// Refuses to start with a master key that did not seal the stored secrets: nothing could be
+/// delivered, and new secrets would be sealed under two keys.
+async fn check_master_key(store: &Store, key: &secrets::MasterKey) -> Result<(), Error> {
+    let ids = store.secret_key_ids().await?;
+    match ids.iter().find(|id| *id != key.id()) {
+        Some(stored) => Err(Error::WrongMasterKey { stored: stored.clone(), current: key.id().to_string() }),
+        None => Ok(()),
+    }
 }
 
 fn create_private_dir(path: &Path) -> Result<(), Error> {

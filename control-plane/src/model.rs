@@ -18,7 +18,7 @@ const MAX_ENV: usize = 128;
 const MAX_ENV_VALUE: usize = 32 * 1024;
 const MAX_TARGET_AGENTS: usize = 100;
 /// Variables the runtime sets for every replica.
-const RESERVED_ENV: &[&str] = &["PORT", "FERRY_WORKLOAD_ID", "FERRY_REPLICA"];
+pub(crate) const RESERVED_ENV: &[&str] = &["PORT", "FERRY_WORKLOAD_ID", "FERRY_REPLICA"];
 
 /// A validation failure: which field, and why (rendered as VALIDATION_001 or a domain code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,22 @@ pub struct Configuration {
     pub min_ready_seconds: Option<u32>,
     #[serde(default)]
     pub health_checks: HealthChecks,
+    /// The secrets this revision runs with: name → where it comes from and which version
+    /// (never a value). Set by Ferry when the deployment's or its environment's secrets change
+    /// (`PUT …/secrets`), so that such a change is a new revision; read-only: whatever a
+    /// request says here is ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretPin>,
+}
+
+/// Which version of a secret a revision runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretPin {
+    /// `deployment` or `environment`.
+    pub source: String,
+    pub version: i64,
+    pub last_rotated: String,
 }
 
 fn default_restart() -> RestartPolicyJson {

@@ -6,7 +6,8 @@
 //! rows change, and agents' generations grow, only when a placement actually changes.
 //!
 //! Placement: a deployment targets agents by id or by label selector, and only agents that can
-//! run its kind (`runtime:<kind>` among their capabilities) qualify. Its replicas are spread over
+//! run its kind (`runtime:<kind>` among their capabilities) qualify — and, for a deployment with
+//! secrets, only agents that can receive them (`secrets:v1`). Its replicas are spread over
 //! the qualifying, non-revoked agents in id order — agent k of m gets `r / m` replicas, plus one
 //! if `k < r % m` — so adding a replica never moves the existing ones. Agents that are merely
 //! disconnected keep their share (level-triggered: they converge when they come back, and the
@@ -31,6 +32,9 @@ pub struct Desired {
     /// The runtime kind its workloads need (`process`).
     pub kind: &'static str,
     pub restart_nonce: u64,
+    /// Whether its revision has secrets: only agents advertising
+    /// [`ferry_protocol::SECRETS_CAPABILITY`] can receive them.
+    pub secrets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +60,12 @@ impl Candidate {
     pub fn can_run(&self, kind: &str) -> bool {
         self.capabilities.iter().any(|c| c.strip_prefix("runtime:") == Some(kind))
     }
+
+    /// Whether the agent can run what `d` needs: its kind, and its secrets if it has any.
+    pub fn can_host(&self, d: &Desired) -> bool {
+        self.can_run(d.kind)
+            && (!d.secrets || self.capabilities.iter().any(|c| c == ferry_protocol::SECRETS_CAPABILITY))
+    }
 }
 
 impl Target {
@@ -74,8 +84,7 @@ impl Target {
 
 /// Replicas per agent (only agents with a share), `agents` in any order.
 pub fn shares<'a>(d: &Desired, agents: impl IntoIterator<Item = &'a Candidate>) -> BTreeMap<String, u32> {
-    let mut matching: Vec<&Candidate> =
-        agents.into_iter().filter(|a| d.target.matches(a) && a.can_run(d.kind)).collect();
+    let mut matching: Vec<&Candidate> = agents.into_iter().filter(|a| d.target.matches(a) && a.can_host(d)).collect();
     matching.sort_by(|a, b| a.id.cmp(&b.id));
     let m = matching.len() as u32;
     let mut out = BTreeMap::new();
@@ -135,7 +144,7 @@ mod tests {
     use super::*;
 
     fn dep(replicas: u32, target: Target) -> Desired {
-        Desired { id: "d".into(), revision: 1, replicas, target, kind: "process", restart_nonce: 0 }
+        Desired { id: "d".into(), revision: 1, replicas, target, kind: "process", restart_nonce: 0, secrets: false }
     }
 
     fn agent(id: &str, labels: &[(&str, &str)]) -> Candidate {
@@ -205,6 +214,18 @@ mod tests {
             a
         });
         assert!(shares(&dep(2, sel(&[])), &none).is_empty(), "an agent that advertises nothing runs nothing");
+    }
+
+    #[test]
+    fn a_deployment_with_secrets_goes_only_to_agents_that_can_receive_them() {
+        let mut capable = agent("a2", &[]);
+        capable.capabilities.push(ferry_protocol::SECRETS_CAPABILITY.into());
+        let agents = [agent("a1", &[]), capable];
+        let mut with_secrets = dep(2, sel(&[]));
+        with_secrets.secrets = true;
+        assert_eq!(shares(&with_secrets, &agents), BTreeMap::from([("a2".to_string(), 2)]));
+        assert_eq!(shares(&dep(2, sel(&[])), &agents).len(), 2, "without secrets, both qualify");
+        assert!(shares(&with_secrets, &agents[..1]).is_empty(), "no capable agent: pending, never placed");
     }
 
     #[test]

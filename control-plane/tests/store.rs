@@ -19,6 +19,7 @@ use ferry_control_plane::store::{
     AiZoneChange, AiZoneRecord, CreateRefusal, DeploymentRecord, OperationRecord, ProjectDelete, ProjectRecord,
     Renamed, Visibility, WorkspaceDelete, WorkspaceRecord,
 };
+use ferry_control_plane::store::{EnvironmentRecord, SecretRecord, SecretScope, SecretWrite, SecretsWritten};
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
 struct Db {
@@ -97,6 +98,9 @@ conformance!(
     workspaces_projects_and_zones,
     deployments_are_created_only_where_what_they_name_exists,
     listing_shows_only_the_visible_workspace_environment_pairs,
+    secrets_are_written_with_their_rollouts_in_one_transaction,
+    concurrent_secret_writes_serialize,
+    resealing_is_all_or_nothing,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -1621,4 +1625,334 @@ async fn listing_shows_only_the_visible_workspace_environment_pairs(store: &Stor
     let b_only = Visibility { everywhere: vec![], workspaces: vec![("team-b".into(), s(&["development"]))] };
     let hidden = DeploymentFilter { visible: Some(&b_only), ..by(None, None, Some("aiz-s")) };
     assert_eq!(store.list_deployments(hidden).await.unwrap().1, 0, "a zone's deployments are filtered too");
+}
+
+// ---- secrets ----------------------------------------------------------------------------------
+
+async fn secret_env(store: &Store, name: &str) -> String {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    let env = EnvironmentRecord {
+        id: format!("env-{name}"),
+        name: name.into(),
+        kind: name.into(),
+        description: String::new(),
+        required_roles: Vec::new(),
+        approval_required: false,
+        lock: None,
+        change_windows: None,
+        created_at: now,
+        updated_at: now,
+    };
+    assert!(store.create_environment(&env, &audit("environment.create", &env.id)).await.unwrap());
+    env.id
+}
+
+async fn secret_deployment(store: &Store, id: &str, environment: &str) -> DeploymentRecord {
+    let now = now_ms();
+    let d = DeploymentRecord {
+        id: id.into(),
+        name: id.into(),
+        environment: environment.into(),
+        active_version: "v1".into(),
+        spec: r#"{"replicas":1,"command":"true"}"#.into(),
+        target: r#"{"selector":{}}"#.into(),
+        desired_state: DesiredState::Running,
+        restart_nonce: 0,
+        revision: 1,
+        resource_version: 1,
+        created_at: now,
+        updated_at: now,
+        last_deployed_at: now,
+        workspace: "default".into(),
+        project_id: None,
+        ai_zone_id: None,
+    };
+    assert!(store.create_deployment(&d, &secret_op(id), &audit("deployment.create", id), None).await.unwrap().is_ok());
+    d
+}
+
+fn secret_op(deployment: &str) -> OperationRecord {
+    let now = now_ms();
+    OperationRecord {
+        id: format!("op-{}", random_hex(6)),
+        kind: OperationKind::Update,
+        deployment_id: deployment.into(),
+        status: OperationStatus::InProgress,
+        message: String::new(),
+        request_id: "req-1".into(),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        approval_id: None,
+        started_at: None,
+    }
+}
+
+fn secret(scope: SecretScope, scope_id: &str, name: &str, version: i64) -> SecretRecord {
+    SecretRecord {
+        scope,
+        scope_id: scope_id.into(),
+        name: name.into(),
+        ciphertext: format!("c-{name}-{version}"),
+        nonce: "n".into(),
+        key_id: "k1".into(),
+        version,
+        created_at: 1,
+        updated_at: 2,
+    }
+}
+
+fn secret_names(secrets: &[SecretRecord]) -> Vec<(String, i64)> {
+    secrets.iter().map(|s| (s.name.clone(), s.version)).collect()
+}
+
+/// What a rollout closure saw: (deployment, environment's secrets, its own).
+type Seen = Vec<(String, Vec<(String, i64)>, Vec<(String, i64)>)>;
+
+/// What a rollout closure returns.
+type Rollout = Result<Option<(DeploymentRecord, OperationRecord)>, String>;
+
+/// A new revision (with an operation) for every deployment the write covers.
+fn bump(seen: &mut Seen) -> impl FnMut(&DeploymentRecord, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
+    |d, env, own| {
+        seen.push((d.id.clone(), secret_names(env), secret_names(own)));
+        let mut next = d.clone();
+        next.revision += 1;
+        next.spec = format!(r#"{{"replicas":1,"command":"true","args":["{}"]}}"#, next.revision);
+        Ok(Some((next, secret_op(&d.id))))
+    }
+}
+
+fn write(upserts: Vec<SecretRecord>, deletes: &[&str], target: &str) -> SecretWrite {
+    SecretWrite {
+        upserts,
+        deletes: deletes.iter().map(|d| d.to_string()).collect(),
+        audit: Some(audit("deployment.secrets.update", target)),
+    }
+}
+
+async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Store) {
+    let env = secret_env(store, "sec").await;
+    let other = secret_env(store, "other").await;
+    secret_deployment(store, "d1", "sec").await;
+    secret_deployment(store, "d2", "sec").await;
+    secret_deployment(store, "d3", "other").await;
+    let dep = SecretScope::Deployment;
+    let envs = SecretScope::Environment;
+
+    // A deployment's secret: stored, and that deployment alone gets a new revision.
+    let mut seen = Seen::new();
+    let out = store
+        .write_secrets(
+            dep,
+            "d1",
+            |current| {
+                assert!(current.is_empty());
+                Ok(Some(write(vec![secret(dep, "d1", "A", 1)], &[], "d1")))
+            },
+            bump(&mut seen),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let SecretsWritten::Done { secrets, rolled_out } = out else { panic!("{out:?}") };
+    assert_eq!(secret_names(&secrets), [("A".to_string(), 1)]);
+    assert_eq!(seen, [("d1".to_string(), vec![], vec![("A".to_string(), 1)])]);
+    assert_eq!(rolled_out.len(), 1);
+    let (d1, op1) = &rolled_out[0];
+    assert_eq!((d1.revision, d1.resource_version), (2, 2));
+    let stored = store.get_deployment("d1").await.unwrap().unwrap();
+    assert_eq!((stored.revision, stored.resource_version, stored.spec.as_str()), (2, 2, d1.spec.as_str()));
+    assert_eq!(store.revision("d1", 2).await.unwrap().map(|(_, spec)| spec), Some(d1.spec.clone()));
+    let open: Vec<String> = store.open_operations_of("d1").await.unwrap().into_iter().map(|o| o.id).collect();
+    assert_eq!(open, [op1.id.as_str()], "the rollout's operation supersedes the older ones");
+    let actions: Vec<String> = store.audit_for("d1").await.unwrap().into_iter().map(|(a, _, _)| a).collect();
+    assert_eq!(actions.last().map(String::as_str), Some("deployment.secrets.update"));
+
+    // An environment's secret: every live deployment of that environment sees it, over its own.
+    let mut seen = Seen::new();
+    let out = store
+        .write_secrets(envs, &env, |_| Ok(Some(write(vec![secret(envs, &env, "B", 1)], &[], &env))), bump(&mut seen))
+        .await
+        .unwrap()
+        .unwrap();
+    let SecretsWritten::Done { rolled_out, .. } = out else { panic!("{out:?}") };
+    let b = vec![("B".to_string(), 1)];
+    assert_eq!(
+        seen,
+        [("d1".to_string(), b.clone(), vec![("A".to_string(), 1)]), ("d2".to_string(), b.clone(), vec![])],
+        "d3 is in another environment"
+    );
+    assert_eq!(rolled_out.iter().map(|(d, _)| (d.id.as_str(), d.revision)).collect::<Vec<_>>(), [("d1", 3), ("d2", 2)]);
+    assert_eq!(store.get_deployment("d3").await.unwrap().unwrap().revision, 1);
+
+    // What applies to each deployment, for its agents.
+    let mut applied: Vec<(String, String, String)> = store
+        .secrets_of_deployments(&["d1".into(), "d2".into(), "d3".into(), "nope".into()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(d, s)| (d, s.scope.as_str().to_string(), s.name))
+        .collect();
+    applied.sort();
+    let row = |d: &str, scope: &str, n: &str| (d.to_string(), scope.to_string(), n.to_string());
+    assert_eq!(applied, [row("d1", "deployment", "A"), row("d1", "environment", "B"), row("d2", "environment", "B")]);
+    assert!(store.list_secrets(envs, &other).await.unwrap().is_empty());
+
+    // A refused change, or a refused rollout, writes nothing at all.
+    let refused = store
+        .write_secrets(dep, "d1", |_| Err::<Option<SecretWrite>, _>("no".to_string()), bump(&mut Seen::new()))
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no".to_string()));
+    let refused = store
+        .write_secrets(
+            dep,
+            "d1",
+            |_| Ok(Some(write(vec![secret(dep, "d1", "A", 2), secret(dep, "d1", "C", 1)], &[], "d1"))),
+            |_, _, _| Err("rollout refused".to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("rollout refused".to_string()));
+    assert_eq!(secret_names(&store.list_secrets(dep, "d1").await.unwrap()), [("A".to_string(), 1)]);
+    assert_eq!(store.get_deployment("d1").await.unwrap().unwrap().revision, 3);
+
+    // An update and a delete; a rollout may decline (nothing changes for that deployment).
+    let mut seen = Seen::new();
+    let mut declined = |d: &DeploymentRecord, env: &[SecretRecord], own: &[SecretRecord]| {
+        seen.push((d.id.clone(), secret_names(env), secret_names(own)));
+        Ok::<_, String>(None)
+    };
+    let out = store
+        .write_secrets(
+            dep,
+            "d1",
+            |current| {
+                assert_eq!(secret_names(current), [("A".to_string(), 1)]);
+                Ok(Some(write(vec![secret(dep, "d1", "C", 1)], &["A"], "d1")))
+            },
+            &mut declined,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, SecretsWritten::Done { secrets: vec![secret(dep, "d1", "C", 1)], rolled_out: vec![] });
+    assert_eq!(seen, [("d1".to_string(), b.clone(), vec![("C".to_string(), 1)])]);
+    assert_eq!(store.get_deployment("d1").await.unwrap().unwrap().revision, 3);
+
+    // No change at all: nothing stored, no audit, but the deployments are still looked at.
+    let before = store.audit_for("d1").await.unwrap().len();
+    let mut looked = 0;
+    let out = store
+        .write_secrets(
+            dep,
+            "d1",
+            |_| Ok::<_, String>(None),
+            |_, _, _| {
+                looked += 1;
+                Ok(None)
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(out, SecretsWritten::Done { ref rolled_out, .. } if rolled_out.is_empty()));
+    assert_eq!((looked, store.audit_for("d1").await.unwrap().len()), (1, before));
+
+    // Unknown or deleted scopes.
+    let none = |_: &[SecretRecord]| Ok::<_, String>(None);
+    let skip = |_: &DeploymentRecord, _: &[SecretRecord], _: &[SecretRecord]| Ok::<_, String>(None);
+    assert_eq!(store.write_secrets(dep, "nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
+    assert_eq!(store.write_secrets(envs, "env-nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
+    assert!(
+        store
+            .delete_deployment("d2", &secret_op("d2"), &audit("deployment.delete", "d2"), now_ms(), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.write_secrets(dep, "d2", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
+    let mut seen = Seen::new();
+    store.write_secrets(envs, &env, |_| Ok(None), bump(&mut seen)).await.unwrap().unwrap();
+    assert_eq!(seen.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["d1"], "a deleted deployment is skipped");
+    assert_eq!(store.secret_key_ids().await.unwrap(), ["k1"]);
+}
+
+async fn concurrent_secret_writes_serialize(store: &Store) {
+    secret_env(store, "conc").await;
+    secret_deployment(store, "dc", "conc").await;
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Read-modify-write of the version: a lost update would repeat a version.
+            store
+                .write_secrets(
+                    SecretScope::Deployment,
+                    "dc",
+                    |current| {
+                        let next = current.first().map_or(1, |s| s.version + 1);
+                        Ok(Some(write(vec![secret(SecretScope::Deployment, "dc", "V", next)], &[], "dc")))
+                    },
+                    |d, _, _| {
+                        let mut next = d.clone();
+                        next.revision += 1;
+                        Ok::<_, String>(Some((next, secret_op("dc"))))
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let now = store.list_secrets(SecretScope::Deployment, "dc").await.unwrap();
+    assert_eq!(secret_names(&now), [("V".to_string(), 8)]);
+    assert_eq!(store.get_deployment("dc").await.unwrap().unwrap().revision, 9);
+}
+
+async fn resealing_is_all_or_nothing(store: &Store) {
+    secret_env(store, "rs").await;
+    secret_deployment(store, "dr", "rs").await;
+    let rows = vec![secret(SecretScope::Deployment, "dr", "A", 3), secret(SecretScope::Deployment, "dr", "B", 1)];
+    store
+        .write_secrets(
+            SecretScope::Deployment,
+            "dr",
+            |_| Ok(Some(write(rows, &[], "dr"))),
+            |_, _, _| Ok::<_, String>(None),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut n = 0;
+    let failed = store
+        .reseal_secrets(
+            |_| {
+                n += 1;
+                if n == 2 { Err("cannot") } else { Ok(("x".into(), "y".into(), "k2".into())) }
+            },
+            &audit("secrets.reseal", "master-key"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed, Err("cannot"));
+    assert_eq!(store.secret_key_ids().await.unwrap(), ["k1"], "nothing changed");
+    let done = store
+        .reseal_secrets(
+            |s| Ok::<_, ()>((format!("new-{}", s.name), "n2".into(), "k2".into())),
+            &audit("secrets.reseal", "master-key"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, Ok(2));
+    assert_eq!(store.secret_key_ids().await.unwrap(), ["k2"]);
+    let after = store.list_secrets(SecretScope::Deployment, "dr").await.unwrap();
+    assert_eq!(secret_names(&after), [("A".to_string(), 3), ("B".to_string(), 1)], "versions stay");
+    assert_eq!(after[0].ciphertext, "new-A");
+    assert_eq!(after[0].updated_at, 2, "lastRotated stays: the value did not change");
 }

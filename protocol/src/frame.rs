@@ -245,6 +245,23 @@ mod tests {
                 removals: vec!["dep-1@2".into()],
             }),
             ServerMessage::Intent(IntentUpdate { generation: 13, base: None, upserts: vec![], removals: vec![] }),
+            ServerMessage::Intent(IntentUpdate {
+                generation: 14,
+                base: None,
+                upserts: vec![WorkloadIntent {
+                    id: WorkloadIntent::id_for("dep-2", 1),
+                    deployment_id: "dep-2".into(),
+                    revision: 1,
+                    name: "api".into(),
+                    version: "v1".into(),
+                    restart_nonce: 0,
+                    spec: WorkloadSpec::ProcessWithSecrets {
+                        spec: spec_for_intent(),
+                        secrets: SecretMaterial { env: [("TOKEN".to_string(), SecretValue::new("t0k"))].into() },
+                    },
+                }],
+                removals: vec![],
+            }),
         ];
         let mut agent = agent;
         agent.push(AgentMessage::Ack(Ack { generation: 12, outcome: AckOutcome::NeedFull { held: 9 } }));
@@ -317,6 +334,43 @@ mod tests {
             "000000180205010164016e0176037765620000000100000000e80701"
         );
         assert_eq!(hex(&encode_frame(&ack).unwrap()), "000000050203020172");
+    }
+
+    /// Protocol-2 intents keep their encoding too: `Process` stays variant 0 of `WorkloadSpec`
+    /// and `ProcessWithSecrets`, appended later, is variant 1.
+    #[test]
+    fn protocol_2_workload_encodings_are_frozen() {
+        let intent = |spec| {
+            ServerMessage::Intent(IntentUpdate {
+                generation: 2,
+                base: Some(1),
+                upserts: vec![WorkloadIntent {
+                    id: "d@1".into(),
+                    deployment_id: "d".into(),
+                    revision: 1,
+                    name: "n".into(),
+                    version: "v".into(),
+                    restart_nonce: 0,
+                    spec,
+                }],
+                removals: vec![],
+            })
+        };
+        let hex = |m: &[u8]| m.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let plain = intent(WorkloadSpec::Process(spec_for_intent()));
+        assert_eq!(
+            hex(&encode_frame(&plain).unwrap()),
+            "00000021070201010103644031016401016e01760000037765620000000100000000e80700"
+        );
+        let secret = SecretMaterial { env: [("K".to_string(), SecretValue::new("s"))].into() };
+        let with_secrets = intent(WorkloadSpec::ProcessWithSecrets { spec: spec_for_intent(), secrets: secret });
+        assert_eq!(
+            hex(&encode_frame(&with_secrets).unwrap()),
+            "00000026070201010103644031016401016e01760001037765620000000100000000e80701014b017300"
+        );
+        // Secret values never show in debug output (log lines), names do.
+        let debug = format!("{with_secrets:?}");
+        assert!(debug.contains("\"K\"") && !debug.contains("\"s\""), "{debug}");
     }
 
     #[test]

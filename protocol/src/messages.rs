@@ -19,6 +19,10 @@
 //! deployment and a [`WorkloadSpec`] per runtime kind), [`AckOutcome::NeedFull`] and
 //! [`AgentMessage::StatusDelta`] (reports as what changed); protocol-1 agents still get the
 //! whole [`Assignment`] and send whole [`Status`]es.
+//!
+//! Within protocol 2, [`WorkloadSpec::ProcessWithSecrets`] was appended later: a control plane
+//! sends it only to agents that advertise the capability [`SECRETS_CAPABILITY`] in `Hello`, so
+//! an agent that cannot decode it never receives it (no version bump was needed).
 
 use std::collections::BTreeMap;
 
@@ -163,21 +167,73 @@ pub struct WorkloadIntent {
 pub enum WorkloadSpec {
     /// Supervised local processes (`runtime:process`).
     Process(ProcessSpec),
+    /// Supervised local processes (`runtime:process`) that also get secrets. Sent only to agents
+    /// that advertise [`SECRETS_CAPABILITY`] (an older agent could not decode it), and only
+    /// inside the agent's mutually authenticated session; the agent keeps the material in
+    /// memory and never writes it to disk.
+    ProcessWithSecrets { spec: ProcessSpec, secrets: SecretMaterial },
 }
+
+/// The capability of an agent that can receive [`WorkloadSpec::ProcessWithSecrets`]; the control
+/// plane places a workload that has secrets only on agents that advertise it.
+pub const SECRETS_CAPABILITY: &str = "secrets:v1";
 
 impl WorkloadSpec {
     /// The runtime kind, as in the `runtime:<kind>` capability.
     pub fn kind(&self) -> &'static str {
         match self {
-            WorkloadSpec::Process(_) => "process",
+            WorkloadSpec::Process(_) | WorkloadSpec::ProcessWithSecrets { .. } => "process",
         }
     }
 
     /// Replicas this agent runs.
     pub fn replicas(&self) -> u32 {
         match self {
-            WorkloadSpec::Process(p) => p.replicas,
+            WorkloadSpec::Process(p) | WorkloadSpec::ProcessWithSecrets { spec: p, .. } => p.replicas,
         }
+    }
+
+    /// The secret material the workload carries, if it is of a kind that carries any.
+    pub fn secrets(&self) -> Option<&SecretMaterial> {
+        match self {
+            WorkloadSpec::Process(_) => None,
+            WorkloadSpec::ProcessWithSecrets { secrets, .. } => Some(secrets),
+        }
+    }
+}
+
+/// Secrets delivered with a workload: environment variables set in every replica, over the
+/// spec's own `env`. Its `Debug` output shows names only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMaterial {
+    pub env: BTreeMap<String, SecretValue>,
+}
+
+/// A secret's clear value. `Debug` and `Display` print `***`; [`SecretValue::expose`] is the
+/// one way to read it, so that reading it is a visible decision.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -188,7 +244,9 @@ impl WorkloadIntent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` shows `env` names only: values may be secrets (the agent's runtime merges a
+/// workload's [`SecretMaterial`] into them).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessSpec {
     pub command: String,
     pub args: Vec<String>,
@@ -200,6 +258,24 @@ pub struct ProcessSpec {
     pub readiness: Option<HealthCheck>,
     pub startup: Option<HealthCheck>,
     pub stop_grace_ms: u32,
+}
+
+impl std::fmt::Debug for ProcessSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: BTreeMap<&str, &str> = self.env.keys().map(|k| (k.as_str(), "***")).collect();
+        f.debug_struct("ProcessSpec")
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("working_dir", &self.working_dir)
+            .field("replicas", &self.replicas)
+            .field("restart_policy", &self.restart_policy)
+            .field("liveness", &self.liveness)
+            .field("readiness", &self.readiness)
+            .field("startup", &self.startup)
+            .field("stop_grace_ms", &self.stop_grace_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

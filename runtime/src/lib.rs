@@ -33,8 +33,10 @@
 //!
 //! Each replica is `command args…` in its own process group, stdin `/dev/null`, in
 //! `working_dir` if set. Its environment is exactly: `PATH` (the agent's, unless the spec sets
-//! one), the spec's `env`, then `PORT`, `FERRY_WORKLOAD_ID` and `FERRY_REPLICA` (which the spec
-//! cannot override). Nothing else of the agent's environment leaks into workloads. Each replica
+//! one), the spec's `env`, then the workload's secrets (`WorkloadSpec::ProcessWithSecrets`, which
+//! override `env` entries of the same name), then `PORT`, `FERRY_WORKLOAD_ID` and `FERRY_REPLICA`
+//! (which neither can override). A changed secret value replaces the replicas like a changed
+//! spec. Nothing else of the agent's environment leaks into workloads. Each replica
 //! gets a port from [`RuntimeConfig::port_range`] that passed a bind test on 127.0.0.1 and that
 //! no other live replica holds; it keeps it across restarts.
 //!

@@ -143,7 +143,7 @@ impl ProcessRuntime {
 
         let mut entries: Vec<(String, Entry)> = Vec::with_capacity(new.len());
         for workload in new {
-            let spec = Arc::new(process_spec(workload).clone());
+            let spec = Arc::new(process_spec(workload));
             tracing::info!(id = %workload.id, replicas = spec.replicas, "starting workload");
             board.add_workload(&workload.id);
             let entry = Entry { workload: (*workload).clone(), spec, replicas: BTreeMap::new() };
@@ -185,7 +185,7 @@ impl ProcessRuntime {
         }
         if !same_template(&entry.workload, workload) {
             tracing::info!(%id, "workload changed; replacing its replicas");
-            let spec = Arc::new(process_spec(workload).clone());
+            let spec = Arc::new(process_spec(workload));
             let indices: Vec<u32> = entry.replicas.keys().copied().collect();
             for index in indices {
                 if let Some(old) = entry.replicas.remove(&index) {
@@ -263,16 +263,24 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// The process spec of a workload. The agent hands this runtime only workloads of its kind
-/// ([`PROCESS_RUNTIME_KIND`]); a new [`WorkloadSpec`] variant has to be handled here.
-fn process_spec(workload: &Workload) -> &ProcessSpec {
-    let WorkloadSpec::Process(spec) = &workload.spec;
-    spec
+/// The process spec a workload's replicas run: its spec, with its secrets (if any) set as
+/// environment variables over the spec's own. The agent hands this runtime only workloads of
+/// its kind ([`PROCESS_RUNTIME_KIND`]); a new [`WorkloadSpec`] variant has to be handled here.
+fn process_spec(workload: &Workload) -> ProcessSpec {
+    match &workload.spec {
+        WorkloadSpec::Process(spec) => spec.clone(),
+        WorkloadSpec::ProcessWithSecrets { spec, secrets } => {
+            let mut spec = spec.clone();
+            spec.env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())));
+            spec
+        }
+    }
 }
 
-/// Whether two versions of a workload run the same processes (replica count aside).
+/// Whether two versions of a workload run the same processes (replica count aside); a changed
+/// secret value counts as a change.
 fn same_template(old: &Workload, new: &Workload) -> bool {
-    let strip = |spec: &ProcessSpec| ProcessSpec { replicas: 0, ..spec.clone() };
+    let strip = |spec: ProcessSpec| ProcessSpec { replicas: 0, ..spec };
     old.restart_nonce == new.restart_nonce && strip(process_spec(old)) == strip(process_spec(new))
 }
 

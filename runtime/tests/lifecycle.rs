@@ -240,3 +240,45 @@ async fn a_new_revision_takes_over_one_replica_at_a_time() {
     h.rt.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn secrets_are_environment_variables_and_a_new_value_replaces_the_replicas() {
+    use ferry_protocol::{SecretMaterial, SecretValue, WorkloadSpec};
+    let h = Harness::new("secrets");
+    let out = common::temp_dir("secrets-out");
+    let mut w =
+        sh("app@1", "printf '%s|%s|%s' \"$TOKEN\" \"$PLAIN\" \"$PORT\" > out.tmp && mv out.tmp out; exec sleep 1000");
+    w.process().working_dir = Some(out.to_str().unwrap().to_owned());
+    w.process().env.insert("PLAIN".into(), "plain".into());
+    w.process().env.insert("TOKEN".into(), "from-env".into());
+    let with_secret = |w: &ferry_runtime::Workload, value: &str| {
+        let mut w = w.clone();
+        let WorkloadSpec::Process(spec) = w.spec else { unreachable!() };
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("TOKEN".to_string(), SecretValue::new(value));
+        env.insert("PORT".to_string(), SecretValue::new("1"));
+        w.spec = WorkloadSpec::ProcessWithSecrets { spec, secrets: SecretMaterial { env } };
+        w
+    };
+    let read = || std::fs::read_to_string(out.join("out")).ok();
+
+    let first = with_secret(&w, "s3cret-1");
+    h.rt.apply(std::slice::from_ref(&first)).await;
+    let pid = h.wait_running("app@1", 0).await.pid.expect("pid");
+    let seen = eventually("the replica wrote its environment", read).await;
+    let port = h.replica("app@1", 0).expect("r0").port.expect("port");
+    // The secret overrides the spec's variable of the same name, but not what Ferry sets.
+    assert_eq!(seen, format!("s3cret-1|plain|{port}"));
+
+    // Re-applying the same secret changes nothing; a new value replaces the replica.
+    h.rt.apply(std::slice::from_ref(&first)).await;
+    assert_eq!(h.replica("app@1", 0).expect("r0").pid, Some(pid));
+    std::fs::remove_file(out.join("out")).expect("remove");
+    h.rt.apply(&[with_secret(&w, "s3cret-2")]).await;
+    let seen = eventually("the new replica wrote its environment", read).await;
+    assert!(seen.starts_with("s3cret-2|plain|"), "{seen}");
+    assert_ne!(h.wait_running("app@1", 0).await.pid, Some(pid));
+    assert!(!alive(pid));
+    h.rt.apply(&[]).await;
+    let _ = std::fs::remove_dir_all(&out);
+}

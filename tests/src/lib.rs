@@ -36,6 +36,66 @@ pub fn init() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
+/// Every log line this test process writes from the first call on (at `debug`), for tests that
+/// check what is and is not logged. It installs the process's tracing subscriber, so a test
+/// binary that uses it calls it first in every test (before [`init`] would install another).
+pub fn captured_logs() -> &'static LogCapture {
+    static CAPTURE: std::sync::OnceLock<&'static LogCapture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture: &'static LogCapture = Box::leak(Box::default());
+        let filter = tracing_subscriber::EnvFilter::new("debug,quinn=info,rustls=info");
+        let installed = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || CaptureWriter(capture))
+            .try_init();
+        assert!(installed.is_ok(), "captured_logs() must come before anything installs a subscriber");
+        capture
+    })
+}
+
+/// See [`captured_logs`].
+#[derive(Default)]
+pub struct LogCapture(std::sync::Mutex<Vec<u8>>);
+
+impl LogCapture {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log capture")).into_owned()
+    }
+}
+
+struct CaptureWriter(&'static LogCapture);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.0.lock().expect("log capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// Polls `check` every 25 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -268,7 +328,8 @@ pub struct Agent {
     task: Option<JoinHandle<Exit>>,
     shutdown: watch::Sender<bool>,
     state: watch::Receiver<AgentState>,
-    _dir: Option<tempfile::TempDir>,
+    config: AgentConfig,
+    dir: Option<tempfile::TempDir>,
     pub state_dir: PathBuf,
 }
 
@@ -290,8 +351,19 @@ impl Agent {
         let state_dir = config.state_dir.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (state_tx, state) = watch::channel(AgentState::default());
-        let task = tokio::spawn(ferry_agent::run(config, shutdown_rx, state_tx));
-        Self { task: Some(task), shutdown, state, _dir: dir, state_dir }
+        let task = tokio::spawn(ferry_agent::run(config.clone(), shutdown_rx, state_tx));
+        Self { task: Some(task), shutdown, state, config, dir, state_dir }
+    }
+
+    /// Stops the agent (its workloads stop with it) and starts it again on the same state
+    /// directory, as a restarted agent process would.
+    pub async fn restart(mut self) -> Self {
+        let _ = self.shutdown.send(true);
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(DEADLINE, task).await.expect("agent stops").expect("agent task");
+        let mut config = self.config.clone();
+        config.token = None;
+        Self::spawn_with(config, self.dir.take())
     }
 
     pub fn state(&self) -> AgentState {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::{
     Ack, AckOutcome, AgentMessage, Assignment, CloseCode, Enroll, FrameError, Heartbeat, Hello, IntentUpdate, Phase,
-    ProcessSpec, ReplicaStatus, ServerMessage, Status, WorkloadSpec, WorkloadStatus,
+    ReplicaStatus, ServerMessage, Status, WorkloadSpec, WorkloadStatus,
 };
 use ferry_transport::TransportError;
 use quinn::{Endpoint, RecvStream, SendStream};
@@ -167,11 +167,14 @@ struct Replica {
 
 /// The same template, whatever the replica count.
 fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
-    match (a, b) {
-        (WorkloadSpec::Process(a), WorkloadSpec::Process(b)) => {
-            ProcessSpec { replicas: 0, ..a.clone() } == ProcessSpec { replicas: 0, ..b.clone() }
+    let without_replicas = |s: &WorkloadSpec| {
+        let mut s = s.clone();
+        match &mut s {
+            WorkloadSpec::Process(p) | WorkloadSpec::ProcessWithSecrets { spec: p, .. } => p.replicas = 0,
         }
-    }
+        s
+    };
+    without_replicas(a) == without_replicas(b)
 }
 
 impl Workloads {
@@ -656,7 +659,7 @@ fn spawn_reader(mut recv: RecvStream) -> mpsc::Receiver<Result<Option<ServerMess
 
 #[cfg(test)]
 mod tests {
-    use ferry_protocol::{RestartPolicy, Workload, WorkloadIntent};
+    use ferry_protocol::{ProcessSpec, RestartPolicy, Workload, WorkloadIntent};
 
     use super::*;
 

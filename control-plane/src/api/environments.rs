@@ -14,7 +14,8 @@ use crate::change_windows::ChangeWindowsDoc;
 use crate::context::RequestContext;
 use crate::environments::Environments;
 use crate::ids::{now_ms, rfc3339};
-use crate::store::EnvironmentRecord;
+use crate::secrets::Secrets;
+use crate::store::{EnvironmentRecord, SecretRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -26,7 +27,8 @@ pub struct CreateEnvironment {
     description: String,
 }
 
-fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
+/// The seed's Environment entity (`configuration.secrets` lists names, never values).
+fn view(e: &EnvironmentRecord, deployments: i64, secrets: &[SecretRecord]) -> Value {
     json!({
         "id": e.id,
         "name": e.name,
@@ -42,6 +44,7 @@ fn view(e: &EnvironmentRecord, deployments: i64) -> Value {
         "created": rfc3339(e.created_at),
         "updated": rfc3339(e.updated_at),
         "deployments": { "total": deployments },
+        "configuration": { "secrets": super::secrets::listed(secrets) },
     })
 }
 
@@ -70,7 +73,10 @@ pub async fn list(
     let (page, page_size) = q.resolve()?;
     let all = Environments::new(&state).list(&ctx).await?;
     let total = all.len() as i64;
-    let data = super::paginate(&all, page, page_size).into_iter().map(|(e, n)| view(e, *n)).collect();
+    let shown = super::paginate(&all, page, page_size);
+    let envs: Vec<&EnvironmentRecord> = shown.iter().map(|(e, _)| e).collect();
+    let secrets = Secrets::new(&state).of_environments(&envs).await?;
+    let data = shown.into_iter().map(|(e, n)| view(e, *n, secrets.get(&e.id).map_or(&[], Vec::as_slice))).collect();
     Ok(Json(page_json(data, page, page_size, total)))
 }
 
@@ -80,7 +86,8 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let (e, n) = Environments::new(&state).get(&ctx, &id).await?;
-    Ok(Json(view(&e, n)))
+    let secrets = Secrets::new(&state).of_environments(&[&e]).await?;
+    Ok(Json(view(&e, n, secrets.get(&e.id).map_or(&[], Vec::as_slice))))
 }
 
 pub async fn create(
@@ -89,7 +96,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateEnvironment>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let env = Environments::new(&state).create(&ctx, req.name, req.kind, req.description).await?;
-    Ok((StatusCode::CREATED, Json(view(&env, 0))))
+    Ok((StatusCode::CREATED, Json(view(&env, 0, &[]))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +114,8 @@ pub async fn lock(
     let service = Environments::new(&state);
     let env = service.lock(&ctx, &id, req.reason).await?;
     let n = service.deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
 
 pub async fn unlock(
@@ -117,7 +125,8 @@ pub async fn unlock(
 ) -> ApiResult<Json<Value>> {
     let env = Environments::new(&state).unlock(&ctx, &id).await?;
     let n = Environments::new(&state).deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +147,8 @@ pub async fn set_restrictions(
     let service = Environments::new(&state);
     let env = service.set_restrictions(&ctx, &id, req.required_roles, req.approval_required).await?;
     let n = service.deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
 
 /// `GET /v1/environments/{id}/change-windows`: the schedule and whether it is open now.
@@ -161,7 +171,8 @@ pub async fn set_change_windows(
     let service = Environments::new(&state);
     let env = service.set_change_windows(&ctx, &id, Some(doc)).await?;
     let n = service.deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }
 
 /// `DELETE /v1/environments/{id}/change-windows`: no schedule, open at all times.
@@ -173,5 +184,6 @@ pub async fn delete_change_windows(
     let service = Environments::new(&state);
     let env = service.set_change_windows(&ctx, &id, None).await?;
     let n = service.deployment_count(&ctx, &env.name).await?;
-    Ok(Json(view(&env, n)))
+    let secrets = state.store.list_secrets(crate::store::SecretScope::Environment, &env.id).await?;
+    Ok(Json(view(&env, n, &secrets)))
 }

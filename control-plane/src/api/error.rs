@@ -81,6 +81,8 @@ error_codes! {
     EnvironmentNotFound = "ENV_001",
     /// 409: the environment is locked.
     EnvironmentLocked = "ENV_002",
+    /// 500: a stored secret could not be decrypted or sealed again (wrong master key, altered row).
+    SecretRotationFailed = "ENV_004",
     /// 409: an environment with this name already exists.
     EnvironmentExists = "ENV_006",
     /// 409: the change is outside the environment's change window.

@@ -11,6 +11,7 @@ mod environments;
 pub mod error;
 mod limits;
 mod logs;
+mod secrets;
 mod workspaces;
 
 use axum::body::Body;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/events", get(audit::events))
         .route("/v1/deployments/{id}/timeline", get(audit::timeline))
         .route("/v1/deployments/{id}/scale", post(deployments::scale))
+        .route("/v1/deployments/{id}/secrets", get(secrets::get_deployment).put(secrets::put_deployment))
         .route("/v1/deployments/{id}/{action}", post(deployments::lifecycle))
         .route("/v1/operations/{id}", get(deployments::get_operation))
         .route("/v1/environments", get(environments::list).post(environments::create))
@@ -89,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/aizones", get(workspaces::list_zones).post(workspaces::create_zone))
         .route("/v1/aizones/{id}", get(workspaces::get_zone).put(workspaces::update_zone))
         .route("/v1/aizones/{id}/deployments", get(workspaces::zone_deployments))
+        .route("/v1/environments/{id}/secrets", get(secrets::get_environment).put(secrets::put_environment))
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
         .route("/v1/audit", get(audit::list))
@@ -362,6 +365,7 @@ mod tests {
                 reconciler: Default::default(),
                 advertise_addr: "127.0.0.1:1".into(),
                 login_limiter: Default::default(),
+                master_key: Arc::new(crate::secrets::MasterKey::generate().0),
             }
         }
 

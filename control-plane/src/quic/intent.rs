@@ -1,14 +1,17 @@
 //! Intent rows → the wire: protocol-2 [`IntentUpdate`]s (whole, or the changes since a
 //! generation the agent holds) and protocol-1 whole [`Assignment`]s. This is the edge where
-//! stored revisions (the validated configuration document) become wire specs.
+//! stored revisions (the validated configuration document) become wire specs, and the only
+//! place secret values are opened: a revision that pins secrets gets them here, for an agent
+//! that can receive them, inside its session (they are never cached, stored or logged in clear).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ferry_protocol::{Assignment, IntentUpdate, ProcessSpec, Workload, WorkloadIntent, WorkloadSpec};
+use ferry_protocol::{Assignment, IntentUpdate, ProcessSpec, SecretMaterial, Workload, WorkloadIntent, WorkloadSpec};
 
 use crate::model::Configuration;
-use crate::store::{IntentHead, IntentRow, Store, StoreError};
+use crate::secrets::MasterKey;
+use crate::store::{IntentHead, IntentRow, SecretRecord, Store, StoreError};
 
 /// Entries kept before the cache starts over (revisions are immutable, so any entry is valid
 /// forever; the bound only caps memory).
@@ -20,6 +23,8 @@ struct Template {
     name: String,
     version: String,
     spec: ProcessSpec,
+    /// Whether the revision pins secrets (their values are fetched when it is sent).
+    secrets: bool,
 }
 
 /// Revisions never change once written, so they are cached by `(deployment, revision)`.
@@ -64,7 +69,8 @@ impl Templates {
                 column: "spec",
                 message: e.to_string(),
             })?;
-            let t = Arc::new(Template { name, version, spec: config.to_process_spec() });
+            let secrets = !config.secrets.is_empty();
+            let t = Arc::new(Template { name, version, spec: config.to_process_spec(), secrets });
             cache.insert((deployment, revision as u64), t);
         }
         for r in rows.iter().filter(|r| !r.removed) {
@@ -77,15 +83,21 @@ impl Templates {
     }
 
     /// A protocol-2 update at `head` from `rows` (all live rows when `base` is `None`, else
-    /// the rows changed since `base`, tombstones included).
+    /// the rows changed since `base`, tombstones included). With `secrets` (the agent can
+    /// receive them), a workload whose revision pins secrets carries their current values.
     pub async fn update(
         &self,
         store: &Store,
+        secrets: Option<&MasterKey>,
         head: IntentHead,
         base: Option<u64>,
         rows: &[IntentRow],
     ) -> Result<IntentUpdate, StoreError> {
         let templates = self.load(store, rows).await?;
+        let materials = match secrets {
+            Some(key) => materials(store, key, rows, &templates).await?,
+            None => HashMap::new(),
+        };
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for r in rows {
@@ -104,6 +116,18 @@ impl Templates {
             };
             let mut spec = t.spec.clone();
             spec.replicas = r.replicas;
+            let spec = match materials.get(&r.deployment_id) {
+                Some(secrets) => WorkloadSpec::ProcessWithSecrets { spec, secrets: secrets.clone() },
+                None => {
+                    if t.secrets {
+                        // The planner places such workloads only on agents that can receive
+                        // secrets; this one was placed before it said otherwise.
+                        tracing::warn!(workload = %r.workload_id, "sending a workload without its secrets to an agent \
+                            that cannot receive them; it will be placed elsewhere");
+                    }
+                    WorkloadSpec::Process(spec)
+                }
+            };
             upserts.push(WorkloadIntent {
                 id: r.workload_id.clone(),
                 deployment_id: r.deployment_id.clone(),
@@ -111,7 +135,7 @@ impl Templates {
                 name: t.name.clone(),
                 version: t.version.clone(),
                 restart_nonce: r.restart_nonce,
-                spec: WorkloadSpec::Process(spec),
+                spec,
             });
         }
         Ok(IntentUpdate { generation: head.generation, base, upserts, removals })
@@ -125,14 +149,15 @@ impl Templates {
         head: IntentHead,
         rows: &[IntentRow],
     ) -> Result<Assignment, StoreError> {
-        let update = self.update(store, head, None, rows).await?;
+        let update = self.update(store, None, head, None, rows).await?;
         let mut workloads: Vec<Workload> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for w in update.upserts {
             if !seen.insert(w.deployment_id.clone()) {
                 continue;
             }
-            let WorkloadSpec::Process(spec) = w.spec;
+            // Secrets go only to agents that advertise them, which speak protocol 2.
+            let (WorkloadSpec::Process(spec) | WorkloadSpec::ProcessWithSecrets { spec, .. }) = w.spec;
             workloads.push(Workload {
                 id: w.deployment_id,
                 name: w.name,
@@ -144,4 +169,39 @@ impl Templates {
         workloads.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Assignment { generation: head.generation, workloads })
     }
+}
+
+/// The secret material of every deployment whose live rows' revision pins secrets: its
+/// environment's and its own secrets as they are now, opened with `key`. One query per update.
+async fn materials(
+    store: &Store,
+    key: &MasterKey,
+    rows: &[IntentRow],
+    templates: &HashMap<(String, u64), Arc<Template>>,
+) -> Result<HashMap<String, SecretMaterial>, StoreError> {
+    let mut ids: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.removed && templates.get(&(r.deployment_id.clone(), r.revision)).is_some_and(|t| t.secrets))
+        .map(|r| r.deployment_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut by_deployment: HashMap<String, Vec<SecretRecord>> = ids.iter().map(|id| (id.clone(), Vec::new())).collect();
+    for (deployment, secret) in store.secrets_of_deployments(&ids).await? {
+        by_deployment.entry(deployment).or_default().push(secret);
+    }
+    let mut out = HashMap::with_capacity(by_deployment.len());
+    for (deployment, secrets) in by_deployment {
+        let refs: Vec<&SecretRecord> = secrets.iter().collect();
+        let material = crate::secrets::material(key, &refs).map_err(|e| StoreError::Corrupt {
+            table: "secrets",
+            column: "ciphertext",
+            message: format!("a secret of deployment {deployment}: {e}"),
+        })?;
+        out.insert(deployment, material);
+    }
+    Ok(out)
 }

@@ -83,6 +83,7 @@ pub async fn handle(conn: Connection, leaf_der: Vec<u8>, state: AppState, shutdo
         by_deployment: HashMap::new(),
         reported: HashMap::new(),
         reported_generation: None,
+        secrets: false,
     };
     let End(code, reason) = session.run(shutdown).await;
     tracing::info!(%remote, %agent_id, ?code, %reason, "session ended");
@@ -121,6 +122,8 @@ struct Session {
     /// What the agent last reported, by workload id: (deployment id, replicas).
     reported: HashMap<String, (String, Vec<ReplicaStatus>)>,
     reported_generation: Option<u64>,
+    /// Whether the agent can receive secrets (it advertised `secrets:v1`).
+    secrets: bool,
 }
 
 fn transport_end(e: &TransportError) -> End {
@@ -198,6 +201,7 @@ impl Session {
             }
         };
         self.protocol = version;
+        self.secrets = version >= 2 && hello.capabilities.iter().any(|c| c == ferry_protocol::SECRETS_CAPABILITY);
         let handle = self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
         self.handle = Some(handle.clone());
         let interval = self.state.config.heartbeat_interval;
@@ -434,7 +438,8 @@ impl Session {
         }
         let templates = &state.sessions.templates;
         let msg = if self.protocol >= 2 {
-            match templates.update(store, head, base, &rows).await {
+            let secrets = self.secrets.then_some(&*state.master_key);
+            match templates.update(store, secrets, head, base, &rows).await {
                 Ok(u) => ServerMessage::Intent(u),
                 Err(e) => {
                     self.store_trouble(e);

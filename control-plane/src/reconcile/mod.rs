@@ -82,6 +82,7 @@ impl Parsed {
             target: self.target.validate().unwrap_or(planner::Target::Agents(Vec::new())),
             kind: "process",
             restart_nonce: self.record.restart_nonce as u64,
+            secrets: !self.config.secrets.is_empty(),
         }
     }
 }

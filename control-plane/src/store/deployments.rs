@@ -517,7 +517,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
-        Self::insert_revision(&mut tx, d, &audit_id).await?;
+        Self::insert_revision(&mut tx, d, Some(&audit_id)).await?;
         Self::insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         Ok(Ok(()))
@@ -622,7 +622,11 @@ impl Store {
 
     /// Stores the deployment's current revision unless it exists, linked to the audit record of
     /// the change that created it.
-    async fn insert_revision(conn: &mut sqlx::AnyConnection, d: &DeploymentRecord, audit_id: &str) -> Result<()> {
+    pub(super) async fn insert_revision(
+        conn: &mut sqlx::AnyConnection,
+        d: &DeploymentRecord,
+        audit_id: Option<&str>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO deployment_revisions (deployment_id, revision, version, spec, created_at, audit_id) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, revision) DO NOTHING",
@@ -669,6 +673,18 @@ impl Store {
             Ok(next) => next,
             Err(e) => return Ok(Err(e)),
         };
+        Self::update_deployment(&mut tx, &d).await?;
+        let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
+        Self::insert_revision(&mut tx, &d, Some(&audit_id)).await?;
+        Self::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        let mut updated = d;
+        updated.resource_version = current.resource_version + 1;
+        Ok(Ok(Write::Done(updated)))
+    }
+
+    /// Stores a (locked) deployment's new desired state and bumps its resource version.
+    pub(super) async fn update_deployment(conn: &mut sqlx::AnyConnection, d: &DeploymentRecord) -> Result<()> {
         sqlx::query(
             "UPDATE deployments SET active_version = $1, spec = $2, target = $3, desired_state = $4, \
              restart_nonce = $5, resource_version = resource_version + 1, updated_at = $6, last_deployed_at = $7, \
@@ -681,17 +697,11 @@ impl Store {
         .bind(d.restart_nonce)
         .bind(d.updated_at)
         .bind(d.last_deployed_at)
-        .bind(id)
+        .bind(&d.id)
         .bind(d.revision)
-        .execute(&mut *tx)
+        .execute(conn)
         .await?;
-        let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
-        Self::insert_revision(&mut tx, &d, &audit_id).await?;
-        Self::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
-        let mut updated = d;
-        updated.resource_version = current.resource_version + 1;
-        Ok(Ok(Write::Done(updated)))
+        Ok(())
     }
 
     /// Soft-deletes (the planner drops it; the row stays for audit) and records the operation;
@@ -732,7 +742,7 @@ impl Store {
     /// earlier open operations end as superseded (so concurrent changes cannot supersede the one
     /// that is actually in force). The operation of a pending change exists already (it waited):
     /// it is updated in place, keeping its id, creation time and request id.
-    async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
+    pub(super) async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
         sqlx::query(
             "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
              finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress'",

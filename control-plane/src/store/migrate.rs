@@ -51,6 +51,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0008_audit.sqlite.sql"),
         include_str!("../../migrations/0008_audit.postgres.sql"),
     ),
+    (
+        9,
+        "secrets",
+        include_str!("../../migrations/0009_secrets.sql"),
+        include_str!("../../migrations/0009_secrets.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

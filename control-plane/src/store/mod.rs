@@ -14,7 +14,9 @@
 //! * session ownership is a `session_id` compare-and-set: a stale session can neither refresh nor
 //!   clear the row of the session that replaced it;
 //! * log lines are stored once per `(source, seq)`, and the ids of one deployment's lines
-//!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`).
+//!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`);
+//! * secret values are stored sealed only (`secrets.rs`; sealing is `crate::secrets`'s), and a
+//!   change of them stores the new revisions it rolls out in the same transaction.
 
 mod agents;
 mod approvals;
@@ -24,6 +26,7 @@ mod intent;
 mod logs;
 mod migrate;
 mod principals;
+mod secrets;
 mod workspaces;
 
 use std::collections::BTreeMap;
@@ -48,6 +51,7 @@ pub use deployments::{
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};
+pub use secrets::{SecretRecord, SecretScope, SecretWrite, SecretsWritten};
 pub use workspaces::{
     AiZoneChange, AiZoneRecord, DEFAULT_WORKSPACE, ProjectDelete, ProjectRecord, Renamed, Visible, WorkspaceDelete,
     WorkspaceRecord,

@@ -115,8 +115,9 @@ pub trait Process {
 
 impl Process for Workload {
     fn process(&mut self) -> &mut ProcessSpec {
-        let WorkloadSpec::Process(spec) = &mut self.spec;
-        spec
+        match &mut self.spec {
+            WorkloadSpec::Process(spec) | WorkloadSpec::ProcessWithSecrets { spec, .. } => spec,
+        }
     }
 }
 
