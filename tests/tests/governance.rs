@@ -383,3 +383,98 @@ async fn a_locked_environment_refuses_every_change_but_reads() {
         cp.running_store().audit_for("env-staging").await.unwrap().into_iter().map(|a| a.0).collect();
     assert_eq!(actions, ["environment.lock", "environment.unlock"]);
 }
+
+/// The story, with the audit trail as its witness: every step, allowed or refused, is
+/// recorded in order under the request id the client sent.
+#[tokio::test]
+async fn the_governance_story_is_in_the_audit_trail_in_order() {
+    let cp = ControlPlane::spawn().await;
+    let dev = cp.login_as("dev", json!(["developer"])).await;
+    let rm = cp.login_as("rm", json!(["release_manager"])).await;
+    let admin = cp.login_as("boss", json!(["deployment_admin"])).await;
+    let client = reqwest::Client::new();
+    let call = |token: &str, method: Method, path: &str, body: Option<Value>, request_id: &str| {
+        let mut req = client
+            .request(method, format!("{}{path}", cp.base_url))
+            .bearer_auth(token)
+            .header("x-request-id", request_id);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            let text = res.text().await.unwrap();
+            (status, if text.is_empty() { Value::Null } else { serde_json::from_str::<Value>(&text).unwrap() })
+        }
+    };
+
+    // 1. A developer deploys to development.
+    let (status, res) =
+        call(&dev, Method::POST, "/v1/deployments", Some(deployment("web", "development")), "story-1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    // 2. ... and cannot deploy to production.
+    let (status, res) =
+        call(&dev, Method::POST, "/v1/deployments", Some(deployment("web", "production")), "story-2").await;
+    assert_error(status, &res, StatusCode::FORBIDDEN, "AUTH_002");
+    // 3. A release manager's production deploy waits for approval.
+    let (status, res) =
+        call(&rm, Method::POST, "/v1/deployments", Some(deployment("api", "production")), "story-3").await;
+    assert_eq!(
+        (status, res["operation"]["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("awaiting_approval")),
+        "{res}"
+    );
+    let approval = res["operation"]["approvalId"].as_str().unwrap().to_string();
+    let prod_id = res["operation"]["deploymentId"].as_str().unwrap().to_string();
+    // 4. The same release manager cannot approve it.
+    let approve = format!("/v1/approvals/{approval}/approve");
+    let (status, res) = call(&rm, Method::POST, &approve, Some(json!({ "comment": "mine" })), "story-4").await;
+    assert_error(status, &res, StatusCode::FORBIDDEN, "APPROVAL_002");
+    // 5. A deployment admin approves it, and it is applied.
+    let (status, res) = call(&admin, Method::POST, &approve, Some(json!({ "comment": "ok" })), "story-5").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    let (status, res) = call(&admin, Method::GET, &format!("/v1/deployments/{prod_id}"), None, "story-read").await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    // 6. Production is locked; 7. a scale there is refused with ENV_002.
+    let (status, res) = call(
+        &admin,
+        Method::POST,
+        "/v1/environments/production/lock",
+        Some(json!({ "reason": "incident" })),
+        "story-6",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let scale = format!("/v1/deployments/{prod_id}/scale");
+    let (status, res) = call(&rm, Method::POST, &scale, Some(json!({ "replicas": 3 })), "story-7").await;
+    assert_error(status, &res, StatusCode::CONFLICT, "ENV_002");
+
+    // The trail, oldest first, filtered to the story's requests.
+    let (status, trail) = cp.api(Method::GET, "/v1/audit?order=asc&pageSize=200", None).await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let story: Vec<(String, String, String, String)> = trail["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["requestId"].as_str().is_some_and(|id| id.starts_with("story-") && id != "story-read"))
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("requestId"), s("actor"), s("action"), s("outcome"))
+        })
+        .collect();
+    let want: Vec<(&str, &str, &str, &str)> = vec![
+        ("story-1", "user:dev", "deployment.create", "success"),
+        ("story-2", "user:dev", "POST /v1/deployments", "denied"),
+        ("story-3", "user:rm", "approval.request", "success"),
+        ("story-4", "user:rm", "POST /v1/approvals/{id}/approve", "denied"),
+        ("story-5", "user:boss", "approval.approve", "success"),
+        // The change applied is the requester's, under its own request id.
+        ("story-3", "user:rm", "deployment.create", "success"),
+        ("story-6", "user:boss", "environment.lock", "success"),
+        ("story-7", "user:rm", "POST /v1/deployments/{id}/scale", "failed"),
+    ];
+    let got: Vec<(&str, &str, &str, &str)> =
+        story.iter().map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str())).collect();
+    assert_eq!(got, want, "{trail}");
+}
