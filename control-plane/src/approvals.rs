@@ -124,6 +124,8 @@ fn validate_comment(comment: &str, required: bool) -> ApiResult<()> {
 /// were when it asked).
 fn requester_context(a: &ApprovalRecord) -> RequestContext {
     let (kind, name) = a.requester.split_once(':').unwrap_or(("user", &a.requester));
+    // An API key's audit name is `apikey:<name>/<id>`.
+    let name = if kind == "apikey" { name.split('/').next().unwrap_or(name) } else { name };
     let kind = match kind {
         "admin" => PrincipalKind::Admin,
         "apikey" => PrincipalKind::ApiKey,
@@ -137,6 +139,42 @@ fn requester_context(a: &ApprovalRecord) -> RequestContext {
         owner: (a.requester_identity != a.requester).then(|| a.requester_identity.clone()),
     };
     RequestContext { principal, request_id: a.request_id.clone(), idempotency_key: None, source: None }
+}
+
+/// The requester as it is *now*: a change applies only if its author still exists (a key: is
+/// still valid) and still holds the change's permission there, with the roles it has today.
+async fn requester_now(state: &AppState, a: &ApprovalRecord) -> ApiResult<RequestContext> {
+    let mut ctx = requester_context(a);
+    let gone = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("the requester {} no longer exists or its credential was revoked", a.requester),
+        )
+        .with_details(json!({ "requester": a.requester }))
+    };
+    match ctx.principal.kind {
+        PrincipalKind::Admin => {}
+        PrincipalKind::User => {
+            let user = state.store.get_user(&ctx.principal.name).await?;
+            ctx.principal.roles = user.filter(|u| u.id == ctx.principal.id).ok_or_else(gone)?.roles;
+        }
+        PrincipalKind::ApiKey => {
+            let key = state.store.get_api_key(&ctx.principal.id).await?.ok_or_else(gone)?;
+            if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms()) {
+                return Err(gone());
+            }
+            let mut roles = key.roles;
+            if let Some(owner) = key.owner.strip_prefix("user:") {
+                let owner = state.store.get_user(owner).await?.ok_or_else(gone)?;
+                roles.retain(|b| crate::principals::covers(&owner.roles, b));
+            }
+            ctx.principal.roles = roles;
+        }
+    }
+    let env = state.store.get_environment(&a.environment).await?.ok_or_else(gone)?;
+    ctx.require(permission_of(a.action), Scope::env(env.scope(), Some(&a.workspace)), gone)?;
+    Ok(ctx)
 }
 
 /// A record of something the sweep did, under the request that asked for the change.
@@ -433,20 +471,23 @@ impl<'a> Approvals<'a> {
             operation,
             approved_by,
         };
-        let requester = requester_context(a);
         let deployments = Deployments::new(self.state);
-        let result = match request {
-            PendingRequest::Create { deployment } => deployments
-                .apply_create(&requester, a.deployment_id.clone(), *deployment, Some(&pending))
-                .await
-                .map(|acc| acc.operation),
-            PendingRequest::Change { change, if_match } => deployments
-                .apply_change(&requester, &a.deployment_id, if_match, change, Some(&pending))
-                .await
-                .map(|acc| acc.operation),
-            PendingRequest::Delete => match self.state.store.get_deployment(&a.deployment_id).await? {
-                Some(current) => deployments.apply_delete(&requester, &current, Some(&pending)).await,
-                None => Err(crate::deployments::not_found(&a.deployment_id)),
+        let result = match requester_now(self.state, a).await {
+            // The author lost the right to make this change: it fails, like any other refusal.
+            Err(e) => Err(e),
+            Ok(requester) => match request {
+                PendingRequest::Create { deployment } => deployments
+                    .apply_create(&requester, a.deployment_id.clone(), *deployment, Some(&pending))
+                    .await
+                    .map(|acc| acc.operation),
+                PendingRequest::Change { change, if_match } => deployments
+                    .apply_change(&requester, &a.deployment_id, if_match, change, Some(&pending))
+                    .await
+                    .map(|acc| acc.operation),
+                PendingRequest::Delete => match self.state.store.get_deployment(&a.deployment_id).await? {
+                    Some(current) => deployments.apply_delete(&requester, &current, Some(&pending)).await,
+                    None => Err(crate::deployments::not_found(&a.deployment_id)),
+                },
             },
         };
         match result {

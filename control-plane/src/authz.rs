@@ -195,6 +195,10 @@ pub mod perm {
     pub const ENVIRONMENT_UPDATE: Permission = Permission::new("environment", "update");
     pub const ENVIRONMENT_DELETE: Permission = Permission::new("environment", "delete");
     pub const ENVIRONMENT_LOCK: Permission = Permission::new("environment", "lock");
+    /// Change an environment's restrictions (required roles, approvals) and change windows: the
+    /// rules that bind everyone else, so no role but `*` has it (a release manager must not be
+    /// able to switch off the approval of their own production changes).
+    pub const POLICY_UPDATE: Permission = Permission::new("policy", "update");
     pub const AGENT_READ: Permission = Permission::new("agent", "read");
     /// Create and revoke bootstrap tokens, revoke agents.
     pub const AGENT_MANAGE: Permission = Permission::new("agent", "manage");
@@ -297,7 +301,14 @@ pub fn decide(bindings: &[RoleBinding], p: Permission, scope: Scope<'_>) -> Deci
     if applicable.is_empty() && scope.workspace.is_some() {
         return Decision::Hidden;
     }
-    let granting: Vec<Role> = applicable.iter().map(|b| b.role).filter(|r| r.grants(p)).collect();
+    let granting: Vec<Role> = applicable
+        .iter()
+        .map(|b| b.role)
+        .filter(|r| r.grants(p))
+        // `environment:production` is about production environments: never about environments
+        // in general (creating one of any type, say).
+        .filter(|r| scope.environment.is_some() || !(*r == Role::ReleaseManager && p.resource == "environment"))
+        .collect();
     if granting.is_empty() {
         return Decision::Deny(Denial::Permission { permission: p.to_string() });
     }
@@ -490,6 +501,18 @@ mod tests {
         assert!(!grants("garbage", DEPLOYMENT_READ));
         assert!(DEPLOYMENT_SCALE.changes_deployments() && !DEPLOYMENT_READ.changes_deployments());
         assert!(!ENVIRONMENT_LOCK.changes_deployments());
+        // Only `*` changes the rules: not even a release manager in production.
+        for role in Role::ALL {
+            let prod = EnvScope { name: "production", kind: "production", required_roles: &[] };
+            let allowed =
+                decide(&[RoleBinding::global(*role)], POLICY_UPDATE, Scope::env(prod, None)) == Decision::Allow;
+            assert_eq!(allowed, *role == Role::DeploymentAdmin, "{role}");
+        }
+        // `environment:production` does not create environments.
+        let rm = [RoleBinding::global(Role::ReleaseManager)];
+        assert!(matches!(decide(&rm, ENVIRONMENT_CREATE, Scope::GLOBAL), Decision::Deny(_)));
+        let prod = EnvScope { name: "production", kind: "production", required_roles: &[] };
+        assert_eq!(decide(&rm, ENVIRONMENT_LOCK, Scope::env(prod, None)), Decision::Allow);
     }
 
     #[test]

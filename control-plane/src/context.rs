@@ -57,10 +57,14 @@ impl Principal {
         }
     }
 
-    /// How the principal appears in audit records: `user:alice`, `apikey:ci-deploy`,
+    /// How the principal appears in audit records: `user:alice`, `apikey:ci-deploy/key-3f9c…`,
     /// `admin:admin-3f9c…`.
     pub fn audit_name(&self) -> String {
-        format!("{}:{}", self.kind.as_str(), self.name)
+        match self.kind {
+            // Key names are chosen freely and need not be unique: the id tells keys apart.
+            PrincipalKind::ApiKey => format!("apikey:{}/{}", self.name, self.id),
+            _ => format!("{}:{}", self.kind.as_str(), self.name),
+        }
     }
 
     /// The person (or bootstrap credential) behind the request: an API key stands for whoever
@@ -94,9 +98,24 @@ impl RequestContext {
         }
     }
 
-    /// [`Self::require`] for objects outside workspaces (users, keys, agents, audit, …).
+    /// [`Self::require`] for platform-wide objects (users, keys, agents, the audit trail,
+    /// workspaces themselves): only unscoped bindings count, so a role limited to one workspace
+    /// learns nothing about the others through them.
     pub fn require_global(&self, p: Permission) -> ApiResult<()> {
-        self.require(p, Scope::GLOBAL, || forbidden(&Denial::Permission { permission: p.to_string() }))
+        match decide(&self.unscoped_roles(), p, Scope::GLOBAL) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(denial) => Err(forbidden(&denial)),
+            Decision::Hidden => Err(forbidden(&Denial::Permission { permission: p.to_string() })),
+        }
+    }
+
+    /// Whether [`Self::require_global`] would allow `p`.
+    pub fn allows_global(&self, p: Permission) -> bool {
+        decide(&self.unscoped_roles(), p, Scope::GLOBAL) == Decision::Allow
+    }
+
+    fn unscoped_roles(&self) -> Vec<RoleBinding> {
+        self.principal.roles.iter().filter(|b| b.workspace.is_none()).cloned().collect()
     }
 
     /// Whether `p` would be allowed in `scope` (for filtering lists).

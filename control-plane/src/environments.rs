@@ -193,7 +193,7 @@ impl<'a> Environments<'a> {
         roles.sort_unstable();
         roles.dedup();
         let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
-        ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
+        ctx.require(perm::POLICY_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
         let after = json!({ "requiredRoles": roles, "approvalRequired": approval_required });
         let audit = |before: &EnvironmentRecord| {
             let was = json!({ "requiredRoles": before.required_roles, "approvalRequired": before.approval_required });
@@ -221,7 +221,7 @@ impl<'a> Environments<'a> {
             Some(doc) => Some(doc.compile().map_err(|i| ApiError::validation(&i.field, i.message))?),
         };
         let env = self.state.store.get_environment(key).await?.ok_or_else(|| not_found(key))?;
-        ctx.require(perm::ENVIRONMENT_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
+        ctx.require(perm::POLICY_UPDATE, Scope::env(env.scope(), None), || not_found(key))?;
         let doc = windows.as_ref().map(|w| w.doc().clone());
         let audit = |before: &EnvironmentRecord| {
             let was = json!({ "changeWindows": before.change_windows.as_ref().map(|w| w.doc()) });

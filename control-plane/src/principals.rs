@@ -55,13 +55,18 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
     };
     if token.starts_with(KEY_PREFIX) {
         return match state.store.api_key_by_hash(&hash, now).await? {
-            Credential::Valid(k) => Ok(Principal {
-                kind: PrincipalKind::ApiKey,
-                id: k.id,
-                name: k.name,
-                roles: k.roles,
-                owner: Some(k.owner),
-            }),
+            Credential::Valid(k) => {
+                // A key never holds more than the user who made it holds now: a demoted user's
+                // keys are demoted with it.
+                let roles = match k.owner.strip_prefix("user:") {
+                    Some(username) => match state.store.get_user(username).await?.filter(|u| u.username == username) {
+                        Some(owner) => k.roles.into_iter().filter(|b| covers(&owner.roles, b)).collect(),
+                        None => return Err(refused("API key was revoked")),
+                    },
+                    None => k.roles,
+                };
+                Ok(Principal { kind: PrincipalKind::ApiKey, id: k.id, name: k.name, roles, owner: Some(k.owner) })
+            }
             Credential::Expired => Err(refused("API key has expired")),
             Credential::Revoked => Err(refused("API key was revoked")),
             Credential::Unknown => Err(ApiError::unauthorized()),
@@ -80,15 +85,31 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
     }
 }
 
+/// Whether `held` bindings include `b` (the same role, unscoped or in the same workspace).
+pub(crate) fn covers(held: &[RoleBinding], b: &RoleBinding) -> bool {
+    held.iter().any(|h| h.role == b.role && (h.workspace.is_none() || h.workspace == b.workspace))
+}
+
 fn user_principal(u: UserRecord) -> Principal {
     Principal { kind: PrincipalKind::User, id: u.id, name: u.username, roles: u.roles, owner: None }
 }
 
 // ---- passwords ------------------------------------------------------------------------------
 
+/// At most this many password hashes run at once (each takes 19 MiB and a core for tens of
+/// milliseconds): a flood of logins queues instead of exhausting memory and the blocking pool.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        tokio::sync::Semaphore::new(cores.clamp(1, 4))
+    })
+}
+
 /// argon2id with the crate's defaults (OWASP's recommended m=19 MiB, t=2, p=1), off the async
-/// threads.
+/// threads, a few at a time.
 async fn hash_password(password: String) -> ApiResult<String> {
+    let _permit = hashing_permits().acquire().await.map_err(|e| ApiError::internal().with_cause(e))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&random_salt()).expect("16 bytes is a valid salt");
         argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
@@ -117,6 +138,7 @@ async fn verify_password(password: String, stored: Option<String>) -> bool {
             })
             .clone()
     });
+    let Ok(_permit) = hashing_permits().acquire().await else { return false };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&stored)
             .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
@@ -127,12 +149,29 @@ async fn verify_password(password: String, stored: Option<String>) -> bool {
 
 // ---- login rate limiting ------------------------------------------------------------------
 
-/// Failed logins per username and per source address in a sliding window; past the limit,
-/// further attempts are refused (429) until the window of the first failure ends. A success
-/// clears the username's count. Per control-plane replica.
+/// Login attempts per username and per source address in a window. An attempt is counted
+/// *before* its password is checked (so parallel guesses cannot all slip past the check while
+/// the slow hash runs), and forgiven when it succeeds. Past the limit, further attempts are
+/// refused (429) until the window of the first one ends; only the first refusal per window is
+/// audited (the rest are logged), so a flood cannot fill the audit table. Per control-plane
+/// replica.
 #[derive(Clone, Default)]
 pub struct LoginLimiter {
-    failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
+    attempts: Arc<Mutex<HashMap<String, Attempts>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    count: u32,
+    first: Instant,
+    refusal_recorded: bool,
+}
+
+/// A refused attempt: when to retry, and whether it is the first refusal of its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: Duration,
+    pub first: bool,
 }
 
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -141,29 +180,40 @@ pub const MAX_FAILURES_PER_ADDRESS: u32 = 20;
 const LIMITER_MAX_KEYS: usize = 100_000;
 
 impl LoginLimiter {
-    /// `Err(retry_after)` if `key` is over `max` failures in the window.
-    fn check(&self, key: &str, max: u32, now: Instant) -> Result<(), Duration> {
-        let map = self.failures.lock().expect("limiter lock");
-        match map.get(key) {
-            Some(&(n, first)) if n >= max && now < first + LOGIN_WINDOW => Err(first + LOGIN_WINDOW - now),
-            _ => Ok(()),
-        }
-    }
-
-    fn fail(&self, key: &str, now: Instant) {
-        let mut map = self.failures.lock().expect("limiter lock");
+    /// Counts an attempt under each `(key, limit)`, unless one of them is over its limit: then
+    /// nothing is counted and the attempt is refused.
+    fn attempt(&self, keys: &[(&str, u32)], now: Instant) -> Result<(), Throttled> {
+        let mut map = self.attempts.lock().expect("limiter lock");
         if map.len() >= LIMITER_MAX_KEYS {
-            map.retain(|_, (_, first)| now < *first + LOGIN_WINDOW);
+            map.retain(|_, a| now < a.first + LOGIN_WINDOW);
         }
-        let e = map.entry(key.to_string()).or_insert((0, now));
-        if now >= e.1 + LOGIN_WINDOW {
-            *e = (0, now);
+        for (key, max) in keys {
+            if let Some(a) = map.get_mut(*key)
+                && a.count >= *max
+                && now < a.first + LOGIN_WINDOW
+            {
+                let first = !a.refusal_recorded;
+                a.refusal_recorded = true;
+                return Err(Throttled { retry_after: a.first + LOGIN_WINDOW - now, first });
+            }
         }
-        e.0 += 1;
+        for (key, _) in keys {
+            let a = map.entry((*key).to_string()).or_insert(Attempts { count: 0, first: now, refusal_recorded: false });
+            if now >= a.first + LOGIN_WINDOW {
+                *a = Attempts { count: 0, first: now, refusal_recorded: false };
+            }
+            a.count += 1;
+        }
+        Ok(())
     }
 
-    fn clear(&self, key: &str) {
-        self.failures.lock().expect("limiter lock").remove(key);
+    /// A successful login: the username starts over, the address gets its attempt back.
+    fn succeeded(&self, user_key: &str, addr_key: &str) {
+        let mut map = self.attempts.lock().expect("limiter lock");
+        map.remove(user_key);
+        if let Some(a) = map.get_mut(addr_key) {
+            a.count = a.count.saturating_sub(1);
+        }
     }
 }
 
@@ -186,19 +236,18 @@ pub async fn login(
     let now = Instant::now();
     let user_key = format!("user:{username}");
     let addr_key = format!("addr:{}", source.unwrap_or("unknown"));
-    let limited = state
-        .login_limiter
-        .check(&user_key, MAX_FAILURES_PER_USER, now)
-        .and_then(|()| state.login_limiter.check(&addr_key, MAX_FAILURES_PER_ADDRESS, now));
     let audit = |action: &str, outcome: AuditOutcome| {
         crate::store::Audit::new(format!("user:{username}"), action, format!("user:{username}"), request_id, json!({}))
             .with_outcome(outcome)
             .with_object_type("user")
             .with_source(source.map(str::to_string))
     };
-    if let Err(retry) = limited {
+    let limits = [(user_key.as_str(), MAX_FAILURES_PER_USER), (addr_key.as_str(), MAX_FAILURES_PER_ADDRESS)];
+    if let Err(t) = state.login_limiter.attempt(&limits, now) {
         tracing::warn!(username, source, "login refused: too many failed attempts");
-        if let Err(e) = state.store.record_audit(&audit("auth.login", AuditOutcome::Denied)).await {
+        if t.first
+            && let Err(e) = state.store.record_audit(&audit("auth.login", AuditOutcome::Denied)).await
+        {
             tracing::error!(error = %e, "cannot record a throttled login");
         }
         return Err(ApiError::new(
@@ -206,18 +255,16 @@ pub async fn login(
             ErrorCode::TooManyAttempts,
             "too many failed logins; try again later",
         )
-        .with_details(json!({ "retryAfterSeconds": retry.as_secs().max(1) })));
+        .with_details(json!({ "retryAfterSeconds": t.retry_after.as_secs().max(1) })));
     }
     let user = state.store.get_user(username).await?.filter(|u| u.username == username);
     let ok = verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await;
     let Some(user) = user.filter(|_| ok) else {
-        state.login_limiter.fail(&user_key, now);
-        state.login_limiter.fail(&addr_key, now);
         tracing::warn!(username, source, "login failed");
         state.store.record_audit(&audit("auth.login", AuditOutcome::Failed)).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::LoginFailed, "wrong username or password"));
     };
-    state.login_limiter.clear(&user_key);
+    state.login_limiter.succeeded(&user_key, &addr_key);
     let token = format!("{SESSION_PREFIX}{}", random_hex(32));
     let at = now_ms();
     let expires_at = at + SESSION_TTL.as_millis() as i64;
@@ -360,7 +407,7 @@ impl<'a> Users<'a> {
         if own
             && password.is_some()
             && roles.is_none()
-            && !ctx.allows(perm::USER_MANAGE, crate::authz::Scope::GLOBAL)
+            && !ctx.allows_global(perm::USER_MANAGE)
             && !verify_password(current_password.unwrap_or_default(), Some(user.password_hash.clone())).await
         {
             return Err(ApiError::new(
@@ -427,12 +474,8 @@ impl<'a> ApiKeys<'a> {
         if !(1..=MAX_KEY_DAYS).contains(&days) {
             return Err(ApiError::validation("expiresInDays", format!("between 1 and {MAX_KEY_DAYS}")));
         }
-        if !ctx.allows(perm::APIKEY_MANAGE, crate::authz::Scope::GLOBAL) {
-            let held = &ctx.principal.roles;
-            let covered = |b: &RoleBinding| {
-                held.iter().any(|h| h.role == b.role && (h.workspace.is_none() || h.workspace == b.workspace))
-            };
-            if let Some(extra) = roles.iter().find(|b| !covered(b)) {
+        if !ctx.allows_global(perm::APIKEY_MANAGE) {
+            if let Some(extra) = roles.iter().find(|b| !covers(&ctx.principal.roles, b)) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     ErrorCode::Forbidden,
@@ -464,7 +507,7 @@ impl<'a> ApiKeys<'a> {
 
     /// All keys with `apikey:read`; otherwise the caller's own.
     pub async fn list(&self, ctx: &RequestContext, offset: i64, limit: i64) -> ApiResult<(Vec<ApiKeyRecord>, i64)> {
-        let owner = (!ctx.allows(perm::APIKEY_READ, crate::authz::Scope::GLOBAL)).then(|| ctx.principal.identity());
+        let owner = (!ctx.allows_global(perm::APIKEY_READ)).then(|| ctx.principal.identity());
         Ok(self.state.store.list_api_keys(owner.as_deref(), offset, limit).await?)
     }
 
@@ -473,8 +516,8 @@ impl<'a> ApiKeys<'a> {
     pub async fn revoke(&self, ctx: &RequestContext, id: &str) -> ApiResult<()> {
         let key = self.state.store.get_api_key(id).await?;
         let own = key.as_ref().is_some_and(|k| k.owner == ctx.principal.identity());
-        if !own && !ctx.allows(perm::APIKEY_MANAGE, crate::authz::Scope::GLOBAL) {
-            if key.is_some() && ctx.allows(perm::APIKEY_READ, crate::authz::Scope::GLOBAL) {
+        if !own && !ctx.allows_global(perm::APIKEY_MANAGE) {
+            if key.is_some() && ctx.allows_global(perm::APIKEY_READ) {
                 ctx.require_global(perm::APIKEY_MANAGE)?;
             }
             return Err(key_not_found(id));
@@ -497,22 +540,38 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_limiter_refuses_past_the_limit_until_the_window_ends() {
+    async fn the_limiter_counts_attempts_before_they_finish_and_refuses_until_the_window_ends() {
         let l = LoginLimiter::default();
-        let start = Instant::now();
+        let keys = [("user:a", MAX_FAILURES_PER_USER), ("addr:1", MAX_FAILURES_PER_ADDRESS)];
+        // Five attempts in flight at once all count: the sixth is refused before any finishes.
         for _ in 0..MAX_FAILURES_PER_USER {
-            assert!(l.check("user:a", MAX_FAILURES_PER_USER, Instant::now()).is_ok());
-            l.fail("user:a", Instant::now());
+            assert!(l.attempt(&keys, Instant::now()).is_ok());
         }
-        let retry = l.check("user:a", MAX_FAILURES_PER_USER, Instant::now()).unwrap_err();
-        assert_eq!(retry, LOGIN_WINDOW);
-        assert!(l.check("user:b", MAX_FAILURES_PER_USER, Instant::now()).is_ok(), "other users are not affected");
+        let t = l.attempt(&keys, Instant::now()).unwrap_err();
+        assert_eq!(t, Throttled { retry_after: LOGIN_WINDOW, first: true });
+        assert!(!l.attempt(&keys, Instant::now()).unwrap_err().first, "only the first refusal is audited");
+        // Other users from another address are not affected.
+        assert!(l.attempt(&[("user:b", MAX_FAILURES_PER_USER), ("addr:2", 20)], Instant::now()).is_ok());
         tokio::time::advance(LOGIN_WINDOW).await;
-        assert!(l.check("user:a", MAX_FAILURES_PER_USER, Instant::now()).is_ok());
-        l.fail("user:a", Instant::now());
-        assert!(l.check("user:a", MAX_FAILURES_PER_USER, Instant::now()).is_ok(), "a new window starts at 1");
-        l.clear("user:a");
-        assert!(Instant::now() >= start + LOGIN_WINDOW);
+        assert!(l.attempt(&keys, Instant::now()).is_ok(), "a new window starts");
+        // A success gives the attempts back.
+        l.succeeded("user:a", "addr:1");
+        for _ in 0..MAX_FAILURES_PER_USER {
+            assert!(l.attempt(&keys, Instant::now()).is_ok());
+        }
+        // The address limit holds across usernames.
+        let l = LoginLimiter::default();
+        for i in 0..MAX_FAILURES_PER_ADDRESS {
+            let user = format!("user:{i}");
+            assert!(
+                l.attempt(&[(&user, MAX_FAILURES_PER_USER), ("addr:9", MAX_FAILURES_PER_ADDRESS)], Instant::now())
+                    .is_ok()
+            );
+        }
+        assert!(
+            l.attempt(&[("user:new", MAX_FAILURES_PER_USER), ("addr:9", MAX_FAILURES_PER_ADDRESS)], Instant::now())
+                .is_err()
+        );
     }
 
     #[tokio::test]

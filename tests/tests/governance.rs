@@ -280,9 +280,9 @@ async fn api_keys_are_shown_once_never_escalate_and_can_be_revoked() {
         cp.request(Method::POST, "/v1/deployments", Some(deployment("web", "production")), Some(&secret)).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
     // The audit names the key.
-    let id = res_id(&cp, &secret).await;
+    let id = res_id(&cp, &secret, "web").await;
     let audit = cp.running_store().audit_for(&id).await.unwrap();
-    assert_eq!(audit[0].1, "apikey:ci", "{audit:?}");
+    assert_eq!(audit[0].1, format!("apikey:ci/{}", key["id"].as_str().unwrap()), "{audit:?}");
 
     // No escalation: a developer cannot mint a release manager key.
     let (status, body) = cp
@@ -298,6 +298,23 @@ async fn api_keys_are_shown_once_never_escalate_and_can_be_revoked() {
         let (status, body) = cp.api(Method::POST, "/v1/api-keys", Some(bad)).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_001");
     }
+    // A key never holds more than its creator holds now: demote the developer and the key (a
+    // developer key) holds no role at all, so even the workspace does not exist for it; restore
+    // the role and it deploys again.
+    let (status, _) = cp.api(Method::PUT, "/v1/users/dev", Some(json!({ "roles": ["viewer"] }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) =
+        cp.request(Method::POST, "/v1/deployments", Some(deployment("w2", "development")), Some(&secret)).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "WORKSPACE_001");
+    let (status, body) = cp.request(Method::GET, "/v1/deployments", None, Some(&secret)).await;
+    assert_eq!((status, body["pagination"]["totalCount"].as_i64()), (StatusCode::OK, Some(0)), "{body}");
+    let (status, _) = cp.api(Method::PUT, "/v1/users/dev", Some(json!({ "roles": ["developer"] }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) =
+        cp.request(Method::POST, "/v1/deployments", Some(deployment("w2", "development")), Some(&secret)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let dev = cp.login("dev", TEST_PASSWORD).await;
+
     // The plaintext is never shown again: the listing has no key; the developer sees its own.
     let (_, mine) = cp.request(Method::GET, "/v1/api-keys", None, Some(&dev)).await;
     assert_eq!(mine["pagination"]["totalCount"], 1, "{mine}");
@@ -318,9 +335,9 @@ async fn api_keys_are_shown_once_never_escalate_and_can_be_revoked() {
     assert_eq!(body["error"]["details"]["reason"], "API key was revoked");
 }
 
-/// The id of the only deployment `token` can see.
-async fn res_id(cp: &ControlPlane, token: &str) -> String {
-    let (_, list) = cp.request(Method::GET, "/v1/deployments", None, Some(token)).await;
+/// The id of the deployment called `name` that `token` can see.
+async fn res_id(cp: &ControlPlane, token: &str, name: &str) -> String {
+    let (_, list) = cp.request(Method::GET, &format!("/v1/deployments?name={name}"), None, Some(token)).await;
     list["data"][0]["id"].as_str().unwrap().to_string()
 }
 
@@ -349,6 +366,22 @@ async fn a_locked_environment_refuses_every_change_but_reads() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_001");
     let (status, body) = cp.api(Method::POST, "/v1/environments/staging/lock", Some(lock.clone())).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("locked")), "{body}");
+    // The rules themselves are not a release manager's to change: switching off production's
+    // approvals (or opening its windows) would let them approve their own changes.
+    let (status, body) = cp
+        .request(
+            Method::PUT,
+            "/v1/environments/production/restrictions",
+            Some(json!({ "requiredRoles": ["release_manager"], "approvalRequired": false })),
+            Some(&rm),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
+    assert_eq!(body["error"]["details"]["missingPermission"], "policy:update");
+    let (status, body) = cp
+        .request(Method::POST, "/v1/environments", Some(json!({ "name": "prod-eu", "type": "production" })), Some(&rm))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
     // Locking twice is refused, naming the holder.
     let (status, body) =
         cp.api(Method::POST, "/v1/environments/staging/lock", Some(json!({ "reason": "again" }))).await;
@@ -477,4 +510,62 @@ async fn the_governance_story_is_in_the_audit_trail_in_order() {
     let got: Vec<(&str, &str, &str, &str)> =
         story.iter().map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str())).collect();
     assert_eq!(got, want, "{trail}");
+}
+
+#[tokio::test]
+async fn a_workspace_scoped_role_sees_nothing_platform_wide() {
+    let cp = ControlPlane::spawn().await;
+    let (status, body) = cp.api(Method::POST, "/v1/workspaces", Some(json!({ "name": "team-a" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let scoped = cp.login_as("scoped", json!([{ "role": "viewer", "workspace": "team-a" }])).await;
+    let (status, body) = cp.api(Method::POST, "/v1/deployments", Some(deployment("web", "development"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["deployment"]["id"].as_str().unwrap().to_string();
+    // The default workspace's deployment does not exist for it, nor its history or audit.
+    for path in ["", "/history", "/audit", "/events", "/timeline", "/status"] {
+        let (status, body) = cp.request(Method::GET, &format!("/v1/deployments/{id}{path}"), None, Some(&scoped)).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "DEPLOY_006");
+    }
+    // Platform-wide lists need an unscoped role.
+    for path in ["/v1/audit", "/v1/users", "/v1/agents"] {
+        let (status, body) = cp.request(Method::GET, path, None, Some(&scoped)).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "AUTH_002");
+    }
+    let (_, keys) = cp.request(Method::GET, "/v1/api-keys", None, Some(&scoped)).await;
+    assert_eq!(keys["pagination"]["totalCount"], 0, "only its own keys: {keys}");
+    // An unscoped viewer reads them.
+    let viewer = cp.login_as("viewer", json!(["viewer"])).await;
+    for path in ["/v1/audit", "/v1/users", "/v1/agents", &format!("/v1/deployments/{id}/history")] {
+        let (status, body) = cp.request(Method::GET, path, None, Some(&viewer)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+}
+
+/// A pending change applies only if its author may still make it when it is approved.
+#[tokio::test]
+async fn a_change_whose_author_lost_the_role_is_not_applied() {
+    let cp = ControlPlane::spawn().await;
+    let rm = cp.login_as("rm", json!(["release_manager"])).await;
+    let boss = cp.login_as("boss", json!(["deployment_admin"])).await;
+    let (status, res) =
+        cp.request(Method::POST, "/v1/deployments", Some(deployment("api", "production")), Some(&rm)).await;
+    assert_eq!(
+        (status, res["operation"]["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("awaiting_approval")),
+        "{res}"
+    );
+    let approval = res["operation"]["approvalId"].as_str().unwrap().to_string();
+    let op = res["operation"]["href"].as_str().unwrap().to_string();
+    let (status, _) = cp.api(Method::PUT, "/v1/users/rm", Some(json!({ "roles": ["viewer"] }))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, res) =
+        cp.request(Method::POST, &format!("/v1/approvals/{approval}/approve"), Some(json!({})), Some(&boss)).await;
+    assert_error(status, &res, StatusCode::FORBIDDEN, "AUTH_002");
+    let (_, a) = cp.api(Method::GET, &format!("/v1/approvals/{approval}"), None).await;
+    assert_eq!(a["status"], "failed", "{a}");
+    let (_, o) = cp.api(Method::GET, &op, None).await;
+    assert_eq!(o["status"], "failed", "{o}");
+    let (_, list) = cp.api(Method::GET, "/v1/deployments?environment=production", None).await;
+    assert_eq!(list["pagination"]["totalCount"], 0, "nothing was created: {list}");
 }

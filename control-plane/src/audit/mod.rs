@@ -188,7 +188,7 @@ impl<'a> AuditTrail<'a> {
         let not_found = || crate::deployments::not_found(id);
         let (d, _) = self.state.store.get_deployment_any(id).await?.ok_or_else(not_found)?;
         let env = self.state.store.get_environment(&d.environment).await?.ok_or_else(not_found)?;
-        ctx.require(perm::DEPLOYMENT_READ, crate::authz::Scope::env(env.scope(), None), not_found)?;
+        ctx.require(perm::DEPLOYMENT_READ, crate::authz::Scope::env(env.scope(), Some(&d.workspace)), not_found)?;
         Ok(d)
     }
 }
