@@ -474,15 +474,15 @@ impl<'a> ApiKeys<'a> {
         if !(1..=MAX_KEY_DAYS).contains(&days) {
             return Err(ApiError::validation("expiresInDays", format!("between 1 and {MAX_KEY_DAYS}")));
         }
-        if !ctx.allows_global(perm::APIKEY_MANAGE) {
-            if let Some(extra) = roles.iter().find(|b| !covers(&ctx.principal.roles, b)) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::Forbidden,
-                    format!("you cannot grant role {} that you do not hold (apikey:manage can)", extra.role),
-                )
-                .with_details(json!({ "missingPermission": "apikey:manage", "role": extra.role })));
-            }
+        if !ctx.allows_global(perm::APIKEY_MANAGE)
+            && let Some(extra) = roles.iter().find(|b| !covers(&ctx.principal.roles, b))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("you cannot grant role {} that you do not hold (apikey:manage can)", extra.role),
+            )
+            .with_details(json!({ "missingPermission": "apikey:manage", "role": extra.role })));
         }
         let now = now_ms();
         let key = format!("{KEY_PREFIX}{}", random_hex(20));
