@@ -7,7 +7,9 @@
 //!
 //! Placement: a deployment targets agents by id or by label selector, and only agents that can
 //! run its kind (`runtime:<kind>` among their capabilities) qualify — and, for a deployment with
-//! secrets, only agents that can receive them (`secrets:v1`). Its replicas are spread over
+//! secrets, only agents that can receive them (`secrets:v1`); an agent labelled with an
+//! environment ([`ENVIRONMENT_LABEL`], best imposed by its bootstrap token) runs only that
+//! environment's deployments, so no target in `development` can reach a production host. Its replicas are spread over
 //! the qualifying, non-revoked agents in id order — agent k of m gets `r / m` replicas, plus one
 //! if `k < r % m` — so adding a replica never moves the existing ones. Agents that are merely
 //! disconnected keep their share (level-triggered: they converge when they come back, and the
@@ -21,10 +23,16 @@ use ferry_protocol::WorkloadIntent;
 
 use crate::store::{IntentRow, RowChange};
 
+/// The label that binds an agent to one environment: it then runs only deployments of that
+/// environment (whatever their target says). Agents without it run any environment's.
+pub const ENVIRONMENT_LABEL: &str = "ferry.dev/environment";
+
 /// A deployment as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub id: String,
+    /// Its environment's name: agents bound to another environment never host it.
+    pub environment: String,
     pub revision: u64,
     /// Total replicas wanted across agents; 0 when the deployment is stopped or deleted.
     pub replicas: u32,
@@ -61,9 +69,11 @@ impl Candidate {
         self.capabilities.iter().any(|c| c.strip_prefix("runtime:") == Some(kind))
     }
 
-    /// Whether the agent can run what `d` needs: its kind, and its secrets if it has any.
+    /// Whether the agent can run what `d` needs: its kind, its secrets if it has any, and its
+    /// environment if the agent is bound to one.
     pub fn can_host(&self, d: &Desired) -> bool {
-        self.can_run(d.kind)
+        self.labels.get(ENVIRONMENT_LABEL).is_none_or(|e| *e == d.environment)
+            && self.can_run(d.kind)
             && (!d.secrets || self.capabilities.iter().any(|c| c == ferry_protocol::SECRETS_CAPABILITY))
     }
 }
@@ -144,7 +154,16 @@ mod tests {
     use super::*;
 
     fn dep(replicas: u32, target: Target) -> Desired {
-        Desired { id: "d".into(), revision: 1, replicas, target, kind: "process", restart_nonce: 0, secrets: false }
+        Desired {
+            id: "d".into(),
+            environment: "development".into(),
+            revision: 1,
+            replicas,
+            target,
+            kind: "process",
+            restart_nonce: 0,
+            secrets: false,
+        }
     }
 
     fn agent(id: &str, labels: &[(&str, &str)]) -> Candidate {
@@ -297,5 +316,23 @@ mod tests {
         let changes = plan(&dep(2, sel(&[("role", "web")])), &arrived, &rows);
         apply(&mut rows, &changes, 1);
         assert_eq!(live(&rows), [("a9".into(), "d@1".into(), 2)]);
+    }
+
+    #[test]
+    fn agents_bound_to_an_environment_host_only_its_deployments() {
+        let agent = |id: &str, env: Option<&str>| Candidate {
+            id: id.into(),
+            labels: env.map(|e| (ENVIRONMENT_LABEL.to_string(), e.to_string())).into_iter().collect(),
+            capabilities: vec!["runtime:process".into()],
+            revoked: false,
+        };
+        let agents = [agent("a-dev", Some("development")), agent("b-free", None), agent("c-prod", Some("production"))];
+        // A development deployment that selects every agent (or names the production one).
+        let everyone = dep(3, Target::Selector(BTreeMap::new()));
+        assert_eq!(shares(&everyone, &agents), BTreeMap::from([("a-dev".into(), 2), ("b-free".into(), 1)]));
+        let named = dep(1, Target::Agents(vec!["c-prod".into()]));
+        assert!(shares(&named, &agents).is_empty(), "a production host is out of development's reach");
+        let prod = Desired { environment: "production".into(), ..dep(2, Target::Selector(BTreeMap::new())) };
+        assert_eq!(shares(&prod, &agents), BTreeMap::from([("b-free".into(), 1), ("c-prod".into(), 1)]));
     }
 }

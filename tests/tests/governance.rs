@@ -569,3 +569,35 @@ async fn a_change_whose_author_lost_the_role_is_not_applied() {
     let (_, list) = cp.api(Method::GET, "/v1/deployments?environment=production", None).await;
     assert_eq!(list["pagination"]["totalCount"], 0, "nothing was created: {list}");
 }
+
+/// A host bound to production (by its bootstrap token) is out of reach of development's
+/// deployments, whatever their target names; production's deployments do reach it.
+#[tokio::test]
+async fn a_host_bound_to_an_environment_runs_only_that_environment() {
+    let cp = ControlPlane::spawn().await;
+    let token = cp.token(600, &[("ferry.dev/environment", "staging")]).await;
+    let agent = ferry_tests::Agent::spawn(&cp, &token);
+    let state = agent.wait_connected().await;
+    let agent_id = state.agent_id.clone().expect("enrolled");
+    let target = json!({ "agentIds": [agent_id] });
+    let mut staging = deployment("reach", "staging");
+    staging["target"] = target.clone();
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(staging)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    let staging_id = res["deployment"]["id"].as_str().unwrap().to_string();
+    let store = cp.running_store();
+    // Placed on the agent: from here on, placement knows it.
+    ferry_tests::eventually("the staging deployment placed on the staging host", ferry_tests::DEADLINE, || async {
+        (store.placed_rows_of(&staging_id).await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+    // A development deployment naming that agent is reconciled before the answer, and placed
+    // nowhere.
+    let mut dev = deployment("reach", "development");
+    dev["target"] = target;
+    let (status, res) = cp.api(Method::POST, "/v1/deployments", Some(dev)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    let dev_id = res["deployment"]["id"].as_str().unwrap().to_string();
+    assert!(store.placed_rows_of(&dev_id).await.unwrap().is_empty());
+    agent.stop().await;
+}

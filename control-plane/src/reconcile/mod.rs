@@ -76,6 +76,7 @@ impl Parsed {
     fn desired(&self, deleted: bool) -> Desired {
         Desired {
             id: self.record.id.clone(),
+            environment: self.record.environment.clone(),
             revision: self.record.revision as u64,
             replicas: if deleted { 0 } else { self.desired_replicas() },
             // A target that no longer validates matches no agent (it cannot be stored so).
