@@ -477,7 +477,7 @@ impl<'a> Approvals<'a> {
             Err(e) => Err(e),
             Ok(requester) => match request {
                 PendingRequest::Create { deployment } => deployments
-                    .apply_create(&requester, a.deployment_id.clone(), *deployment, Some(&pending))
+                    .apply_create(&requester, a.deployment_id.clone(), *deployment, Some(&pending), None)
                     .await
                     .map(|acc| acc.operation),
                 PendingRequest::Change { change, if_match } => deployments

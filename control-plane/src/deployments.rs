@@ -93,6 +93,14 @@ pub struct NewDeployment {
     pub ai_zone: Option<String>,
 }
 
+/// What a create names, looked up: its environment, workspace (name), project and zone (ids).
+pub(crate) struct Resolved {
+    env: EnvironmentRecord,
+    workspace: String,
+    project: Option<String>,
+    ai_zone: Option<String>,
+}
+
 /// A change to an existing deployment's desired state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -198,11 +206,14 @@ impl<'a> Deployments<'a> {
         ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), Some(&ws.name)), || {
             named_workspace_not_found(workspace_key)
         })?;
-        // What it names must exist now (400); it is looked up again when the change applies.
-        self.named_in(&ws.name, &new).await?;
+        // What it names must exist now (400); a deferred change looks it up again when it applies.
+        let named = self.named_in(&ws.name, &new).await?;
         let id = random_id("deploy");
         match self.route(&env, perm::DEPLOYMENT_CREATE, opts)? {
-            None => Ok(Outcome::Applied(self.apply_create(ctx, id, new, None).await?)),
+            None => {
+                let resolved = Resolved { env, workspace: ws.name, project: named.0, ai_zone: named.1 };
+                Ok(Outcome::Applied(self.apply_create(ctx, id, new, None, Some(resolved)).await?))
+            }
             Some(status) => {
                 let filter = DeploymentFilter {
                     environment: Some(&env.name),
@@ -245,19 +256,28 @@ impl<'a> Deployments<'a> {
 
     /// Writes a new deployment (permission, lock and window already checked), as `ctx`'s
     /// change; with `pending`, as the approved pending change it consumes.
+    /// `resolved`: what the caller already looked up in this request (the direct path); a
+    /// deferred change looks everything up again, as it is when it applies.
     pub(crate) async fn apply_create(
         &self,
         ctx: &RequestContext,
         id: String,
         mut new: NewDeployment,
         pending: Option<&PendingApply>,
+        resolved: Option<Resolved>,
     ) -> ApiResult<Accepted> {
         validate_new(&new)?;
         let target = new.target.validate().map_err(invalid)?;
-        let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
-        let env = self.environment(&new.environment).await?;
-        let ws = Workspaces::new(self.state).named(workspace_key).await?;
-        let (project, ai_zone) = self.named_in(&ws.name, &new).await?;
+        let Resolved { env, workspace, project, ai_zone } = match resolved {
+            Some(r) => r,
+            None => {
+                let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
+                let env = self.environment(&new.environment).await?;
+                let ws = Workspaces::new(self.state).named(workspace_key).await?;
+                let (project, ai_zone) = self.named_in(&ws.name, &new).await?;
+                Resolved { env, workspace: ws.name, project, ai_zone }
+            }
+        };
         // Its first revision runs with its environment's secrets (as they are when it applies).
         let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
         new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
@@ -276,7 +296,7 @@ impl<'a> Deployments<'a> {
             created_at: now,
             updated_at: now,
             last_deployed_at: now,
-            workspace: ws.name,
+            workspace,
             project_id: project,
             ai_zone_id: ai_zone,
         };
@@ -302,7 +322,7 @@ impl<'a> Deployments<'a> {
                 return Err(name_taken(&record.name, &record.environment, &record.workspace));
             }
             // Deleted since it was looked up.
-            Err(CreateRefusal::WorkspaceMissing) => return Err(named_workspace_not_found(workspace_key)),
+            Err(CreateRefusal::WorkspaceMissing) => return Err(named_workspace_not_found(&record.workspace)),
             Err(CreateRefusal::ProjectMissing) => {
                 let key = new.project.as_deref().unwrap_or_default();
                 return Err(crate::workspaces::project_not_in_workspace(&record.workspace, key));

@@ -449,11 +449,14 @@ impl Store {
             Self::claim_approval(&mut tx, c).await?;
         }
         let share = if self.backend == super::Backend::Postgres { " FOR SHARE" } else { "" };
-        let sql = format!("SELECT id FROM workspaces WHERE name = $1{share}");
-        let ws: Option<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&d.workspace).fetch_optional(&mut *tx).await?;
-        if ws.is_none() {
-            return Ok(Err(CreateRefusal::WorkspaceMissing));
+        // `default` is never deleted: only another workspace can vanish under a create.
+        if d.workspace != super::DEFAULT_WORKSPACE {
+            let sql = format!("SELECT id FROM workspaces WHERE name = $1{share}");
+            let ws: Option<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&d.workspace).fetch_optional(&mut *tx).await?;
+            if ws.is_none() {
+                return Ok(Err(CreateRefusal::WorkspaceMissing));
+            }
         }
         if let Some(p) = &d.project_id {
             let sql = format!("SELECT id FROM projects WHERE id = $1 AND workspace = $2{share}");
