@@ -361,21 +361,39 @@ impl<'a> Deployments<'a> {
                 {
                     return Err(stale(current.resource_version));
                 }
-                let pending = NewPending {
-                    deployment_id: id.to_string(),
-                    deployment_name: current.name.clone(),
-                    workspace: current.workspace.clone(),
-                    action: change.kind(),
-                    request: PendingRequest::Change { change, if_match },
-                    status,
-                    wait_for_window: opts.wait_for_window,
-                };
-                let mut deferred = Approvals::new(self.state).defer(ctx, &env, pending).await?;
-                let summary = self.state.store.status_summary(id).await?;
-                deferred.deployment = Some((Parsed::from_record(current)?, summary));
-                Ok(Outcome::Deferred(Box::new(deferred)))
+                let action = change.kind();
+                let request = PendingRequest::Change { change, if_match };
+                self.defer_existing(ctx, &env, current, action, request, status, opts).await
             }
         }
+    }
+
+    /// Stores a change of an existing deployment as pending; the answer shows the deployment as
+    /// it still is.
+    #[allow(clippy::too_many_arguments)]
+    async fn defer_existing<T>(
+        &self,
+        ctx: &RequestContext,
+        env: &EnvironmentRecord,
+        current: DeploymentRecord,
+        action: OperationKind,
+        request: PendingRequest,
+        status: ApprovalStatus,
+        opts: Options,
+    ) -> ApiResult<Outcome<T>> {
+        let pending = NewPending {
+            deployment_id: current.id.clone(),
+            deployment_name: current.name.clone(),
+            workspace: current.workspace.clone(),
+            action,
+            request,
+            status,
+            wait_for_window: opts.wait_for_window,
+        };
+        let mut deferred = Approvals::new(self.state).defer(ctx, env, pending).await?;
+        let summary = self.state.store.status_summary(&current.id).await?;
+        deferred.deployment = Some((Parsed::from_record(current)?, summary));
+        Ok(Outcome::Deferred(Box::new(deferred)))
     }
 
     /// Writes a change (permission, lock and window already checked), as `ctx`'s; with
@@ -453,19 +471,8 @@ impl<'a> Deployments<'a> {
         match self.route(&env, perm::DEPLOYMENT_DELETE, opts)? {
             None => Ok(Outcome::Applied(self.apply_delete(ctx, &current, None).await?)),
             Some(status) => {
-                let pending = NewPending {
-                    deployment_id: id.to_string(),
-                    deployment_name: current.name.clone(),
-                    workspace: current.workspace.clone(),
-                    action: OperationKind::Delete,
-                    request: PendingRequest::Delete,
-                    status,
-                    wait_for_window: opts.wait_for_window,
-                };
-                let mut deferred = Approvals::new(self.state).defer(ctx, &env, pending).await?;
-                let summary = self.state.store.status_summary(id).await?;
-                deferred.deployment = Some((Parsed::from_record(current)?, summary));
-                Ok(Outcome::Deferred(Box::new(deferred)))
+                let request = PendingRequest::Delete;
+                self.defer_existing(ctx, &env, current, OperationKind::Delete, request, status, opts).await
             }
         }
     }
@@ -605,10 +612,6 @@ impl<'a> Deployments<'a> {
             )
             .with_details(json!({ "field": "environment" }))
         })
-    }
-
-    pub(crate) fn unlocked(&self, env: &EnvironmentRecord) -> ApiResult<()> {
-        crate::environments::unlocked(env)
     }
 
     /// Reconciles the deployment now (so the answer reflects its new intent) and reads back

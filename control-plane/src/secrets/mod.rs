@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
 use crate::authz::{Scope, perm};
 use crate::context::RequestContext;
-use crate::deployments::{Deployments, not_found, operation};
+use crate::deployments::{not_found, operation};
 use crate::domain::OperationKind;
 use crate::ids::{now_ms, rfc3339};
 use crate::model::SecretPin;
@@ -78,7 +78,7 @@ impl<'a> Secrets<'a> {
         let d = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&d.environment).await?;
         ctx.require(perm::SECRET_UPDATE, Scope::env(env.scope(), Some(&d.workspace)), || not_found(id))?;
-        Deployments::new(self.state).unlocked(&env)?;
+        crate::environments::unlocked(&env)?;
         let written = self.write(ctx, SecretScope::Deployment, id, "deployment.secrets.update", Some(values)).await?;
         let written = Written::from(written.ok_or_else(|| not_found(id))?);
         for op in &written.operations {
@@ -111,7 +111,7 @@ impl<'a> Secrets<'a> {
         let env = self.environment(key).await?;
         // Environment secrets reach every workspace's deployments there: an unscoped binding.
         ctx.require(perm::SECRET_UPDATE, Scope::env(env.scope(), None), || environment_not_found(key))?;
-        Deployments::new(self.state).unlocked(&env)?;
+        crate::environments::unlocked(&env)?;
         let written =
             self.write(ctx, SecretScope::Environment, &env.id, "environment.secrets.update", Some(values)).await?;
         let written = Written::from(written.ok_or_else(|| environment_not_found(key))?);

@@ -193,6 +193,32 @@ impl Store {
         row.as_ref().map(workspace_from_row).transpose()
     }
 
+    /// One page of `table`'s rows matching `filter` (` WHERE …` over `binds`, or empty), in
+    /// `order`, and the number of matches.
+    async fn filtered_page<T>(
+        &self,
+        table: &str,
+        filter: &str,
+        binds: &[String],
+        order: &str,
+        (offset, limit): (i64, i64),
+        from_row: fn(&AnyRow) -> Result<T>,
+    ) -> Result<(Vec<T>, i64)> {
+        let mut count = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}{filter}")));
+        for b in binds {
+            count = count.bind(b.clone());
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?;
+        let n = binds.len();
+        let sql = format!("SELECT * FROM {table}{filter} ORDER BY {order} LIMIT ${} OFFSET ${}", n + 1, n + 2);
+        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((rows.iter().map(from_row).collect::<Result<_>>()?, total))
+    }
+
     /// A page of workspaces (of `visible` ones), by name, and the number of them.
     pub async fn list_workspaces(
         &self,
@@ -205,20 +231,7 @@ impl Store {
             Some([]) => return Ok((Vec::new(), 0)),
             Some(names) => (format!(" WHERE name IN ({})", params(1, names.len())), names.to_vec()),
         };
-        let count = format!("SELECT COUNT(*) FROM workspaces{filter}");
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(count));
-        for b in &binds {
-            q = q.bind(b.clone());
-        }
-        let total: i64 = q.fetch_one(&self.pool).await?;
-        let n = binds.len();
-        let sql = format!("SELECT * FROM workspaces{filter} ORDER BY name LIMIT ${} OFFSET ${}", n + 1, n + 2);
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &binds)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok((rows.iter().map(workspace_from_row).collect::<Result<_>>()?, total))
+        self.filtered_page("workspaces", &filter, &binds, "name", (offset, limit), workspace_from_row).await
     }
 
     /// Inserts a workspace; `false` if the name is taken.
@@ -353,19 +366,7 @@ impl Store {
             binds.extend(names.iter().cloned());
         }
         let filter = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM projects{filter}")));
-        for b in &binds {
-            q = q.bind(b.clone());
-        }
-        let total: i64 = q.fetch_one(&self.pool).await?;
-        let n = binds.len();
-        let sql = format!("SELECT * FROM projects{filter} ORDER BY workspace, name LIMIT ${} OFFSET ${}", n + 1, n + 2);
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &binds)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok((rows.iter().map(project_from_row).collect::<Result<_>>()?, total))
+        self.filtered_page("projects", &filter, &binds, "workspace, name", (offset, limit), project_from_row).await
     }
 
     /// Inserts a project. `Ok(Err(false))`: its workspace does not exist (any more);
@@ -493,19 +494,7 @@ impl Store {
             return Ok((Vec::new(), 0));
         }
         let filter = format!(" WHERE {}", ors.join(" OR "));
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM ai_zones{filter}")));
-        for b in &binds {
-            q = q.bind(b.clone());
-        }
-        let total: i64 = q.fetch_one(&self.pool).await?;
-        let n = binds.len();
-        let sql = format!("SELECT * FROM ai_zones{filter} ORDER BY name LIMIT ${} OFFSET ${}", n + 1, n + 2);
-        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), &binds)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok((rows.iter().map(zone_from_row).collect::<Result<_>>()?, total))
+        self.filtered_page("ai_zones", &filter, &binds, "name", (offset, limit), zone_from_row).await
     }
 
     /// Inserts an AI zone. `Ok(Err(false))`: the workspace it is dedicated to does not exist
