@@ -137,6 +137,15 @@ async fn login_sessions_and_their_abuse() {
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "AUTH_003");
         assert_eq!(body["error"]["message"], "wrong username or password");
     }
+    // A malformed login is a 400 and counts as no attempt at all.
+    for body in [
+        json!({ "username": "alice" }),
+        json!({ "username": "alice", "password": "x", "otp": 1 }),
+        json!({ "username": "bad name", "password": "x" }),
+    ] {
+        let (status, res) = cp.request(Method::POST, "/v1/auth/login", Some(body), None).await;
+        assert_error(status, &res, StatusCode::BAD_REQUEST, "VALIDATION_001");
+    }
     // A forged or garbage token.
     for forged in ["ferry_session_0000000000000000000000000000000000000000000000000000000000000000", "hello"] {
         let (status, body) = cp.request(Method::GET, "/v1/deployments", None, Some(forged)).await;
