@@ -299,9 +299,14 @@ impl<'a> Approvals<'a> {
                     visible.grants.push(grant(None));
                     continue;
                 }
-                for p in
-                    [perm::DEPLOYMENT_CREATE, perm::DEPLOYMENT_UPDATE, perm::DEPLOYMENT_SCALE, perm::DEPLOYMENT_DELETE]
-                {
+                for p in [
+                    perm::DEPLOYMENT_CREATE,
+                    perm::DEPLOYMENT_UPDATE,
+                    perm::DEPLOYMENT_SCALE,
+                    perm::DEPLOYMENT_DELETE,
+                    perm::VERSION_DEPLOY,
+                    perm::ROLLBACK_EXECUTE,
+                ] {
                     if ctx.allows(p, scope) {
                         visible.grants.push(grant(Some(p)));
                     }
@@ -633,6 +638,25 @@ mod tests {
                     version: Some("v3".into()),
                     target: None,
                     configuration: Some(Box::new(config)),
+                    description: Some("the third".into()),
+                },
+                if_match: None,
+            },
+            PendingRequest::Change { change: Change::Deploy { version: "v2".into() }, if_match: None },
+            PendingRequest::Change {
+                change: Change::Rollback {
+                    to: Some("v1".into()),
+                    from: Some("v2".into()),
+                    reason: Some("bad".into()),
+                    mark_failed: true,
+                },
+                if_match: Some(4),
+            },
+            PendingRequest::Change {
+                change: Change::Env {
+                    env: [("A".to_string(), "2".to_string())].into(),
+                    version: None,
+                    description: None,
                 },
                 if_match: None,
             },
@@ -646,6 +670,22 @@ mod tests {
         assert_eq!(
             serde_json::to_value(PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) }).unwrap(),
             json!({ "action": "change", "change": { "scale": 3 }, "ifMatch": 7 })
+        );
+        // Pending changes stored before versions existed still parse.
+        let old = r#"{"action":"change","change":{"update":{"version":"v3","target":null,"configuration":null}}}"#;
+        assert!(matches!(
+            serde_json::from_str::<PendingRequest>(old).unwrap(),
+            PendingRequest::Change { change: Change::Update { description: None, .. }, .. }
+        ));
+        assert_eq!(
+            serde_json::to_value(Change::Rollback {
+                to: Some("v1".into()),
+                from: Some("v2".into()),
+                reason: None,
+                mark_failed: false
+            })
+            .unwrap(),
+            json!({ "rollback": { "to": "v1", "from": "v2", "markFailed": false } })
         );
     }
 

@@ -17,6 +17,8 @@
 //!   wait for it), stores the exact request as a pending change with a waiting operation
 //!   ([`crate::approvals`]), which applies it later through the same `apply_*` functions.
 
+use std::collections::BTreeMap;
+
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,15 +29,17 @@ use crate::approvals::{Approvals, Deferred, NewPending, PendingRequest};
 use crate::audit::mask::changes;
 use crate::authz::{Permission, Scope, perm};
 use crate::context::RequestContext;
-use crate::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus};
+use crate::domain::{ApprovalStatus, DesiredState, OperationKind, OperationStatus, VersionStatus};
 use crate::ids::{now_ms, random_id};
 use crate::model::{self, Configuration, Invalid, TargetJson};
 use crate::reconcile::Parsed;
 use crate::status::Derived;
 use crate::store::{
     Claim, CreateRefusal, DEFAULT_WORKSPACE, DeploymentFilter, DeploymentRecord, EnvironmentRecord, OperationRecord,
-    SecretScope, StatusSummary, Visibility, Write,
+    SecretScope, StatusSummary, VersionMark, VersionReads, VersionRecord, VersionsRead, VersionsWrite, Visibility,
+    Write,
 };
+use crate::versions;
 use crate::workspaces::{AiZones, Projects, Workspaces, named_workspace_not_found};
 
 /// How a mutation was asked for.
@@ -71,6 +75,8 @@ pub fn permission_of(kind: OperationKind) -> Permission {
         OperationKind::Update | OperationKind::Start | OperationKind::Stop | OperationKind::Restart => {
             perm::DEPLOYMENT_UPDATE
         }
+        OperationKind::Deploy => perm::VERSION_DEPLOY,
+        OperationKind::Rollback => perm::ROLLBACK_EXECUTE,
     }
 }
 
@@ -101,25 +107,82 @@ pub(crate) struct Resolved {
     ai_zone: Option<String>,
 }
 
-/// A change to an existing deployment's desired state.
+/// A change to an existing deployment's desired state. Stored as JSON in pending changes: new
+/// variants and fields are only ever added (optional ones), so stored changes keep parsing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Change {
-    Update { version: Option<String>, target: Option<TargetJson>, configuration: Option<Box<Configuration>> },
+    /// `PUT /v1/deployments/{id}` (and `PUT …/config`): a new target, and/or a configuration
+    /// and/or a version name. A name of an existing version deploys it (a configuration that
+    /// differs from it is refused: versions are immutable); a new name creates that version (of
+    /// the configuration, or of the running one) and deploys it; a configuration whose template
+    /// differs from the running one, without a name, creates a generated version and deploys it.
+    /// A configuration's `replicas` applies either way.
+    Update {
+        version: Option<String>,
+        target: Option<TargetJson>,
+        configuration: Option<Box<Configuration>>,
+        /// The description of a version this change creates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
     Scale(u32),
     Start,
     Stop,
     Restart,
+    /// Deploys an existing version, keeping the replica count.
+    Deploy {
+        version: String,
+    },
+    /// Rolls back from the active version `from` to `to` (both resolved when the rollback is
+    /// asked for, so an approver approves exactly this), marking `from` `rolled_back` (or
+    /// `failed`). Refused if the active version is no longer `from` when it applies.
+    #[serde(rename_all = "camelCase")]
+    Rollback {
+        to: Option<String>,
+        from: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default)]
+        mark_failed: bool,
+    },
+    /// `PUT …/env`: the running configuration with this `env`, as a new version (named, or
+    /// generated) deployed at once.
+    Env {
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+}
+
+/// What a change does with the deployment's versions (turned into a [`VersionsWrite`] with its
+/// audit records).
+#[derive(Default)]
+struct Placed {
+    create: Option<VersionRecord>,
+    deployed: bool,
+    mark: Option<VersionMark>,
+}
+
+/// Who makes a change, and when (for the versions it creates or marks).
+struct Author<'a> {
+    deployment_id: &'a str,
+    who: &'a str,
+    now: i64,
 }
 
 impl Change {
     fn kind(&self) -> OperationKind {
         match self {
-            Change::Update { .. } => OperationKind::Update,
+            Change::Update { .. } | Change::Env { .. } => OperationKind::Update,
             Change::Scale(_) => OperationKind::Scale,
             Change::Start => OperationKind::Start,
             Change::Stop => OperationKind::Stop,
             Change::Restart => OperationKind::Restart,
+            Change::Deploy { .. } => OperationKind::Deploy,
+            Change::Rollback { .. } => OperationKind::Rollback,
         }
     }
 
@@ -127,49 +190,184 @@ impl Change {
         permission_of(self.kind())
     }
 
-    /// Shape checks: bad input is a 400 whatever the deployment's state.
+    /// Shape checks: bad input is a 400 whatever the deployment's state (a version named in a
+    /// path that cannot exist is that version's 404).
     fn validate(&self) -> ApiResult<()> {
-        if let Change::Update { version, target, configuration } = self {
-            if let Some(v) = version {
-                model::validate_version(v).map_err(invalid)?;
+        match self {
+            Change::Update { version, target, configuration, description } => {
+                if let Some(v) = version {
+                    model::validate_version(v).map_err(invalid)?;
+                }
+                if let Some(c) = configuration {
+                    c.validate().map_err(invalid)?;
+                }
+                if let Some(t) = target {
+                    t.validate().map_err(invalid)?;
+                }
+                versions::validate_text("description", description.as_deref())?;
             }
-            if let Some(c) = configuration {
-                c.validate().map_err(invalid)?;
+            Change::Deploy { version } => versions::validate_path_version(version)?,
+            Change::Rollback { to, reason, .. } => {
+                if let Some(v) = to {
+                    versions::validate_path_version(v)?;
+                }
+                versions::validate_text("reason", reason.as_deref())?;
             }
-            if let Some(t) = target {
-                t.validate().map_err(invalid)?;
+            Change::Env { version, description, .. } => {
+                if let Some(v) = version {
+                    model::validate_version_field("version", v).map_err(invalid)?;
+                }
+                versions::validate_text("description", description.as_deref())?;
             }
+            Change::Scale(_) | Change::Start | Change::Stop | Change::Restart => {}
         }
         Ok(())
     }
 
-    /// Applies the change to a parsed deployment (validated on the result).
-    fn apply(&self, p: &mut Parsed) -> ApiResult<()> {
+    /// What the change reads of the deployment's versions under its row lock.
+    fn version_reads(&self) -> VersionReads<'_> {
         match self {
-            Change::Update { version, target, configuration } => {
-                if let Some(v) = version {
-                    p.record.active_version.clone_from(v);
-                }
+            Change::Update { version, configuration, .. } => VersionReads {
+                named: version.as_deref(),
+                auto_name: version.is_none() && configuration.is_some(),
+                ..Default::default()
+            },
+            Change::Env { version, .. } => {
+                VersionReads { named: version.as_deref(), auto_name: version.is_none(), ..Default::default() }
+            }
+            Change::Deploy { version } => VersionReads { named: Some(version), ..Default::default() },
+            Change::Rollback { to, .. } => VersionReads { named: to.as_deref(), ..Default::default() },
+            Change::Scale(_) | Change::Start | Change::Stop | Change::Restart => VersionReads::default(),
+        }
+    }
+
+    /// Applies the change to a parsed deployment (validated on the result), with what was read
+    /// of its versions under the lock; says what becomes of its versions.
+    fn apply(&self, p: &mut Parsed, seen: VersionsRead, by: &Author<'_>) -> ApiResult<Placed> {
+        let placed = match self {
+            Change::Update { version, target, configuration, description } => {
                 if let Some(t) = target {
                     p.target = t.clone();
                 }
-                if let Some(c) = configuration {
-                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`).
-                    let secrets = std::mem::take(&mut p.config.secrets);
-                    p.config = (**c).clone();
-                    p.config.secrets = secrets;
+                let template = configuration.as_ref().map(|c| c.template());
+                let replicas = configuration.as_ref().map_or(p.config.replicas, |c| c.replicas);
+                place(p, &seen, version.as_deref(), template, replicas, description.as_deref(), by)?
+            }
+            Change::Env { env, version, description } => {
+                let mut config = p.config.clone();
+                config.env.clone_from(env);
+                config.validate().map_err(invalid)?;
+                let replicas = p.config.replicas;
+                place(p, &seen, version.as_deref(), Some(config.template()), replicas, description.as_deref(), by)?
+            }
+            Change::Deploy { version } => {
+                let target = seen.named.as_ref().ok_or_else(|| versions::not_found(by.deployment_id, version))?;
+                run_version(p, target, p.config.replicas)?;
+                Placed { deployed: true, ..Default::default() }
+            }
+            Change::Rollback { to, from, reason, mark_failed } => {
+                let (Some(to), Some(from)) = (to, from) else {
+                    return Err(ApiError::internal().with_cause("a rollback applied before it was resolved"));
+                };
+                if p.record.active_version != *from {
+                    return Err(versions::rollback_refused(
+                        by.deployment_id,
+                        format!(
+                            "the active version is {:?} now, not {from:?} as when the rollback was asked for",
+                            p.record.active_version
+                        ),
+                    ));
+                }
+                let target = seen.named.as_ref().ok_or_else(|| versions::not_found(by.deployment_id, to))?;
+                if let Err(why) = versions::rollback_target_ok(target, from) {
+                    return Err(versions::rollback_refused(by.deployment_id, why));
+                }
+                run_version(p, target, p.config.replicas)?;
+                let status = if *mark_failed { VersionStatus::Failed } else { VersionStatus::RolledBack };
+                let reason = reason.clone().unwrap_or_else(|| format!("rolled back to {to} by {}", by.who));
+                Placed {
+                    deployed: true,
+                    mark: Some(VersionMark { version: from.clone(), status, reason }),
+                    ..Default::default()
                 }
             }
-            Change::Scale(replicas) => p.config.replicas = *replicas,
-            Change::Start => p.record.desired_state = DesiredState::Running,
-            Change::Stop => p.record.desired_state = DesiredState::Stopped,
+            Change::Scale(replicas) => {
+                p.config.replicas = *replicas;
+                Placed::default()
+            }
+            Change::Start => {
+                p.record.desired_state = DesiredState::Running;
+                Placed::default()
+            }
+            Change::Stop => {
+                p.record.desired_state = DesiredState::Stopped;
+                Placed::default()
+            }
             Change::Restart => {
                 p.record.desired_state = DesiredState::Running;
                 p.record.restart_nonce += 1;
+                Placed::default()
             }
-        }
-        p.config.validate().map_err(invalid)
+        };
+        p.config.validate().map_err(invalid)?;
+        Ok(placed)
     }
+}
+
+/// Runs `name` — an existing version (read as `seen.named`), or a new one of `template` (of the
+/// running template when `None`) — with `replicas`. Without a name, a template that differs
+/// from the running one becomes a new version with a generated name; one that does not only
+/// sets `replicas`.
+fn place(
+    p: &mut Parsed,
+    seen: &VersionsRead,
+    name: Option<&str>,
+    template: Option<Value>,
+    replicas: u32,
+    description: Option<&str>,
+    by: &Author<'_>,
+) -> ApiResult<Placed> {
+    let running = p.config.template();
+    let (name, template) = match (name, template) {
+        (None, None) => return Ok(Placed::default()),
+        (Some(name), template) => match &seen.named {
+            Some(existing) => {
+                if let Some(t) = &template
+                    && !model::same_template(t, &versions::template_of(existing)?)
+                {
+                    return Err(versions::exists(by.deployment_id, name));
+                }
+                run_version(p, existing, replicas)?;
+                return Ok(Placed { deployed: true, ..Default::default() });
+            }
+            None => (name.to_string(), template.unwrap_or(running)),
+        },
+        (None, Some(t)) if model::same_template(&t, &running) => {
+            p.config.replicas = replicas;
+            return Ok(Placed::default());
+        }
+        (None, Some(t)) => {
+            let name = seen
+                .auto_name
+                .clone()
+                .ok_or_else(|| ApiError::internal().with_cause("a generated version name was not read"))?;
+            (name, t)
+        }
+    };
+    let mut v = VersionRecord::new(by.deployment_id, &name, template.to_string(), by.who.to_string(), by.now);
+    v.description = description.unwrap_or_default().to_string();
+    run_version(p, &v, replicas)?;
+    Ok(Placed { create: Some(v), deployed: true, ..Default::default() })
+}
+
+/// Makes `v` the deployment's active version: its template, with `replicas` and the fields Ferry
+/// set on the running configuration.
+fn run_version(p: &mut Parsed, v: &VersionRecord, replicas: u32) -> ApiResult<()> {
+    let mut current = p.config.clone();
+    current.replicas = replicas;
+    p.config = Configuration::from_template(&versions::template_of(v)?, &current).map_err(invalid)?;
+    p.record.active_version.clone_from(&v.version);
+    Ok(())
 }
 
 /// A change that was accepted: the deployment as it is now (status after its reconcile) and the
@@ -352,6 +550,7 @@ impl<'a> Deployments<'a> {
         let current = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&current.environment).await?;
         ctx.require(change.permission(), Scope::env(env.scope(), Some(&current.workspace)), || not_found(id))?;
+        let change = self.prepare(change, &current).await?;
         match self.route(&env, change.permission(), opts)? {
             None => Ok(Outcome::Applied(self.apply_change(ctx, id, if_match, change, None).await?)),
             Some(status) => {
@@ -366,6 +565,63 @@ impl<'a> Deployments<'a> {
                 self.defer_existing(ctx, &env, current, action, request, status, opts).await
             }
         }
+    }
+
+    /// Checks what a change names among the deployment's versions as it is now (so a request
+    /// for a version that does not exist, or a rollback that cannot happen, is refused before it
+    /// is stored for approval), and resolves a rollback's versions: from the active one to the
+    /// one named, or to the previous good one. Applying checks all of it again under the lock.
+    async fn prepare(&self, change: Change, current: &DeploymentRecord) -> ApiResult<Change> {
+        let id = current.id.as_str();
+        let store = &self.state.store;
+        Ok(match change {
+            Change::Deploy { version } => {
+                store.get_version(id, &version).await?.ok_or_else(|| versions::not_found(id, &version))?;
+                Change::Deploy { version }
+            }
+            Change::Rollback { to, from: _, reason, mark_failed } => {
+                let active = current.active_version.clone();
+                let to = match to {
+                    Some(name) => {
+                        let target =
+                            store.get_version(id, &name).await?.ok_or_else(|| versions::not_found(id, &name))?;
+                        versions::rollback_target_ok(&target, &active)
+                            .map_err(|why| versions::rollback_refused(id, why))?;
+                        name
+                    }
+                    None => {
+                        let history = store.deploy_history(id).await?;
+                        versions::previous_good(&history, &active)
+                            .map_err(|why| versions::rollback_refused(id, why))?
+                            .version
+                            .clone()
+                    }
+                };
+                Change::Rollback { to: Some(to), from: Some(active), reason, mark_failed }
+            }
+            Change::Update { version: Some(name), target, configuration: Some(c), description } => {
+                if let Some(existing) = store.get_version(id, &name).await?
+                    && !model::same_template(&c.template(), &versions::template_of(&existing)?)
+                {
+                    return Err(versions::exists(id, &name));
+                }
+                Change::Update { version: Some(name), target, configuration: Some(c), description }
+            }
+            Change::Env { env, version, description } => {
+                let parsed = Parsed::from_record(current.clone())?;
+                let mut config = parsed.config;
+                config.env.clone_from(&env);
+                config.validate().map_err(invalid)?;
+                if let Some(name) = &version
+                    && let Some(existing) = store.get_version(id, name).await?
+                    && !model::same_template(&config.template(), &versions::template_of(&existing)?)
+                {
+                    return Err(versions::exists(id, name));
+                }
+                Change::Env { env, version, description }
+            }
+            other => other,
+        })
     }
 
     /// Stores a change of an existing deployment as pending; the answer shows the deployment as
@@ -409,45 +665,66 @@ impl<'a> Deployments<'a> {
         change.validate()?;
         let kind = change.kind();
         let mut made = None;
+        let who = ctx.principal.audit_name();
         let outcome = self
             .state
             .store
-            .modify_deployment(id, if_match, pending.map(|p| &p.claim), |stored| {
-                let before = Parsed::from_record(stored.clone())?;
-                let mut parsed = Parsed::from_record(stored.clone())?;
-                change.apply(&mut parsed)?;
-                let now = now_ms();
-                let mut record = parsed.record.clone();
-                // A new template (what the processes run, or the version label) is a new revision.
-                // (Secrets make new revisions through the secrets service, which sets the pins.)
-                if before.record.active_version != parsed.record.active_version
-                    || template(&before) != template(&parsed)
-                {
-                    record.revision += 1;
-                }
-                record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
-                record.target = serde_json::to_string(&parsed.target).expect("target serializes");
-                record.updated_at = now;
-                if kind != OperationKind::Stop {
-                    record.last_deployed_at = now;
-                }
-                let op = change_operation(kind, id, ctx, now, pending);
-                let details = with_approval(
-                    json!({
+            .modify_deployment_versioned(
+                id,
+                if_match,
+                pending.map(|p| &p.claim),
+                change.version_reads(),
+                |stored, seen| {
+                    let before = Parsed::from_record(stored.clone())?;
+                    let mut parsed = Parsed::from_record(stored.clone())?;
+                    let now = now_ms();
+                    let placed = change.apply(&mut parsed, seen, &Author { deployment_id: id, who: &who, now })?;
+                    let mut record = parsed.record.clone();
+                    // A new template (what the processes run, or the version label) is a new revision.
+                    // (Secrets make new revisions through the secrets service, which sets the pins.)
+                    if before.record.active_version != parsed.record.active_version
+                        || template(&before) != template(&parsed)
+                    {
+                        record.revision += 1;
+                    }
+                    record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
+                    record.target = serde_json::to_string(&parsed.target).expect("target serializes");
+                    record.updated_at = now;
+                    if kind != OperationKind::Stop {
+                        record.last_deployed_at = now;
+                    }
+                    let op = change_operation(kind, id, ctx, now, pending);
+                    let mut details = json!({
                         "version": record.active_version,
                         "desiredState": record.desired_state,
                         "revision": record.revision,
                         "replicas": parsed.config.replicas,
-                    }),
-                    pending,
-                );
-                made = Some(op.clone());
-                let diff = changes(
-                    Some(&audit_doc(&before.record, &before.config, &before.target)),
-                    Some(&audit_doc(&record, &parsed.config, &parsed.target)),
-                );
-                Ok::<_, ApiError>((record, op, ctx.audit(kind.audit_action(), id, details).with_changes(diff)))
-            })
+                    });
+                    if before.record.active_version != record.active_version {
+                        details["fromVersion"] = json!(before.record.active_version);
+                    }
+                    if let Some(m) = &placed.mark {
+                        details["marked"] = json!({ "version": m.version, "status": m.status, "reason": m.reason });
+                    }
+                    let details = with_approval(details, pending);
+                    made = Some(op.clone());
+                    let diff = changes(
+                        Some(&audit_doc(&before.record, &before.config, &before.target)),
+                        Some(&audit_doc(&record, &parsed.config, &parsed.target)),
+                    );
+                    let create = placed.create.map(|v| {
+                        let audit = ctx.audit(
+                            "deployment.version.create",
+                            id,
+                            with_approval(json!({ "version": v.version, "description": v.description }), pending),
+                        );
+                        (v, audit)
+                    });
+                    let versions = VersionsWrite { create, deployed: placed.deployed, mark: placed.mark };
+                    let audit = ctx.audit(kind.audit_action(), id, details).with_changes(diff);
+                    Ok::<_, ApiError>((record, op, audit, versions))
+                },
+            )
             .await??;
         match outcome {
             Write::Done(updated) => {
@@ -591,9 +868,14 @@ impl<'a> Deployments<'a> {
 
     /// A live deployment the caller may read.
     async fn load(&self, ctx: &RequestContext, id: &str) -> ApiResult<Parsed> {
+        self.load_for(ctx, id, perm::DEPLOYMENT_READ).await
+    }
+
+    /// A live deployment on which the caller holds `p` (`DEPLOY_006` if it may not know of it).
+    pub(crate) async fn load_for(&self, ctx: &RequestContext, id: &str, p: Permission) -> ApiResult<Parsed> {
         let record = self.state.store.get_deployment(id).await?.ok_or_else(|| not_found(id))?;
         let env = self.environment(&record.environment).await?;
-        ctx.require(perm::DEPLOYMENT_READ, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))?;
+        ctx.require(p, Scope::env(env.scope(), Some(&record.workspace)), || not_found(id))?;
         Ok(Parsed::from_record(record)?)
     }
 
@@ -755,7 +1037,7 @@ fn name_taken(name: &str, environment: &str, workspace: &str) -> ApiError {
     )
 }
 
-fn stale(current: i64) -> ApiError {
+pub(crate) fn stale(current: i64) -> ApiError {
     ApiError::new(
         StatusCode::PRECONDITION_FAILED,
         ErrorCode::StaleResourceVersion,

@@ -72,6 +72,21 @@ named_enum! {
         Stop = "stop",
         Restart = "restart",
         Delete = "delete",
+        /// A version deployed by name (`POST …/versions/{version}/deploy`).
+        Deploy = "deploy",
+        /// A rollback to an earlier version (`POST …/rollback`).
+        Rollback = "rollback",
+    }
+}
+
+named_enum! {
+    /// Where a version stands: `available` until the operation that deployed it fails
+    /// (`failed`) or a rollback away from it marks it (`rolled_back`, or `failed` if asked);
+    /// rollbacks never pick a version that is not `available`.
+    VersionStatus {
+        Available = "available",
+        Failed = "failed",
+        RolledBack = "rolled_back",
     }
 }
 
@@ -132,6 +147,8 @@ impl OperationKind {
             OperationKind::Stop => "deployment.stop",
             OperationKind::Restart => "deployment.restart",
             OperationKind::Delete => "deployment.delete",
+            OperationKind::Deploy => "deployment.version.deploy",
+            OperationKind::Rollback => "deployment.rollback",
         }
     }
 }
@@ -148,6 +165,10 @@ mod tests {
         for s in OperationStatus::ALL {
             assert_eq!(OperationStatus::parse(s.as_str()), Some(*s));
         }
+        for s in VersionStatus::ALL {
+            assert_eq!(VersionStatus::parse(s.as_str()), Some(*s));
+        }
+        assert_eq!(VersionStatus::names(), "available, failed, rolled_back");
         for s in ApprovalStatus::ALL {
             assert_eq!(ApprovalStatus::parse(s.as_str()), Some(*s));
         }

@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod tokens;
+pub mod versions;
 pub mod workspaces;
 
 use std::net::SocketAddr;

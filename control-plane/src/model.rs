@@ -197,6 +197,50 @@ impl TargetJson {
     }
 }
 
+/// What a version does not pin: the deployment's replica count (deploying a version keeps it,
+/// like `kubectl rollout undo`) and the fields Ferry sets itself ([`FERRY_SET`]). A Git
+/// `source` pin, in contrast, is frozen into the version.
+pub const OUTSIDE_VERSIONS: &[&str] = &["replicas", "secrets", "environmentVariables"];
+/// Configuration fields set by Ferry, read-only for users: a deployed version runs with the
+/// deployment's current ones.
+pub const FERRY_SET: &[&str] = &["secrets", "environmentVariables"];
+
+fn strip_outside_versions(v: &mut serde_json::Value) {
+    if let Some(o) = v.as_object_mut() {
+        strip_outside_versions_map(o);
+    }
+}
+
+fn strip_outside_versions_map(o: &mut serde_json::Map<String, serde_json::Value>) {
+    for k in OUTSIDE_VERSIONS {
+        o.remove(*k);
+    }
+}
+
+/// A stored configuration document (a revision's spec) → the template a version of it freezes.
+pub fn version_template(spec: &str) -> Result<String, serde_json::Error> {
+    let mut v: serde_json::Value = serde_json::from_str(spec)?;
+    strip_outside_versions(&mut v);
+    Ok(v.to_string())
+}
+
+/// Whether two version templates describe the same thing (compared in their canonical form,
+/// so a default written out and a default left out are the same). A template that does not
+/// parse is only equal to the same text.
+pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let canonical = |t: &serde_json::Value| {
+        let mut t = t.clone();
+        if let Some(o) = t.as_object_mut() {
+            o.insert("replicas".into(), 0.into());
+        }
+        serde_json::from_value::<Configuration>(t).ok().map(|c| c.template())
+    };
+    match (canonical(a), canonical(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Names of deployments and environments: 1-63 of `[a-z0-9-]`, starting with a letter or digit.
 pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
@@ -207,8 +251,13 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
 }
 
 pub fn validate_version(v: &str) -> Result<(), Invalid> {
+    validate_version_field("activeVersion", v)
+}
+
+/// A version name: 1-64 of `[A-Za-z0-9._+-]`.
+pub fn validate_version_field(field: &str, v: &str) -> Result<(), Invalid> {
     let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
-    if ok { Ok(()) } else { Err(invalid("activeVersion", "1-64 characters of [A-Za-z0-9._+-]")) }
+    if ok { Ok(()) } else { Err(invalid(field, format!("invalid version {v:?}: 1-64 characters of [A-Za-z0-9._+-]"))) }
 }
 
 /// Commands, arguments and paths go to `execve` and the file system as they are: a control
@@ -296,6 +345,50 @@ impl Configuration {
             }
         }
         Ok(())
+    }
+
+    /// The template a version of this configuration freezes (without [`OUTSIDE_VERSIONS`]).
+    pub fn template(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("configuration serializes");
+        strip_outside_versions(&mut v);
+        v
+    }
+
+    /// A version's template run as a deployment now runs: with `current`'s replica count and
+    /// the fields Ferry set on it ([`FERRY_SET`]); validated.
+    pub fn from_template(template: &serde_json::Value, current: &Configuration) -> Result<Configuration, Invalid> {
+        let mut v = template.clone();
+        let now = serde_json::to_value(current).expect("configuration serializes");
+        let Some(o) = v.as_object_mut() else {
+            return Err(invalid("configuration", "a version's configuration must be an object"));
+        };
+        strip_outside_versions_map(o);
+        o.insert("replicas".into(), current.replicas.into());
+        for k in FERRY_SET {
+            if let Some(value) = now.get(*k) {
+                o.insert((*k).into(), value.clone());
+            }
+        }
+        let c: Configuration = serde_json::from_value(v).map_err(|e| invalid("configuration", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// A configuration as a request gives it: `replicas` may be left out (then `replicas`), and
+    /// whatever it says in the fields Ferry sets is ignored (they are taken from the deployment
+    /// when it runs). Parsed and validated.
+    pub fn from_request(mut value: serde_json::Value, replicas: u32) -> Result<Configuration, Invalid> {
+        let Some(o) = value.as_object_mut() else {
+            return Err(invalid("configuration", "configuration must be an object"));
+        };
+        for k in FERRY_SET {
+            o.remove(*k);
+        }
+        o.entry("replicas").or_insert_with(|| replicas.into());
+        let c: Configuration =
+            serde_json::from_value(value).map_err(|e| invalid("configuration", format!("configuration: {e}")))?;
+        c.validate()?;
+        Ok(c)
     }
 
     /// Seconds every replica must stay ready before a change's operation succeeds.

@@ -120,7 +120,7 @@ pub struct MutationParams {
 }
 
 impl MutationParams {
-    fn options(&self) -> Options {
+    pub(super) fn options(&self) -> Options {
         Options { wait_for_window: self.wait_for_window }
     }
 }
@@ -144,7 +144,7 @@ pub fn operation_view(op: &OperationRecord) -> Value {
 
 /// A deployment with its stored status summary (a deployment not reconciled yet is
 /// `deploying`).
-fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
+pub(super) fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
     let r = &p.record;
     let status = summary.map_or("deploying", |s| s.status.as_str());
     let health = crate::status::DeploymentStatus::parse(status).map_or("unknown", |s| s.health());
@@ -173,12 +173,12 @@ fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
     })
 }
 
-fn etag(r: &DeploymentRecord) -> HeaderValue {
+pub(super) fn etag(r: &DeploymentRecord) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{}\"", r.resource_version)).expect("digits are a valid header")
 }
 
 /// `If-Match: "<resourceVersion>"` (or `*`, meaning any).
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+pub(super) fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
     let s = v.to_str().unwrap_or_default().trim();
     if s == "*" {
@@ -191,7 +191,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 }
 
 /// 202 either way: applied now, or stored as a pending change whose operation waits.
-fn outcome(o: Outcome<Accepted>) -> Response {
+pub(super) fn outcome(o: Outcome<Accepted>) -> Response {
     match o {
         Outcome::Applied(a) => accepted(a),
         Outcome::Deferred(d) => deferred(d),
@@ -314,6 +314,7 @@ pub async fn update(
         version: req.active_version,
         target: req.target,
         configuration: req.configuration.map(Box::new),
+        description: None,
     };
     let options = params.options();
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))

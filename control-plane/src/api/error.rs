@@ -69,6 +69,10 @@ error_codes! {
     AgentNotFound = "AGENT_001",
     /// 404: no bootstrap token with this id.
     TokenNotFound = "AGENT_002",
+    /// 404: the deployment has no version with this name.
+    VersionNotFound = "DEPLOY_002",
+    /// 409: a rollback cannot happen (no earlier good version, the target is the active one, …).
+    RollbackFailed = "DEPLOY_003",
     /// 400: more replicas than Ferry's hard cap.
     ReplicaLimit = "DEPLOY_004",
     /// 404: no deployment with this id.
@@ -77,6 +81,8 @@ error_codes! {
     DeploymentExists = "DEPLOY_008",
     /// 412: the deployment changed since the caller read it (`If-Match`).
     StaleResourceVersion = "DEPLOY_009",
+    /// 409: a version with this name exists with another configuration (versions are immutable).
+    VersionExists = "DEPLOY_010",
     /// 400/404: no environment with this name or id.
     EnvironmentNotFound = "ENV_001",
     /// 409: the environment is locked.

@@ -12,6 +12,7 @@ pub mod error;
 mod limits;
 mod logs;
 mod secrets;
+mod versions;
 mod workspaces;
 
 use axum::body::Body;
@@ -48,7 +49,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}", get(agents::get).delete(agents::revoke))
         .route("/v1/deployments", get(deployments::list).post(deployments::create))
         .route("/v1/deployments/{id}", get(deployments::get).put(deployments::update).delete(deployments::delete))
-        .route("/v1/deployments/{id}/status", get(deployments::status))
+        .route("/v1/deployments/{id}/status", get(deployments::status).patch(versions::patch_status))
+        .route("/v1/deployments/{id}/versions", get(versions::list).post(versions::create))
+        .route("/v1/deployments/{id}/versions/{version}", get(versions::get))
+        .route("/v1/deployments/{id}/versions/{version}/deploy", post(versions::deploy))
+        .route("/v1/deployments/{id}/versions/{version}/rollback", post(versions::rollback_to))
+        .route("/v1/deployments/{id}/rollback", post(versions::rollback_previous))
+        .route("/v1/deployments/{id}/config", get(versions::get_config).put(versions::put_config))
+        .route("/v1/deployments/{id}/env", get(versions::get_env).put(versions::put_env))
         .route("/v1/deployments/{id}/audit", get(audit::deployment))
         .route("/v1/deployments/{id}/history", get(audit::history))
         .route("/v1/deployments/{id}/events", get(audit::events))

@@ -270,7 +270,13 @@ async fn settle(
             Some((OperationStatus::Succeeded, format!("{} of {} replicas ready", d.ready, d.desired)))
         } else if now - op.started() > deadline_ms {
             let why = if d.reasons.is_empty() { d.status.as_str().to_string() } else { d.reasons.join("; ") };
-            Some((OperationStatus::Failed, format!("progress deadline exceeded: {why}")))
+            let message = format!("progress deadline exceeded: {why}");
+            // The version this operation deployed (if any) is marked failed in the same
+            // transaction, so rollbacks skip it.
+            if state.store.fail_rollout(&op.id, &message, now).await? {
+                tracing::info!(operation = %op.id, kind = %op.kind, deployment = %op.deployment_id, %message, "operation failed");
+            }
+            None
         } else {
             let until_deadline = op.started() + deadline_ms + 1 - now;
             let soonest = wait.map_or(until_deadline, |w| w.min(until_deadline));

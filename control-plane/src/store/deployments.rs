@@ -522,6 +522,17 @@ impl Store {
         let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
         Self::insert_revision(&mut tx, d, Some(&audit_id)).await?;
         Self::insert_operation(&mut tx, op).await?;
+        // Its first version: the template it is created with, deployed by this operation.
+        let template = crate::model::version_template(&d.spec)
+            .map_err(|e| StoreError::Invalid(format!("deployment spec is not JSON: {e}")))?;
+        let mut first =
+            super::VersionRecord::new(&d.id, &d.active_version, template, audit.actor.clone(), d.created_at);
+        first.audit_id = Some(audit_id);
+        first.deployed_seq = Some(1);
+        first.deployed_at = Some(d.created_at);
+        first.deployed_by = Some(audit.actor.clone());
+        first.deploy_operation_id = Some(op.id.clone());
+        Self::insert_version_row(&mut tx, &mut first).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -659,31 +670,11 @@ impl Store {
         claim: Option<&Claim>,
         change: impl FnOnce(&DeploymentRecord) -> std::result::Result<(DeploymentRecord, OperationRecord, Audit), E>,
     ) -> Result<std::result::Result<Write<DeploymentRecord>, E>> {
-        let mut tx = self.write_tx().await?;
-        if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
-        }
-        let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
-        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND deleted_at IS NULL{lock}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await?;
-        let Some(current) = row.as_ref().map(deployment_from_row).transpose()? else {
-            return Ok(Ok(Write::NotFound));
-        };
-        if if_match.is_some_and(|v| v != current.resource_version) {
-            return Ok(Ok(Write::Conflict { current: current.resource_version }));
-        }
-        let (d, op, audit) = match change(&current) {
-            Ok(next) => next,
-            Err(e) => return Ok(Err(e)),
-        };
-        Self::update_deployment(&mut tx, &d).await?;
-        let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
-        Self::insert_revision(&mut tx, &d, Some(&audit_id)).await?;
-        Self::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
-        let mut updated = d;
-        updated.resource_version = current.resource_version + 1;
-        Ok(Ok(Write::Done(updated)))
+        let reads = super::VersionReads::default();
+        self.modify_deployment_versioned(id, if_match, claim, reads, |current, _| {
+            change(current).map(|(d, op, audit)| (d, op, audit, super::VersionsWrite::default()))
+        })
+        .await
     }
 
     /// Stores a (locked) deployment's new desired state and bumps its resource version.

@@ -57,6 +57,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0009_secrets.sql"),
         include_str!("../../migrations/0009_secrets.sql"),
     ),
+    (
+        10,
+        "versions",
+        include_str!("../../migrations/0010_versions.sql"),
+        include_str!("../../migrations/0010_versions.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.
@@ -90,6 +96,9 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         if *version == 4 {
             split_intents(&mut tx).await?;
         }
+        if *version == 10 {
+            backfill_versions(&mut tx).await?;
+        }
         sqlx::query("INSERT INTO ferry_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(*version)
             .bind(*name)
@@ -99,6 +108,52 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         tracing::info!(version, name, "applied database migration");
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Version 10's data step: one version per existing (deployment, version label), from the newest
+/// revision with that label (its template, time and audit record); ordered by those revisions,
+/// each counted as deployed then. Done in Rust so both backends store the same JSON.
+async fn backfill_versions(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    let rows: Vec<(String, String, String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT r.deployment_id, r.version, r.spec, r.revision, r.created_at, r.audit_id, \
+         (SELECT a.actor FROM audit_log a WHERE a.id = r.audit_id) \
+         FROM deployment_revisions r WHERE r.revision = (SELECT MAX(n.revision) FROM deployment_revisions n \
+         WHERE n.deployment_id = r.deployment_id AND n.version = r.version) \
+         ORDER BY r.deployment_id, r.revision",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut seq = 0;
+    let mut last: Option<String> = None;
+    for (deployment, version, spec, revision, at, audit_id, actor) in rows {
+        if last.as_deref() != Some(deployment.as_str()) {
+            seq = 0;
+            last = Some(deployment.clone());
+        }
+        seq += 1;
+        let configuration = crate::model::version_template(&spec).map_err(|e| StoreError::Corrupt {
+            table: "deployment_revisions",
+            column: "spec",
+            message: e.to_string(),
+        })?;
+        let actor = actor.unwrap_or_else(|| "system:migration".into());
+        sqlx::query(
+            "INSERT INTO deployment_versions (deployment_id, version, configuration, description, source, \
+             created_at, created_by, audit_id, status, status_reason, seq, deployed_seq, deployed_at, deployed_by) \
+             VALUES ($1, $2, $3, '', NULL, $4, $5, $6, 'available', '', $7, $8, $4, $5)",
+        )
+        .bind(&deployment)
+        .bind(&version)
+        .bind(configuration)
+        .bind(at)
+        .bind(actor)
+        .bind(audit_id)
+        .bind(seq)
+        .bind(revision)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 

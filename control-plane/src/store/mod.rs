@@ -27,6 +27,7 @@ mod logs;
 mod migrate;
 mod principals;
 mod secrets;
+mod versions;
 mod workspaces;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, 
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};
 pub use secrets::{SecretRecord, SecretScope, SecretWrite, SecretsWritten};
+pub use versions::{
+    HISTORY_LOOKBACK, VersionCreate, VersionMark, VersionReads, VersionRecord, VersionsRead, VersionsWrite,
+};
 pub use workspaces::{
     AiZoneChange, AiZoneRecord, DEFAULT_WORKSPACE, ProjectDelete, ProjectRecord, Renamed, Visible, WorkspaceDelete,
     WorkspaceRecord,
