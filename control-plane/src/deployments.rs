@@ -703,6 +703,9 @@ impl<'a> Deployments<'a> {
                     if before.record.active_version != record.active_version {
                         details["fromVersion"] = json!(before.record.active_version);
                     }
+                    if let Some(v) = &placed.create {
+                        details["createdVersion"] = json!({ "version": v.version, "description": v.description });
+                    }
                     if let Some(m) = &placed.mark {
                         details["marked"] = json!({ "version": m.version, "status": m.status, "reason": m.reason });
                     }
@@ -712,15 +715,8 @@ impl<'a> Deployments<'a> {
                         Some(&audit_doc(&before.record, &before.config, &before.target)),
                         Some(&audit_doc(&record, &parsed.config, &parsed.target)),
                     );
-                    let create = placed.create.map(|v| {
-                        let audit = ctx.audit(
-                            "deployment.version.create",
-                            id,
-                            with_approval(json!({ "version": v.version, "description": v.description }), pending),
-                        );
-                        (v, audit)
-                    });
-                    let versions = VersionsWrite { create, deployed: placed.deployed, mark: placed.mark };
+                    let versions =
+                        VersionsWrite { create: placed.create, deployed: placed.deployed, mark: placed.mark };
                     let audit = ctx.audit(kind.audit_action(), id, details).with_changes(diff);
                     Ok::<_, ApiError>((record, op, audit, versions))
                 },

@@ -101,6 +101,9 @@ conformance!(
     secrets_are_written_with_their_rollouts_in_one_transaction,
     concurrent_secret_writes_serialize,
     resealing_is_all_or_nothing,
+    versions_are_created_once_and_named_in_order,
+    versions_are_deployed_and_marked_with_their_deployment,
+    a_failed_rollout_fails_the_version_it_deployed,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -1955,4 +1958,171 @@ async fn resealing_is_all_or_nothing(store: &Store) {
     assert_eq!(secret_names(&after), [("A".to_string(), 3), ("B".to_string(), 1)], "versions stay");
     assert_eq!(after[0].ciphertext, "new-A");
     assert_eq!(after[0].updated_at, 2, "lastRotated stays: the value did not change");
+}
+
+// ---- versions ---------------------------------------------------------------------------
+
+use ferry_control_plane::domain::VersionStatus;
+use ferry_control_plane::store::{VersionCreate, VersionMark, VersionReads, VersionRecord, VersionsWrite};
+
+/// `create_version`'s builder: the template `{"command": cmd}` by admin:test.
+fn make_version(deployment: &str, cmd: &str) -> impl FnOnce(&DeploymentRecord, &str) -> (VersionRecord, Audit) + use<> {
+    let (deployment, cmd) = (deployment.to_string(), cmd.to_string());
+    move |_, name| {
+        let config = serde_json::json!({ "command": cmd }).to_string();
+        (
+            VersionRecord::new(&deployment, name, config, "admin:test".into(), now_ms()),
+            audit("deployment.version.create", &deployment),
+        )
+    }
+}
+
+async fn created(store: &Store, deployment: &str, name: Option<&str>) -> VersionRecord {
+    match store.create_version(deployment, None, name, make_version(deployment, "true")).await.unwrap() {
+        Write::Done(VersionCreate::Created(v)) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn versions_are_created_once_and_named_in_order(store: &Store) {
+    let d = deployment("dv", "default", "development", 1);
+    create(store, &d).await.unwrap();
+    // Creating a deployment creates its first version, deployed by the create's operation.
+    let first = store.get_version("dv", "v1").await.unwrap().unwrap();
+    assert_eq!((first.seq, first.deployed_seq, first.status), (1, Some(1), VersionStatus::Available));
+    assert_eq!((first.created_by.as_str(), first.deploy_operation_id.as_deref()), ("admin:test", Some("op-dv")));
+    assert!(first.audit_id.is_some());
+    assert_eq!(first.configuration, r#"{"command":"true"}"#, "replicas are not part of a version");
+
+    let v2 = created(store, "dv", Some("v2")).await;
+    assert_eq!((v2.seq, v2.deployed_seq), (2, None));
+    let audit_id = v2.audit_id.clone().expect("its creation is audited");
+    let (trail, _) = store.list_audit(&all_audit(1, 50)).await.unwrap();
+    assert!(trail.iter().any(|a| a.id == audit_id && a.action == "deployment.version.create"));
+    // The same name again: the stored version, nothing written.
+    let again = store.create_version("dv", None, Some("v2"), make_version("dv", "other")).await.unwrap();
+    assert_eq!(again, Write::Done(VersionCreate::Existing(v2.clone())));
+    // Generated names: v<count + 1>, bumped past names taken.
+    assert_eq!(created(store, "dv", None).await.version, "v3");
+    created(store, "dv", Some("v5")).await;
+    assert_eq!(created(store, "dv", None).await.version, "v6", "v5 is taken");
+    // Preconditions and missing deployments.
+    let stale = store.create_version("dv", Some(99), None, make_version("dv", "x")).await.unwrap();
+    assert_eq!(stale, Write::Conflict { current: 1 });
+    let gone = store.create_version("nope", None, None, make_version("nope", "x")).await.unwrap();
+    assert_eq!(gone, Write::NotFound);
+    // Newest first, paged.
+    let (page, total) = store.list_versions("dv", 1, 2).await.unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(page.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["v6", "v5"]);
+    let (page, _) = store.list_versions("dv", 3, 2).await.unwrap();
+    assert_eq!(page.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["v1"]);
+
+    // Concurrent creates serialize under the deployment's lock: distinct names and numbers.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { created(&store, "dv", None).await })
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    let mut seqs = std::collections::BTreeSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        names.insert(v.version);
+        seqs.insert(v.seq);
+    }
+    assert_eq!((names.len(), seqs.len()), (8, 8));
+    assert_eq!(store.list_versions("dv", 1, 50).await.unwrap().1, 13);
+}
+
+/// Deploys `to` (created in the same write when `create`), optionally marking a version.
+async fn deploy(store: &Store, id: &str, to: &str, create: bool, mark: Option<VersionMark>) -> DeploymentRecord {
+    let op = OperationRecord { id: format!("op-{id}-{to}"), kind: OperationKind::Deploy, ..create_op(id) };
+    let reads = VersionReads { named: Some(to), history: true, ..Default::default() };
+    let written = store
+        .modify_deployment_versioned(id, None, None, reads, |current, seen| {
+            assert_eq!(seen.named.is_some(), !create, "{seen:?}");
+            let mut d = current.clone();
+            d.active_version = to.into();
+            d.revision += 1;
+            d.updated_at = now_ms();
+            let new = create
+                .then(|| VersionRecord::new(id, to, r#"{"command":"true"}"#.into(), "admin:test".into(), now_ms()));
+            let versions = VersionsWrite { create: new, deployed: true, mark };
+            Ok::<_, ()>((d, op, audit("deployment.version.deploy", id), versions))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    match written {
+        Write::Done(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn versions_are_deployed_and_marked_with_their_deployment(store: &Store) {
+    let d = deployment("dd", "default", "development", 1);
+    create(store, &d).await.unwrap();
+    let after = deploy(store, "dd", "v2", true, None).await;
+    assert_eq!((after.active_version.as_str(), after.revision, after.resource_version), ("v2", 2, 2));
+    let v2 = store.get_version("dd", "v2").await.unwrap().unwrap();
+    assert_eq!((v2.seq, v2.deployed_seq, v2.deploy_operation_id.as_deref()), (2, Some(2), Some("op-dd-v2")));
+    assert_eq!(v2.deployed_by.as_deref(), Some("admin:test"));
+    let (history, _) = store.deployment_history("dd", Page::newest_first(1, 1)).await.unwrap();
+    assert_eq!(v2.audit_id, history[0].audit.as_ref().map(|a| a.id.clone()), "created by the deploy's record");
+    assert_eq!(store.revision("dd", 2).await.unwrap().unwrap().0, "v2", "the revision carries the version");
+    // Rolling back to v1 marks v2 and records v1's new deploy.
+    let mark = VersionMark { version: "v2".into(), status: VersionStatus::RolledBack, reason: "bad".into() };
+    deploy(store, "dd", "v1", false, Some(mark)).await;
+    let v2 = store.get_version("dd", "v2").await.unwrap().unwrap();
+    assert_eq!((v2.status, v2.status_reason.as_str()), (VersionStatus::RolledBack, "bad"));
+    assert!(v2.status_changed_at.is_some());
+    let history = store.deploy_history("dd").await.unwrap();
+    let order: Vec<_> = history.iter().map(|v| (v.version.as_str(), v.deployed_seq)).collect();
+    assert_eq!(order, [("v1", Some(3)), ("v2", Some(2))], "last deployed first");
+    // The earlier operation was superseded by the later one in its transaction.
+    let first = store.get_operation("op-dd-v2").await.unwrap().unwrap();
+    assert_eq!((first.status, first.message.as_str()), (OperationStatus::Failed, "superseded by a newer change"));
+    assert_eq!(
+        store.get_version("dd", "v2").await.unwrap().unwrap().status,
+        VersionStatus::RolledBack,
+        "being superseded does not fail a version"
+    );
+    // A refused change writes nothing.
+    let refused = store
+        .modify_deployment_versioned("dd", None, None, VersionReads::default(), |_, _| {
+            Err::<(DeploymentRecord, OperationRecord, Audit, VersionsWrite), _>("no")
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(store.get_deployment("dd").await.unwrap().unwrap().resource_version, 3);
+}
+
+async fn a_failed_rollout_fails_the_version_it_deployed(store: &Store) {
+    let d = deployment("df", "default", "development", 1);
+    create(store, &d).await.unwrap();
+    deploy(store, "df", "v2", true, None).await;
+    // Another deployment's operation fails: v2 is not concerned.
+    let other = deployment("dg", "default", "development", 2);
+    create(store, &other).await.unwrap();
+    assert!(store.fail_rollout("op-dg", "progress deadline exceeded: failed", 5).await.unwrap());
+    assert_eq!(store.get_version("df", "v2").await.unwrap().unwrap().status, VersionStatus::Available);
+    assert_eq!(store.get_version("dg", "v1").await.unwrap().unwrap().status, VersionStatus::Failed);
+    // v2's own operation: the operation and the version fail together, once.
+    assert!(store.fail_rollout("op-df-v2", "progress deadline exceeded: 0 of 1 ready", 7).await.unwrap());
+    let v2 = store.get_version("df", "v2").await.unwrap().unwrap();
+    assert_eq!(
+        (v2.status, v2.status_reason.as_str(), v2.status_changed_at),
+        (VersionStatus::Failed, "progress deadline exceeded: 0 of 1 ready", Some(7))
+    );
+    let op = store.get_operation("op-df-v2").await.unwrap().unwrap();
+    assert_eq!((op.status, op.finished_at), (OperationStatus::Failed, Some(7)));
+    assert!(!store.fail_rollout("op-df-v2", "again", 9).await.unwrap(), "an ended operation stays as it ended");
+    assert_eq!(
+        store.get_version("df", "v2").await.unwrap().unwrap().status_reason,
+        "progress deadline exceeded: 0 of 1 ready"
+    );
+    assert_eq!(store.get_version("df", "v1").await.unwrap().unwrap().status, VersionStatus::Available);
 }

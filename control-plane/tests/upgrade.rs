@@ -70,6 +70,15 @@ async fn old_rows_still_load(store: &Store) {
         ("aud-old", "admin:old", "deployment", AuditOutcome::Success, "req-old")
     );
     assert_eq!(a.details, serde_json::json!({ "name": "web" }));
+    // Schema 10 gives every (deployment, version label) a version, from its newest revision.
+    let v = store.get_version("deploy-old", "v3").await.unwrap().expect("the active version is a version");
+    let config: serde_json::Value = serde_json::from_str(&v.configuration).unwrap();
+    assert_eq!(config, serde_json::json!({ "command": "/bin/sleep", "args": ["3600"] }), "no replica count");
+    assert_eq!(
+        (v.created_by.as_str(), v.audit_id.as_deref(), v.seq, v.deployed_seq),
+        ("admin:old", Some("aud-old"), 1, Some(1))
+    );
+    assert_eq!(store.list_versions("deploy-old", 1, 10).await.unwrap().1, 1);
     // And a second start changes nothing.
     store.migrate().await.unwrap();
     assert_eq!(store.intent_snapshot("agent-old", None).await.unwrap().1.len(), 1);

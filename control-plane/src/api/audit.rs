@@ -116,6 +116,7 @@ fn revision_view(r: &RevisionRecord, current: i64) -> Value {
         "action": a.map(|a| &a.action),
         "auditId": a.map(|a| &a.id),
         "changes": a.and_then(|a| a.changes.as_ref()),
+        "details": a.map(|a| &a.details),
         "configuration": configuration,
     })
 }

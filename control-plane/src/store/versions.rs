@@ -92,8 +92,8 @@ pub struct VersionsRead {
 /// What a change writes of the deployment's versions, in its transaction.
 #[derive(Debug, Clone, Default)]
 pub struct VersionsWrite {
-    /// A new version and the audit record of its creation (written first; the version names it).
-    pub create: Option<(VersionRecord, Audit)>,
+    /// A new version, created by this change (its audit record is the change's).
+    pub create: Option<VersionRecord>,
     /// The change deploys the deployment's (new) active version: record it as its last deploy
     /// (order, time, who, operation).
     pub deployed: bool,
@@ -383,11 +383,12 @@ impl Store {
             Ok(next) => next,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some((v, audit)) = versions.create {
-            Self::insert_version(&mut tx, v, &audit).await?;
-        }
         Self::update_deployment(&mut tx, &d).await?;
         let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
+        if let Some(mut v) = versions.create {
+            v.audit_id = Some(audit_id.clone());
+            Self::insert_version_row(&mut tx, &mut v).await?;
+        }
         Self::insert_revision(&mut tx, &d, Some(&audit_id)).await?;
         Self::insert_operation(&mut tx, &op).await?;
         if versions.deployed {
