@@ -264,7 +264,8 @@ mod tests {
     #[test]
     fn the_previous_good_version_is_the_last_deployed_available_other_one() {
         use VersionStatus::*;
-        let cases: &[(&[(&str, VersionStatus)], &str, Result<&str, &str>)] = &[
+        type Case<'a> = (&'a [(&'a str, VersionStatus)], &'a str, Result<&'a str, &'a str>);
+        let cases: &[Case] = &[
             // v3 active: back to v2.
             (&[("v3", Available), ("v2", Available), ("v1", Available)], "v3", Ok("v2")),
             // v2 failed: skipped.

@@ -351,10 +351,7 @@ async fn config_env_and_status_make_versions_and_changes() {
     for (path, body) in [
         (format!("{base}/config"), json!({ "version": "v2", "configuration": greeter("five") })),
         (format!("{base}/env"), json!({ "version": "v2", "env": { "GREETING": "five" } })),
-        (
-            format!("{base}"),
-            json!({ "activeVersion": "v1", "configuration": { "replicas": 1, "command": "/bin/true" } }),
-        ),
+        (base.clone(), json!({ "activeVersion": "v1", "configuration": { "replicas": 1, "command": "/bin/true" } })),
     ] {
         let (status, err) = call(&cp, Method::PUT, &path, Some(body)).await;
         assert_eq!((status, code(&err)), (StatusCode::CONFLICT, "DEPLOY_010"), "{path}: {err}");

@@ -527,6 +527,7 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("deployment spec is not JSON: {e}")))?;
         let mut first =
             super::VersionRecord::new(&d.id, &d.active_version, template, audit.actor.clone(), d.created_at);
+        first.seq = 1;
         first.audit_id = Some(audit_id);
         first.deployed_seq = Some(1);
         first.deployed_at = Some(d.created_at);

@@ -115,7 +115,9 @@ pub(super) async fn run(store: &Store) -> Result<()> {
 /// revision with that label (its template, time and audit record); ordered by those revisions,
 /// each counted as deployed then. Done in Rust so both backends store the same JSON.
 async fn backfill_versions(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
-    let rows: Vec<(String, String, String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+    /// deployment, version, spec, revision, created at, audit id, actor
+    type Newest = (String, String, String, i64, i64, Option<String>, Option<String>);
+    let rows: Vec<Newest> = sqlx::query_as(
         "SELECT r.deployment_id, r.version, r.spec, r.revision, r.created_at, r.audit_id, \
          (SELECT a.actor FROM audit_log a WHERE a.id = r.audit_id) \
          FROM deployment_revisions r WHERE r.revision = (SELECT MAX(n.revision) FROM deployment_revisions n \

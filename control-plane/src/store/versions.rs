@@ -266,13 +266,16 @@ impl Store {
         Ok(v)
     }
 
-    /// Inserts a version (its `seq` assigned here).
+    /// Inserts a version (its `seq` assigned here unless given: a deployment's first is 1).
     pub(super) async fn insert_version_row(conn: &mut sqlx::AnyConnection, v: &mut VersionRecord) -> Result<()> {
-        v.seq =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_versions WHERE deployment_id = $1")
-                .bind(&v.deployment_id)
-                .fetch_one(&mut *conn)
-                .await?;
+        if v.seq == 0 {
+            v.seq = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_versions WHERE deployment_id = $1",
+            )
+            .bind(&v.deployment_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        }
         let sql = format!(
             "INSERT INTO deployment_versions ({VERSION_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
