@@ -895,6 +895,7 @@ async fn a_pending_create_is_applied_exactly_once(store: &Store) {
 async fn expiry_and_schedule_queries_and_transitions(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     pending(store, "apr-old", "d1", OperationKind::Scale, ApprovalStatus::Pending, now - 1).await;
     pending(store, "apr-late", "d2", OperationKind::Scale, ApprovalStatus::Scheduled, now - 1).await;
     pending(store, "apr-young", "d3", OperationKind::Scale, ApprovalStatus::Pending, now + 60_000).await;
@@ -1368,6 +1369,7 @@ async fn create(store: &Store, d: &DeploymentRecord) -> Result<(), CreateRefusal
 async fn workspaces_projects_and_zones(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     store.seed_default_workspace(now + 1).await.unwrap();
     let default = store.get_workspace("default").await.unwrap().unwrap();
     assert_eq!((default.id.as_str(), default.created_at), ("ws-default", now), "seeding is idempotent");
@@ -1523,6 +1525,7 @@ async fn workspaces_projects_and_zones(store: &Store) {
 async fn deployments_are_created_only_where_what_they_name_exists(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     for name in ["team-a", "team-b"] {
         store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
     }
@@ -1563,6 +1566,7 @@ async fn deployments_are_created_only_where_what_they_name_exists(store: &Store)
 async fn listing_shows_only_the_visible_workspace_environment_pairs(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     for name in ["team-a", "team-b"] {
         store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
     }
@@ -1641,6 +1645,9 @@ async fn secret_env(store: &Store, name: &str) -> String {
         approval_required: false,
         lock: None,
         change_windows: None,
+        promotes_to: None,
+        variables: BTreeMap::new(),
+        limits: Default::default(),
         created_at: now,
         updated_at: now,
     };
@@ -1714,8 +1721,10 @@ type Seen = Vec<(String, Vec<(String, i64)>, Vec<(String, i64)>)>;
 type Rollout = Result<Option<(DeploymentRecord, OperationRecord)>, String>;
 
 /// A new revision (with an operation) for every deployment the write covers.
-fn bump(seen: &mut Seen) -> impl FnMut(&DeploymentRecord, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
-    |d, env, own| {
+fn bump(
+    seen: &mut Seen,
+) -> impl FnMut(&DeploymentRecord, Option<&EnvironmentRecord>, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
+    |d, _, env, own| {
         seen.push((d.id.clone(), secret_names(env), secret_names(own)));
         let mut next = d.clone();
         next.revision += 1;
@@ -1811,7 +1820,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
             dep,
             "d1",
             |_| Ok(Some(write(vec![secret(dep, "d1", "A", 2), secret(dep, "d1", "C", 1)], &[], "d1"))),
-            |_, _, _| Err("rollout refused".to_string()),
+            |_, _, _, _| Err("rollout refused".to_string()),
         )
         .await
         .unwrap();
@@ -1821,7 +1830,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
 
     // An update and a delete; a rollout may decline (nothing changes for that deployment).
     let mut seen = Seen::new();
-    let mut declined = |d: &DeploymentRecord, env: &[SecretRecord], own: &[SecretRecord]| {
+    let mut declined = |d: &DeploymentRecord, _: Option<&EnvironmentRecord>, env: &[SecretRecord], own: &[SecretRecord]| {
         seen.push((d.id.clone(), secret_names(env), secret_names(own)));
         Ok::<_, String>(None)
     };
@@ -1850,7 +1859,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
             dep,
             "d1",
             |_| Ok::<_, String>(None),
-            |_, _, _| {
+            |_, _, _, _| {
                 looked += 1;
                 Ok(None)
             },
@@ -1863,7 +1872,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
 
     // Unknown or deleted scopes.
     let none = |_: &[SecretRecord]| Ok::<_, String>(None);
-    let skip = |_: &DeploymentRecord, _: &[SecretRecord], _: &[SecretRecord]| Ok::<_, String>(None);
+    let skip = |_: &DeploymentRecord, _: Option<&EnvironmentRecord>, _: &[SecretRecord], _: &[SecretRecord]| Ok::<_, String>(None);
     assert_eq!(store.write_secrets(dep, "nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
     assert_eq!(store.write_secrets(envs, "env-nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
     assert!(
@@ -1896,7 +1905,7 @@ async fn concurrent_secret_writes_serialize(store: &Store) {
                         let next = current.first().map_or(1, |s| s.version + 1);
                         Ok(Some(write(vec![secret(SecretScope::Deployment, "dc", "V", next)], &[], "dc")))
                     },
-                    |d, _, _| {
+                    |d, _, _, _| {
                         let mut next = d.clone();
                         next.revision += 1;
                         Ok::<_, String>(Some((next, secret_op("dc"))))
@@ -1924,7 +1933,7 @@ async fn resealing_is_all_or_nothing(store: &Store) {
             SecretScope::Deployment,
             "dr",
             |_| Ok(Some(write(rows, &[], "dr"))),
-            |_, _, _| Ok::<_, String>(None),
+            |_, _, _, _| Ok::<_, String>(None),
         )
         .await
         .unwrap()

@@ -57,6 +57,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0009_secrets.sql"),
         include_str!("../../migrations/0009_secrets.sql"),
     ),
+    (
+        11,
+        "environments",
+        include_str!("../../migrations/0011_environments.sqlite.sql"),
+        include_str!("../../migrations/0011_environments.postgres.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.
