@@ -418,7 +418,7 @@ impl<'a> Environments<'a> {
             EnvironmentConfigured::Done { environment, rolled_out } => {
                 let operations: Vec<OperationRecord> = rolled_out.into_iter().map(|(_, op)| op).collect();
                 self.state.reconciler.enqueue_all(operations.iter().map(|op| op.deployment_id.clone()));
-                Ok((environment, operations))
+                Ok((*environment, operations))
             }
         }
     }

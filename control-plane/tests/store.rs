@@ -2227,6 +2227,7 @@ async fn environment_configuration_is_checked_and_rolled_out_in_one_transaction(
     );
     assert_eq!(seen, vec![("v1".to_string(), vars.clone()), ("v2".to_string(), vars.clone())]);
     let EnvironmentConfigured::Done { environment, rolled_out } = done else { panic!("not found") };
+    let environment = *environment;
     assert_eq!(
         (environment.variables, environment.promotes_to, environment.description.as_str()),
         (vars.clone(), None, "dev")

@@ -61,7 +61,7 @@ pub enum EnvironmentConfigured {
     /// The environment as it is now, and the deployments that got a new revision (with their
     /// operations).
     Done {
-        environment: EnvironmentRecord,
+        environment: Box<EnvironmentRecord>,
         rolled_out: Vec<(DeploymentRecord, OperationRecord)>,
     },
     NotFound,
@@ -316,7 +316,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        Ok(Ok(EnvironmentConfigured::Done { environment: after, rolled_out }))
+        Ok(Ok(EnvironmentConfigured::Done { environment: Box::new(after), rolled_out }))
     }
 
     /// Deletes an environment that holds no live deployment and that no other environment
