@@ -479,6 +479,8 @@ impl<'a> Deployments<'a> {
         // Its first revision runs with its environment's secrets (as they are when it applies).
         let env_secrets = self.state.store.list_secrets(SecretScope::Environment, &env.id).await?;
         new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
+        // And with its environment's variables (under its own env, which wins).
+        new.configuration.environment_variables = env.variables.clone();
         let now = now_ms();
         let record = DeploymentRecord {
             id,
@@ -529,9 +531,14 @@ impl<'a> Deployments<'a> {
                 let key = new.ai_zone.as_deref().unwrap_or_default();
                 return Err(crate::workspaces::zone_not_usable(&record.workspace, key));
             }
+            Err(CreateRefusal::EnvironmentMissing) => return Err(environment_not_found(&record.environment)),
+            Err(CreateRefusal::LimitExceeded(e)) => {
+                return Err(crate::environments::limit_exceeded(&record.environment, &e));
+            }
         }
         self.state.reconciler.directory.deployment_changed(&record.id, Some(target));
-        // The environment's secrets may have changed since they were read: pin what is there now.
+        // The environment's secrets and variables may have changed since they were read: pin
+        // what is there now.
         let (record, op) = crate::secrets::Secrets::new(self.state).repin(ctx, &env.id, record, op).await?;
         self.accepted(record, op).await
     }
@@ -732,6 +739,10 @@ impl<'a> Deployments<'a> {
             }
             Write::NotFound => Err(not_found(id)),
             Write::Conflict { current } => Err(stale(current)),
+            Write::LimitExceeded(e) => {
+                let environment = self.state.store.get_deployment(id).await?.map(|d| d.environment).unwrap_or_default();
+                Err(crate::environments::limit_exceeded(&environment, &e))
+            }
         }
     }
 
@@ -882,14 +893,7 @@ impl<'a> Deployments<'a> {
     }
 
     async fn environment(&self, name: &str) -> ApiResult<EnvironmentRecord> {
-        self.state.store.get_environment(name).await?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::EnvironmentNotFound,
-                format!("environment {name:?} not found"),
-            )
-            .with_details(json!({ "field": "environment" }))
-        })
+        self.state.store.get_environment(name).await?.ok_or_else(|| environment_not_found(name))
     }
 
     /// Reconciles the deployment now (so the answer reflects its new intent) and reads back
@@ -998,6 +1002,36 @@ pub(crate) fn operation(kind: OperationKind, deployment_id: &str, ctx: &RequestC
     change_operation(kind, deployment_id, ctx, now, None)
 }
 
+/// A deployment re-pinned by Ferry (the secrets, the environment's variables a revision runs
+/// with): `edit` sets the pins on its configuration; `None` if that changes nothing, else its new
+/// desired state — a new revision, so replicas are replaced like for any template change — and
+/// the `update` operation that rolls it out. Used by every rollout of such a change.
+pub(crate) fn repinned(
+    d: &DeploymentRecord,
+    ctx: &RequestContext,
+    edit: impl FnOnce(&mut Configuration),
+) -> ApiResult<Option<(DeploymentRecord, OperationRecord)>> {
+    let mut parsed = Parsed::from_record(d.clone())?;
+    let before = parsed.config.clone();
+    edit(&mut parsed.config);
+    if parsed.config == before {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let mut record = d.clone();
+    record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
+    record.revision += 1;
+    record.updated_at = now;
+    record.last_deployed_at = now;
+    Ok(Some((record, operation(OperationKind::Update, &d.id, ctx, now))))
+}
+
+/// `ENV_001` (400) for an environment a request names.
+fn environment_not_found(name: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::EnvironmentNotFound, format!("environment {name:?} not found"))
+        .with_details(json!({ "field": "environment" }))
+}
+
 /// The applied change's audit details, naming the pending change and its approver.
 fn with_approval(mut details: Value, pending: Option<&PendingApply>) -> Value {
     if let (Some(p), Some(obj)) = (pending, details.as_object_mut()) {
@@ -1083,6 +1117,9 @@ mod tests {
                     approval_required,
                     lock: None,
                     change_windows: None,
+                    promotes_to: None,
+                    variables: Default::default(),
+                    limits: Default::default(),
                     created_at: 0,
                     updated_at: 0,
                 }

@@ -22,6 +22,7 @@ pub mod planner;
 pub mod principals;
 pub mod quic;
 pub mod reconcile;
+pub mod resources;
 pub mod secrets;
 pub mod status;
 pub mod store;

@@ -65,6 +65,19 @@ pub struct Configuration {
     /// request says here is ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretPin>,
+    /// The environment's variables this revision runs with (`GET/PUT
+    /// /v1/environments/{id}/variables`), under `env` (a deployment's own values win). Set by
+    /// Ferry when the deployment is created and whenever they change, so that such a change is a
+    /// new revision; read-only: whatever a request says here is ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment_variables: BTreeMap<String, String>,
+    /// CPU each replica asks for (`"500m"`, `"2"`); counted against its environment's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory each replica asks for (`"512Mi"`, `"4Gi"`); counted against its environment's
+    /// limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// Which version of a secret a revision runs with.
@@ -269,6 +282,37 @@ fn no_control_chars(field: &str, what: &str, value: &str) -> Result<(), Invalid>
     }
 }
 
+/// The rules of an environment map (`configuration.env`, an environment's variables): at most
+/// 128 names of `[A-Za-z_][A-Za-z0-9_]*` (at most 128 characters), none of [`RESERVED_ENV`],
+/// values of at most 32 KiB without control characters other than tab and line breaks.
+pub fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if env.len() > MAX_ENV {
+        return Err(invalid(field, format!("at most {MAX_ENV} variables")));
+    }
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && k.len() <= 128
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            let shown: String = k.chars().take(128).collect();
+            return Err(invalid(field, format!("invalid variable name {shown:?}")));
+        }
+        if RESERVED_ENV.contains(&k.as_str()) {
+            return Err(invalid(field, format!("{k} is set by Ferry for every replica")));
+        }
+        if v.len() > MAX_ENV_VALUE {
+            return Err(invalid(field, format!("value of {k} is longer than {MAX_ENV_VALUE} bytes")));
+        }
+        // Multi-line values (certificates, scripts) are common; other control characters
+        // (NUL first: it cannot even be passed to a process) are refused.
+        if let Some(c) = v.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+            return Err(invalid(field, format!("value of {k} contains the control character U+{:04X}", u32::from(c))));
+        }
+    }
+    Ok(())
+}
+
 impl Configuration {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.replicas > MAX_REPLICAS {
@@ -291,31 +335,14 @@ impl Configuration {
         for (i, arg) in self.args.iter().enumerate() {
             no_control_chars("configuration.args", &format!("argument {i}"), arg)?;
         }
-        if self.env.len() > MAX_ENV {
-            return Err(invalid("configuration.env", format!("at most {MAX_ENV} variables")));
+        validate_env("configuration.env", &self.env)?;
+        if let Some(cpu) = &self.cpu {
+            crate::resources::parse_cpu(cpu, crate::resources::MAX_REPLICA_CPU_MILLIS)
+                .map_err(|m| invalid("configuration.cpu", m))?;
         }
-        for (k, v) in &self.env {
-            let name_ok = !k.is_empty()
-                && k.len() <= 128
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !name_ok {
-                return Err(invalid("configuration.env", format!("invalid variable name {k:?}")));
-            }
-            if RESERVED_ENV.contains(&k.as_str()) {
-                return Err(invalid("configuration.env", format!("{k} is set by Ferry for every replica")));
-            }
-            if v.len() > MAX_ENV_VALUE {
-                return Err(invalid("configuration.env", format!("value of {k} is longer than {MAX_ENV_VALUE} bytes")));
-            }
-            // Multi-line values (certificates, scripts) are common; other control characters
-            // (NUL first: it cannot even be passed to a process) are refused.
-            if let Some(c) = v.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-                return Err(invalid(
-                    "configuration.env",
-                    format!("value of {k} contains the control character U+{:04X}", u32::from(c)),
-                ));
-            }
+        if let Some(memory) = &self.memory {
+            crate::resources::parse_memory(memory, crate::resources::MAX_REPLICA_MEMORY_BYTES)
+                .map_err(|m| invalid("configuration.memory", m))?;
         }
         if let Some(dir) = &self.working_dir {
             if dir.is_empty() || dir.len() > MAX_ARG_LEN {
@@ -401,7 +428,8 @@ impl Configuration {
         ProcessSpec {
             command: self.command.clone(),
             args: self.args.clone(),
-            env: self.env.clone(),
+            // The environment's variables first; the deployment's own values win.
+            env: self.environment_variables.iter().chain(&self.env).map(|(k, v)| (k.clone(), v.clone())).collect(),
             working_dir: self.working_dir.clone(),
             replicas: self.replicas,
             restart_policy: match self.restart_policy {
@@ -605,6 +633,26 @@ mod tests {
             "healthChecks": { "liveness": { "exec": { "command": ["test", "-f", "/tmp/ok file"] } } }
         }));
         assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn environment_variables_come_first_and_the_deployment_wins() {
+        let mut c = config(json!({ "replicas": 1, "command": "x", "env": { "A": "own", "B": "own" } })).unwrap();
+        c.environment_variables = [("A", "env"), ("C", "env")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+        let env = c.to_process_spec().env;
+        assert_eq!(env.get("A").map(String::as_str), Some("own"));
+        assert_eq!(env.get("B").map(String::as_str), Some("own"));
+        assert_eq!(env.get("C").map(String::as_str), Some("env"));
+    }
+
+    #[test]
+    fn resource_requests_are_quantities() {
+        assert!(config(json!({ "replicas": 1, "command": "x", "cpu": "2000m", "memory": "4Gi" })).is_ok());
+        let cpu = config(json!({ "replicas": 1, "command": "x", "cpu": "lots" })).unwrap_err();
+        assert!(cpu.contains("configuration.cpu"), "{cpu}");
+        let memory = config(json!({ "replicas": 1, "command": "x", "memory": "4GB" })).unwrap_err();
+        assert!(memory.contains("configuration.memory"), "{memory}");
+        assert!(config(json!({ "replicas": 1, "command": "x", "memory": "2Ti" })).is_err(), "above 1Ti per replica");
     }
 
     #[test]

@@ -104,6 +104,11 @@ conformance!(
     versions_are_created_once_and_named_in_order,
     versions_are_deployed_and_marked_with_their_deployment,
     a_failed_rollout_fails_the_version_it_deployed,
+    allocations_follow_creates_scales_stops_and_deletes,
+    concurrent_creates_cannot_both_pass_a_limit,
+    environments_are_deleted_only_when_empty_and_unreferenced,
+    environment_configuration_is_checked_and_rolled_out_in_one_transaction,
+    status_counts_are_grouped_and_filtered,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -898,6 +903,7 @@ async fn a_pending_create_is_applied_exactly_once(store: &Store) {
 async fn expiry_and_schedule_queries_and_transitions(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     pending(store, "apr-old", "d1", OperationKind::Scale, ApprovalStatus::Pending, now - 1).await;
     pending(store, "apr-late", "d2", OperationKind::Scale, ApprovalStatus::Scheduled, now - 1).await;
     pending(store, "apr-young", "d3", OperationKind::Scale, ApprovalStatus::Pending, now + 60_000).await;
@@ -1371,6 +1377,7 @@ async fn create(store: &Store, d: &DeploymentRecord) -> Result<(), CreateRefusal
 async fn workspaces_projects_and_zones(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     store.seed_default_workspace(now + 1).await.unwrap();
     let default = store.get_workspace("default").await.unwrap().unwrap();
     assert_eq!((default.id.as_str(), default.created_at), ("ws-default", now), "seeding is idempotent");
@@ -1526,6 +1533,7 @@ async fn workspaces_projects_and_zones(store: &Store) {
 async fn deployments_are_created_only_where_what_they_name_exists(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     for name in ["team-a", "team-b"] {
         store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
     }
@@ -1566,6 +1574,7 @@ async fn deployments_are_created_only_where_what_they_name_exists(store: &Store)
 async fn listing_shows_only_the_visible_workspace_environment_pairs(store: &Store) {
     let now = now_ms();
     store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
     for name in ["team-a", "team-b"] {
         store.create_workspace(&workspace(name), &audit("workspace.create", name)).await.unwrap();
     }
@@ -1644,6 +1653,9 @@ async fn secret_env(store: &Store, name: &str) -> String {
         approval_required: false,
         lock: None,
         change_windows: None,
+        promotes_to: None,
+        variables: BTreeMap::new(),
+        limits: Default::default(),
         created_at: now,
         updated_at: now,
     };
@@ -1717,8 +1729,10 @@ type Seen = Vec<(String, Vec<(String, i64)>, Vec<(String, i64)>)>;
 type Rollout = Result<Option<(DeploymentRecord, OperationRecord)>, String>;
 
 /// A new revision (with an operation) for every deployment the write covers.
-fn bump(seen: &mut Seen) -> impl FnMut(&DeploymentRecord, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
-    |d, env, own| {
+fn bump(
+    seen: &mut Seen,
+) -> impl FnMut(&DeploymentRecord, Option<&EnvironmentRecord>, &[SecretRecord], &[SecretRecord]) -> Rollout + '_ {
+    |d, _, env, own| {
         seen.push((d.id.clone(), secret_names(env), secret_names(own)));
         let mut next = d.clone();
         next.revision += 1;
@@ -1814,7 +1828,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
             dep,
             "d1",
             |_| Ok(Some(write(vec![secret(dep, "d1", "A", 2), secret(dep, "d1", "C", 1)], &[], "d1"))),
-            |_, _, _| Err("rollout refused".to_string()),
+            |_, _, _, _| Err("rollout refused".to_string()),
         )
         .await
         .unwrap();
@@ -1824,10 +1838,11 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
 
     // An update and a delete; a rollout may decline (nothing changes for that deployment).
     let mut seen = Seen::new();
-    let mut declined = |d: &DeploymentRecord, env: &[SecretRecord], own: &[SecretRecord]| {
-        seen.push((d.id.clone(), secret_names(env), secret_names(own)));
-        Ok::<_, String>(None)
-    };
+    let mut declined =
+        |d: &DeploymentRecord, _: Option<&EnvironmentRecord>, env: &[SecretRecord], own: &[SecretRecord]| {
+            seen.push((d.id.clone(), secret_names(env), secret_names(own)));
+            Ok::<_, String>(None)
+        };
     let out = store
         .write_secrets(
             dep,
@@ -1853,7 +1868,7 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
             dep,
             "d1",
             |_| Ok::<_, String>(None),
-            |_, _, _| {
+            |_, _, _, _| {
                 looked += 1;
                 Ok(None)
             },
@@ -1866,7 +1881,9 @@ async fn secrets_are_written_with_their_rollouts_in_one_transaction(store: &Stor
 
     // Unknown or deleted scopes.
     let none = |_: &[SecretRecord]| Ok::<_, String>(None);
-    let skip = |_: &DeploymentRecord, _: &[SecretRecord], _: &[SecretRecord]| Ok::<_, String>(None);
+    let skip = |_: &DeploymentRecord, _: Option<&EnvironmentRecord>, _: &[SecretRecord], _: &[SecretRecord]| {
+        Ok::<_, String>(None)
+    };
     assert_eq!(store.write_secrets(dep, "nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
     assert_eq!(store.write_secrets(envs, "env-nope", none, skip).await.unwrap(), Ok(SecretsWritten::NotFound));
     assert!(
@@ -1899,7 +1916,7 @@ async fn concurrent_secret_writes_serialize(store: &Store) {
                         let next = current.first().map_or(1, |s| s.version + 1);
                         Ok(Some(write(vec![secret(SecretScope::Deployment, "dc", "V", next)], &[], "dc")))
                     },
-                    |d, _, _| {
+                    |d, _, _, _| {
                         let mut next = d.clone();
                         next.revision += 1;
                         Ok::<_, String>(Some((next, secret_op("dc"))))
@@ -1927,7 +1944,7 @@ async fn resealing_is_all_or_nothing(store: &Store) {
             SecretScope::Deployment,
             "dr",
             |_| Ok(Some(write(rows, &[], "dr"))),
-            |_, _, _| Ok::<_, String>(None),
+            |_, _, _, _| Ok::<_, String>(None),
         )
         .await
         .unwrap()
@@ -2125,4 +2142,310 @@ async fn a_failed_rollout_fails_the_version_it_deployed(store: &Store) {
         "progress deadline exceeded: 0 of 1 ready"
     );
     assert_eq!(store.get_version("df", "v1").await.unwrap().unwrap().status, VersionStatus::Available);
+}
+
+// ---- environments: limits, allocation, configuration, delete -----------------------------------
+
+use ferry_control_plane::resources::{Limits, Usage};
+use ferry_control_plane::store::{EnvironmentChange, EnvironmentConfigured, EnvironmentDelete};
+
+/// A deployment of `replicas` replicas asking for 500m CPU and 1Gi each.
+fn sized(id: &str, environment: &str, replicas: u32) -> DeploymentRecord {
+    let mut d = deployment(id, "default", environment, now_ms());
+    d.spec = format!(r#"{{"replicas":{replicas},"command":"true","cpu":"500m","memory":"1Gi"}}"#);
+    d
+}
+
+async fn set_limits(store: &Store, env: &str, limits: Limits) {
+    let change = EnvironmentChange { limits: Some(limits), ..Default::default() };
+    let done = store
+        .configure_environment(
+            env,
+            &change,
+            |_, _, _| Ok::<_, String>(audit("environment.limits.update", env)),
+            |_, _| Ok(None),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(done, EnvironmentConfigured::Done { .. }));
+}
+
+async fn usage(store: &Store, env: &str) -> (i64, i64, i64) {
+    let u: Usage = store.environment_usage(env).await.unwrap();
+    (u.pods, u.cpu_millis, u.memory_bytes)
+}
+
+/// Sets a deployment's spec and desired state through `modify_deployment`.
+async fn reshape(store: &Store, id: &str, replicas: u32, state: DesiredState) -> Write<DeploymentRecord> {
+    store
+        .modify_deployment(id, None, None, |current| {
+            let mut next = current.clone();
+            next.spec = format!(r#"{{"replicas":{replicas},"command":"true","cpu":"500m","memory":"1Gi"}}"#);
+            next.desired_state = state;
+            Ok::<_, std::convert::Infallible>((next, secret_op(id), audit("deployment.scale", id)))
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+const GI: i64 = 1 << 30;
+
+async fn allocations_follow_creates_scales_stops_and_deletes(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
+    assert_eq!(usage(store, "development").await, (0, 0, 0));
+    create(store, &sized("a", "development", 2)).await.unwrap();
+    assert_eq!(usage(store, "development").await, (2, 1000, 2 * GI));
+    create(store, &sized("b", "development", 1)).await.unwrap();
+    create(store, &sized("s", "staging", 3)).await.unwrap();
+    assert_eq!(usage(store, "development").await, (3, 1500, 3 * GI));
+    assert_eq!(usage(store, "staging").await, (3, 1500, 3 * GI), "per environment");
+    // Scale up and down, stop (holds nothing), start again.
+    assert!(matches!(reshape(store, "a", 4, DesiredState::Running).await, Write::Done(_)));
+    assert_eq!(usage(store, "development").await, (5, 2500, 5 * GI));
+    assert!(matches!(reshape(store, "a", 4, DesiredState::Stopped).await, Write::Done(_)));
+    assert_eq!(usage(store, "development").await, (1, 500, GI));
+    assert!(matches!(reshape(store, "a", 2, DesiredState::Running).await, Write::Done(_)));
+    assert_eq!(usage(store, "development").await, (3, 1500, 3 * GI));
+
+    // Limits refuse growth only, naming the limit; what was refused changed nothing.
+    set_limits(store, "env-development", Limits { pods: Some(4), cpu_millis: Some(1800), ..Default::default() }).await;
+    let before = store.get_deployment("a").await.unwrap().unwrap();
+    match reshape(store, "a", 4, DesiredState::Running).await {
+        Write::LimitExceeded(e) => {
+            assert_eq!((e.limit, e.max, e.allocated, e.requested, e.available), ("pods", 4, 3, 2, 1))
+        }
+        other => panic!("scale past the pods limit: {other:?}"),
+    }
+    assert_eq!(store.get_deployment("a").await.unwrap().unwrap(), before, "the deployment is unchanged");
+    assert_eq!(usage(store, "development").await, (3, 1500, 3 * GI));
+    assert!(store.open_operations_of("a").await.unwrap().iter().all(|o| o.kind != OperationKind::Scale));
+    match create(store, &sized("c", "development", 1)).await {
+        Err(CreateRefusal::LimitExceeded(e)) => assert_eq!((e.limit, e.available), ("cpu", 300)),
+        other => panic!("a create past the cpu limit: {other:?}"),
+    }
+    assert!(store.get_deployment_any("c").await.unwrap().is_none(), "a refused create stores nothing");
+    assert_eq!(store.audit_for("c").await.unwrap().len(), 0);
+    // Lowering a limit below what is allocated is allowed; shrinking still passes.
+    set_limits(store, "env-development", Limits { pods: Some(1), ..Default::default() }).await;
+    assert!(matches!(reshape(store, "a", 1, DesiredState::Running).await, Write::Done(_)));
+    assert_eq!(usage(store, "development").await, (2, 1000, 2 * GI));
+    // Per deployment: replicas past the limit are refused even while stopped.
+    set_limits(store, "env-development", Limits { replicas: Some(2), ..Default::default() }).await;
+    assert!(
+        matches!(reshape(store, "b", 3, DesiredState::Stopped).await, Write::LimitExceeded(e) if e.limit == "replicas")
+    );
+    // Deletes give back what they held.
+    assert!(
+        store.delete_deployment("a", &secret_op("a"), &audit("deployment.delete", "a"), now_ms(), None).await.unwrap()
+    );
+    assert_eq!(usage(store, "development").await, (1, 500, GI));
+    assert!(
+        store.delete_deployment("b", &secret_op("b"), &audit("deployment.delete", "b"), now_ms(), None).await.unwrap()
+    );
+    assert_eq!(usage(store, "development").await, (0, 0, 0));
+    assert!(
+        !store.delete_deployment("b", &secret_op("b"), &audit("deployment.delete", "b"), now_ms(), None).await.unwrap()
+    );
+    assert_eq!(usage(store, "development").await, (0, 0, 0), "a second delete gives back nothing");
+}
+
+async fn concurrent_creates_cannot_both_pass_a_limit(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
+    set_limits(store, "env-staging", Limits { pods: Some(5), ..Default::default() }).await;
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { create(&store, &sized(&format!("c{i}"), "staging", 2)).await }));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(CreateRefusal::LimitExceeded(e)) => {
+                assert_eq!(e.limit, "pods");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (2, 6), "5 pods hold two deployments of 2 replicas");
+    assert_eq!(usage(&store, "staging").await, (4, 2000, 4 * GI));
+    let filter = DeploymentFilter { environment: Some("staging"), page: 1, page_size: 50, ..Default::default() };
+    assert_eq!(store.count_deployments_matching(filter).await.unwrap(), 2);
+}
+
+async fn environments_are_deleted_only_when_empty_and_unreferenced(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
+    let qa = secret_env(store, "qa").await;
+    // The default chain.
+    let chain: Vec<_> = store.list_environments().await.unwrap().into_iter().map(|e| (e.name, e.promotes_to)).collect();
+    assert!(chain.contains(&("development".into(), Some("staging".into()))));
+    assert!(chain.contains(&("staging".into(), Some("production".into()))));
+    assert!(chain.contains(&("production".into(), None)));
+    create(store, &sized("q1", "qa", 1)).await.unwrap();
+    let del = |id: &'static str| async move {
+        store.delete_environment(id, &audit("environment.delete", id), now_ms()).await.unwrap()
+    };
+    assert_eq!(del("env-qa").await, EnvironmentDelete::HasDeployments(1));
+    assert!(
+        store
+            .delete_deployment("q1", &secret_op("q1"), &audit("deployment.delete", "q1"), now_ms(), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(del("env-production").await, EnvironmentDelete::Referenced(vec!["staging".into()]));
+    assert_eq!(del("env-qa").await, EnvironmentDelete::Deleted);
+    assert_eq!(del("env-qa").await, EnvironmentDelete::NotFound);
+    assert!(store.get_environment(&qa).await.unwrap().is_none());
+    assert_eq!(store.audit_for("env-qa").await.unwrap().len(), 2, "created and deleted");
+    // A create in a deleted environment finds it gone.
+    assert_eq!(create(store, &sized("q2", "qa", 1)).await, Err(CreateRefusal::EnvironmentMissing));
+    // Seeding does not bring deleted environments back while others exist.
+    store.seed_environments(now_ms()).await.unwrap();
+    assert!(store.get_environment("qa").await.unwrap().is_none());
+
+    // Concurrent creates and a delete: either the delete is refused, or every create is.
+    let fresh = secret_env(store, "race").await;
+    let store2 = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = store2.clone();
+        tasks.push(tokio::spawn(async move { create(&store, &sized(&format!("r{i}"), "race", 1)).await }));
+    }
+    let deleted = store.delete_environment(&fresh, &audit("environment.delete", &fresh), now_ms()).await.unwrap();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(CreateRefusal::EnvironmentMissing) => {}
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    let live = store
+        .count_deployments_matching(DeploymentFilter { environment: Some("race"), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(live, created);
+    match deleted {
+        EnvironmentDelete::Deleted => assert_eq!(created, 0, "no deployment outlives its environment"),
+        EnvironmentDelete::HasDeployments(n) => assert!(n >= 1 && created >= n),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn environment_configuration_is_checked_and_rolled_out_in_one_transaction(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
+    create(store, &sized("v1", "development", 1)).await.unwrap();
+    create(store, &sized("v2", "development", 1)).await.unwrap();
+    create(store, &sized("other", "staging", 1)).await.unwrap();
+    let vars = BTreeMap::from([("LOG_LEVEL".to_string(), "debug".to_string())]);
+    let change = EnvironmentChange {
+        variables: Some(vars.clone()),
+        promotes_to: Some(None),
+        description: Some("dev".into()),
+        ..Default::default()
+    };
+    // A refusal writes nothing.
+    let refused = store
+        .configure_environment("env-development", &change, |_, _, _| Err("no".to_string()), |_, _| Ok(None), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no".to_string()));
+    assert_eq!(store.get_environment("development").await.unwrap().unwrap().promotes_to.as_deref(), Some("staging"));
+    // The check sees the chain as it would be; the rollout sees every live deployment there.
+    let mut chains = Vec::new();
+    let mut seen = Vec::new();
+    let done = store
+        .configure_environment(
+            "env-development",
+            &change,
+            |before, after, chain| {
+                chains.push(chain.to_vec());
+                assert_eq!((before.promotes_to.as_deref(), after.promotes_to.as_deref()), (Some("staging"), None));
+                Ok::<_, String>(audit("environment.config.update", "env-development"))
+            },
+            |d, v| {
+                seen.push((d.id.clone(), v.clone()));
+                let mut next = d.clone();
+                next.revision += 1;
+                next.spec = format!(
+                    r#"{{"replicas":1,"command":"true","cpu":"500m","memory":"1Gi","environmentVariables":{}}}"#,
+                    serde_json::to_string(v).unwrap()
+                );
+                Ok(Some((next, secret_op(&d.id))))
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let chain = &chains[0];
+    assert!(
+        chain.contains(&("development".into(), None)) && chain.contains(&("staging".into(), Some("production".into())))
+    );
+    assert_eq!(seen, vec![("v1".to_string(), vars.clone()), ("v2".to_string(), vars.clone())]);
+    let EnvironmentConfigured::Done { environment, rolled_out } = done else { panic!("not found") };
+    let environment = *environment;
+    assert_eq!(
+        (environment.variables, environment.promotes_to, environment.description.as_str()),
+        (vars.clone(), None, "dev")
+    );
+    assert_eq!(rolled_out.len(), 2);
+    for id in ["v1", "v2"] {
+        let d = store.get_deployment(id).await.unwrap().unwrap();
+        assert_eq!((d.revision, d.resource_version), (2, 2));
+        assert!(store.revision(id, 2).await.unwrap().unwrap().1.contains("LOG_LEVEL"));
+    }
+    assert_eq!(store.get_deployment("other").await.unwrap().unwrap().revision, 1, "another environment's");
+    assert_eq!(usage(store, "development").await, (2, 1000, 2 * GI), "a rollout holds what it held");
+    let stored = store.get_environment("env-development").await.unwrap().unwrap();
+    assert_eq!((stored.variables, stored.promotes_to), (vars, None));
+    assert!(store.audit_for("env-development").await.unwrap().iter().any(|a| a.0 == "environment.config.update"));
+    // Unknown environment.
+    let none = store
+        .configure_environment(
+            "env-nope",
+            &change,
+            |_, _, _| Ok::<_, String>(audit("x.y", "z")),
+            |_, _| Ok(None),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(none, EnvironmentConfigured::NotFound);
+}
+
+async fn status_counts_are_grouped_and_filtered(store: &Store) {
+    let now = now_ms();
+    store.seed_default_workspace(now).await.unwrap();
+    store.seed_environments(now).await.unwrap();
+    store.create_workspace(&workspace("team-a"), &audit("workspace.create", "team-a")).await.unwrap();
+    for (id, ws) in [("s1", "default"), ("s2", "default"), ("s3", "team-a"), ("s4", "default")] {
+        create(store, &deployment(id, ws, "development", now)).await.unwrap();
+    }
+    create(store, &deployment("s5", "default", "staging", now)).await.unwrap();
+    store.put_status_summary("s1", &summary("running", 1), now).await.unwrap();
+    store.put_status_summary("s2", &summary("running", 1), now).await.unwrap();
+    store.put_status_summary("s3", &summary("failed", 0), now).await.unwrap();
+    // s4 has no summary yet: deploying.
+    let all = store.environment_status_counts("development", None).await.unwrap();
+    assert_eq!(all, BTreeMap::from([("deploying".into(), 1), ("failed".into(), 1), ("running".into(), 2)]));
+    let team_a_only =
+        Visibility { everywhere: vec![], workspaces: vec![("team-a".into(), vec!["development".into()])] };
+    let some = store.environment_status_counts("development", Some(&team_a_only)).await.unwrap();
+    assert_eq!(some, BTreeMap::from([("failed".into(), 1)]));
+    assert!(store.environment_status_counts("development", Some(&Visibility::default())).await.unwrap().is_empty());
 }

@@ -79,6 +79,11 @@ async fn old_rows_still_load(store: &Store) {
         ("admin:old", Some("aud-old"), 1, Some(1))
     );
     assert_eq!(store.list_versions("deploy-old", 1, 10).await.unwrap().1, 1);
+    // The environment's running totals count what its deployments held before they existed.
+    let usage = store.environment_usage("development").await.unwrap();
+    assert_eq!((usage.pods, usage.cpu_millis, usage.memory_bytes), (2, 0, 0));
+    let env = store.get_environment("development").await.unwrap().unwrap();
+    assert_eq!(env.promotes_to, None, "no staging to promote to in this database");
     // And a second start changes nothing.
     store.migrate().await.unwrap();
     assert_eq!(store.intent_snapshot("agent-old", None).await.unwrap().1.len(), 1);

@@ -73,7 +73,8 @@ error_codes! {
     VersionNotFound = "DEPLOY_002",
     /// 409: a rollback cannot happen (no earlier good version, the target is the active one, …).
     RollbackFailed = "DEPLOY_003",
-    /// 400: more replicas than Ferry's hard cap.
+    /// 400: more replicas than Ferry's hard cap; 409: a change would pass one of its
+    /// environment's limits (cpu, memory, replicas per deployment, pods).
     ReplicaLimit = "DEPLOY_004",
     /// 404: no deployment with this id.
     DeploymentNotFound = "DEPLOY_006",
@@ -87,12 +88,18 @@ error_codes! {
     EnvironmentNotFound = "ENV_001",
     /// 409: the environment is locked.
     EnvironmentLocked = "ENV_002",
+    /// 400: an environment's configuration is invalid (an unknown `promotesTo`, a cycle).
+    EnvironmentConfigInvalid = "ENV_003",
     /// 500: a stored secret could not be decrypted or sealed again (wrong master key, altered row).
     SecretRotationFailed = "ENV_004",
     /// 409: an environment with this name already exists.
     EnvironmentExists = "ENV_006",
     /// 409: the change is outside the environment's change window.
     ChangeWindowClosed = "ENV_005",
+    /// 409: the environment still holds live deployments.
+    EnvironmentInUse = "ENV_007",
+    /// 409: another environment promotes to this one.
+    EnvironmentPromotedTo = "ENV_008",
     /// 404: no operation with this id.
     OperationNotFound = "OPERATION_001",
     /// 404: no pending change with this id (or you may not see it).

@@ -25,8 +25,7 @@ use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode};
 use crate::authz::{Scope, perm};
 use crate::context::RequestContext;
-use crate::deployments::{not_found, operation};
-use crate::domain::OperationKind;
+use crate::deployments::{not_found, repinned};
 use crate::ids::{now_ms, rfc3339};
 use crate::model::SecretPin;
 use crate::reconcile::Parsed;
@@ -129,9 +128,9 @@ impl<'a> Secrets<'a> {
         Ok(out)
     }
 
-    /// Makes a just-created deployment's revision pin the secrets there are now (its
-    /// environment's may have changed between reading them and storing the deployment):
-    /// returns the deployment as it is, or with a new revision and its operation.
+    /// Makes a just-created deployment's revision pin the secrets and environment variables
+    /// there are now (its environment's may have changed between reading them and storing the
+    /// deployment): returns the deployment as it is, or with a new revision and its operation.
     pub async fn repin(
         &self,
         ctx: &RequestContext,
@@ -140,7 +139,9 @@ impl<'a> Secrets<'a> {
         op: OperationRecord,
     ) -> ApiResult<(DeploymentRecord, OperationRecord)> {
         let env_secrets = self.state.store.list_secrets(SecretScope::Environment, environment_id).await?;
-        if Parsed::from_record(record.clone())?.config.secrets == pins(&env_secrets, &[]) {
+        let variables = self.state.store.get_environment(environment_id).await?.map(|e| e.variables);
+        let config = Parsed::from_record(record.clone())?.config;
+        if config.secrets == pins(&env_secrets, &[]) && variables.is_none_or(|v| v == config.environment_variables) {
             return Ok((record, op));
         }
         let written = self.write(ctx, SecretScope::Deployment, &record.id, "", None).await?;
@@ -165,20 +166,18 @@ impl<'a> Secrets<'a> {
             Some(values) => change(key, ctx, scope, scope_id, action, current, values),
             None => Ok(None),
         };
-        let rollout = |d: &DeploymentRecord, env: &[SecretRecord], own: &[SecretRecord]| {
-            let mut parsed = Parsed::from_record(d.clone())?;
-            let pinned = pins(env, own);
-            if parsed.config.secrets == pinned {
-                return Ok(None);
-            }
-            parsed.config.secrets = pinned;
-            let now = now_ms();
-            let mut record = d.clone();
-            record.spec = serde_json::to_string(&parsed.config).expect("configuration serializes");
-            record.revision += 1;
-            record.updated_at = now;
-            record.last_deployed_at = now;
-            Ok::<_, ApiError>(Some((record.clone(), operation(OperationKind::Update, &d.id, ctx, now))))
+        // Each deployment pins the secrets that apply to it, and (kept in step here too) its
+        // environment's variables.
+        let rollout = |d: &DeploymentRecord,
+                       environment: Option<&EnvironmentRecord>,
+                       env: &[SecretRecord],
+                       own: &[SecretRecord]| {
+            repinned(d, ctx, |config| {
+                config.secrets = pins(env, own);
+                if let Some(e) = environment {
+                    config.environment_variables.clone_from(&e.variables);
+                }
+            })
         };
         match self.state.store.write_secrets(scope, scope_id, change, rollout).await?? {
             SecretsWritten::NotFound => Ok(None),

@@ -113,7 +113,7 @@ mod tests {
         let rows = vec![row("A", 2, "alpha"), row("B", 1, "beta")];
         let write = SecretWrite { upserts: rows, deletes: vec![], audit: None };
         store
-            .write_secrets(SecretScope::Environment, "env-staging", |_| Ok::<_, ()>(Some(write)), |_, _, _| Ok(None))
+            .write_secrets(SecretScope::Environment, "env-staging", |_| Ok::<_, ()>(Some(write)), |_, _, _, _| Ok(None))
             .await
             .unwrap()
             .unwrap();

@@ -1,5 +1,7 @@
 //! Desired state (environments, deployments), operations, per-agent intent and observed state.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -8,6 +10,7 @@ use super::{Audit, Result, StatusSummary, Store, StoreError};
 use crate::authz::{EnvScope, Role};
 use crate::change_windows::{ChangeWindows, ChangeWindowsDoc};
 use crate::domain::{DesiredState, OperationKind, OperationStatus};
+use crate::resources::{Exceeded, Limits};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvironmentRecord {
@@ -23,6 +26,11 @@ pub struct EnvironmentRecord {
     pub lock: Option<EnvironmentLock>,
     /// When changes of what runs here may happen; `None`: at all times.
     pub change_windows: Option<ChangeWindows>,
+    /// The next environment in the promotion chain, by name (`None`: the end of a chain).
+    pub promotes_to: Option<String>,
+    /// Merged under the env of every deployment here (pinned into their revisions).
+    pub variables: BTreeMap<String, String>,
+    pub limits: Limits,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -132,6 +140,10 @@ pub enum CreateRefusal {
     ProjectMissing,
     /// The AI zone does not exist or is dedicated to another workspace.
     ZoneMissing,
+    /// The environment does not exist (any more).
+    EnvironmentMissing,
+    /// It would pass one of its environment's limits.
+    LimitExceeded(Exceeded),
 }
 
 pub(super) const DEPLOYMENT_COLUMNS: &str = "id, name, environment, active_version, spec, target, desired_state, \
@@ -165,7 +177,7 @@ fn parse_named<T>(r: &AnyRow, table: &'static str, column: &'static str, parse: 
     parse(&text).ok_or_else(|| StoreError::Corrupt { table, column, message: format!("unknown value {text:?}") })
 }
 
-fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
+pub(super) fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -192,6 +204,13 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
                 Some(doc.compile().map_err(|i| corrupt(format!("{}: {}", i.field, i.message)))?)
             }
         },
+        promotes_to: r.try_get("promotes_to")?,
+        variables: super::labels_from_json("environments", "variables", &r.try_get::<String, _>("variables")?)?,
+        limits: serde_json::from_str(&r.try_get::<String, _>("limits")?).map_err(|e| StoreError::Corrupt {
+            table: "environments",
+            column: "limits",
+            message: e.to_string(),
+        })?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -222,12 +241,14 @@ pub enum Write<T> {
     Conflict {
         current: i64,
     },
+    /// The change would pass one of the environment's limits; nothing was written.
+    LimitExceeded(Exceeded),
 }
 
 /// `FROM … WHERE …` of a deployment listing and its parameters, in order; `None` when the
 /// filter can match nothing (nothing is visible). Only the filters given appear in the SQL, so an
 /// index serves each shape (a handful).
-fn filter_sql<'a>(f: &DeploymentFilter<'a>) -> Option<(String, Vec<&'a str>)> {
+pub(super) fn filter_sql<'a>(f: &DeploymentFilter<'a>) -> Option<(String, Vec<&'a str>)> {
     let mut conds = vec!["d.deleted_at IS NULL".to_string()];
     let mut binds: Vec<&'a str> = Vec::new();
     for (column, value) in [
@@ -280,13 +301,21 @@ fn filter_sql<'a>(f: &DeploymentFilter<'a>) -> Option<(String, Vec<&'a str>)> {
 impl Store {
     // ---- environments -------------------------------------------------------------------
 
-    /// Creates `development`, `staging` and `production` unless they exist (idempotent).
+    /// Creates `development`, `staging` and `production`, chained in that order for promotion,
+    /// when there is no environment at all (a new database; one whose environments were all
+    /// deleted). Environments deleted on purpose therefore stay deleted across restarts.
     pub async fn seed_environments(&self, now_ms: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let any: Option<String> =
+            sqlx::query_scalar("SELECT id FROM environments LIMIT 1").fetch_optional(&mut *tx).await?;
+        if any.is_some() {
+            return Ok(());
+        }
         // Distinct creation times keep the promotion order in listings.
-        for (i, (name, description)) in [
-            ("development", "Development environment"),
-            ("staging", "Staging environment"),
-            ("production", "Production environment"),
+        for (i, (name, description, next)) in [
+            ("development", "Development environment", Some("staging")),
+            ("staging", "Staging environment", Some("production")),
+            ("production", "Production environment", None),
         ]
         .into_iter()
         .enumerate()
@@ -294,18 +323,21 @@ impl Store {
             let (required, approval) = crate::authz::default_restrictions(name);
             sqlx::query(
                 "INSERT INTO environments (id, name, type, description, locked, required_roles, \
-                 approval_required, created_at, updated_at) \
-                 VALUES ($1, $2, $2, $3, 0, $4, $5, $6, $6) ON CONFLICT (name) DO NOTHING",
+                 approval_required, promotes_to, created_at, updated_at) \
+                 VALUES ($1, $2, $2, $3, 0, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
             )
             .bind(format!("env-{name}"))
             .bind(name)
             .bind(description)
             .bind(serde_json::to_string(&required).expect("roles serialize"))
             .bind(i64::from(approval))
+            .bind(next)
             .bind(now_ms + i as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+            Self::insert_usage(&mut tx, name).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -343,6 +375,7 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
+        Self::insert_usage(&mut tx, &env.name).await?;
         Self::write_audit(&mut tx, audit, env.created_at).await?;
         tx.commit().await?;
         Ok(true)
@@ -448,6 +481,10 @@ impl Store {
         if let Some(c) = claim {
             Self::claim_approval(&mut tx, c).await?;
         }
+        // Under a share lock: the environment cannot be deleted until this commits.
+        let Some(limits) = self.environment_limits(&mut tx, &d.environment, true).await? else {
+            return Ok(Err(CreateRefusal::EnvironmentMissing));
+        };
         let share = if self.backend == super::Backend::Postgres { " FOR SHARE" } else { "" };
         // `default` is never deleted: only another workspace can vanish under a create.
         if d.workspace != super::DEFAULT_WORKSPACE {
@@ -534,6 +571,11 @@ impl Store {
         first.deployed_by = Some(audit.actor.clone());
         first.deploy_operation_id = Some(op.id.clone());
         Self::insert_version_row(&mut tx, &mut first).await?;
+        // Last: what it holds against its environment's limits (a refusal rolls everything back).
+        let holds = super::environments::allocation_of(d)?;
+        if let Err(e) = self.allocate(&mut tx, &d.environment, Some(&limits), &Default::default(), &holds).await? {
+            return Ok(Err(CreateRefusal::LimitExceeded(e)));
+        }
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -713,20 +755,25 @@ impl Store {
         if let Some(c) = claim {
             Self::claim_approval(&mut tx, c).await?;
         }
-        let n = sqlx::query(
+        let deleted: Option<(String, String, String)> = sqlx::query_as(
             "UPDATE deployments SET deleted_at = $1, resource_version = resource_version + 1 \
-             WHERE id = $2 AND deleted_at IS NULL",
+             WHERE id = $2 AND deleted_at IS NULL RETURNING environment, spec, desired_state",
         )
         .bind(now_ms)
         .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((environment, spec, state)) = deleted else { return Ok(false) };
         Self::insert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, now_ms).await?;
+        // What it held goes back to its environment (a release never passes a limit).
+        let state = DesiredState::parse(&state).unwrap_or(DesiredState::Running);
+        let held = crate::resources::Allocation::of_spec(&spec, state).map_err(|e| StoreError::Corrupt {
+            table: "deployments",
+            column: "spec",
+            message: e.to_string(),
+        })?;
+        let _released = self.allocate(&mut tx, &environment, None, &held, &Default::default()).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -63,6 +63,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0010_versions.sql"),
         include_str!("../../migrations/0010_versions.sql"),
     ),
+    (
+        11,
+        "environments",
+        include_str!("../../migrations/0011_environments.sqlite.sql"),
+        include_str!("../../migrations/0011_environments.postgres.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

@@ -22,6 +22,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod deployments;
+mod environments;
 mod intent;
 mod logs;
 mod migrate;
@@ -49,6 +50,7 @@ pub use deployments::{
     CreateRefusal, DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Visibility,
     Write,
 };
+pub use environments::{EnvironmentChange, EnvironmentConfigured, EnvironmentDelete};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};

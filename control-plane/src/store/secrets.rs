@@ -5,8 +5,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::deployments::{DEPLOYMENT_COLUMNS, deployment_from_row};
-use super::{Audit, Backend, DeploymentRecord, OperationRecord, Result, Store, StoreError};
+use super::deployments::{DEPLOYMENT_COLUMNS, deployment_from_row, environment_from_row};
+use super::{Audit, Backend, DeploymentRecord, EnvironmentRecord, OperationRecord, Result, Store, StoreError};
 
 /// What a secret belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,9 +141,9 @@ impl Store {
     ///    nothing is written; `None`: no secret changes, but the deployments are still looked
     ///    at, so a deployment whose revision does not reflect the secrets there are is fixed).
     /// 2. For every live deployment the scope covers, `rollout` sees the deployment, its
-    ///    environment's secrets and its own (as written) and returns the deployment's new
-    ///    desired state and operation, if it changes; that state (a new revision) is stored
-    ///    like any change of the deployment.
+    ///    environment (for its variables; `None` if it is gone), the environment's secrets and
+    ///    its own (as written) and returns the deployment's new desired state and operation, if
+    ///    it changes; that state (a new revision) is stored like any change of the deployment.
     /// 3. The change's audit record is written.
     pub async fn write_secrets<E>(
         &self,
@@ -152,6 +152,7 @@ impl Store {
         change: impl FnOnce(&[SecretRecord]) -> std::result::Result<Option<SecretWrite>, E>,
         mut rollout: impl FnMut(
             &DeploymentRecord,
+            Option<&EnvironmentRecord>,
             &[SecretRecord],
             &[SecretRecord],
         ) -> std::result::Result<Option<(DeploymentRecord, OperationRecord)>, E>,
@@ -159,7 +160,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         // The deployments the scope covers, locked in id order (as every writer locks them).
-        let (environment_id, deployments) = match scope {
+        let (environment, deployments) = match scope {
             SecretScope::Deployment => {
                 let sql =
                     format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND deleted_at IS NULL{lock}");
@@ -167,25 +168,18 @@ impl Store {
                 let Some(d) = row.as_ref().map(deployment_from_row).transpose()? else {
                     return Ok(Ok(SecretsWritten::NotFound));
                 };
-                let env_id: Option<String> = sqlx::query_scalar("SELECT id FROM environments WHERE name = $1")
+                let env = sqlx::query("SELECT * FROM environments WHERE name = $1")
                     .bind(&d.environment)
                     .fetch_optional(&mut *tx)
                     .await?;
-                (env_id, vec![d])
+                (env.as_ref().map(environment_from_row).transpose()?, vec![d])
             }
-            SecretScope::Environment => {
-                let sql = format!("SELECT name FROM environments WHERE id = $1{lock}");
-                let name: Option<String> =
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(scope_id).fetch_optional(&mut *tx).await?;
-                let Some(name) = name else { return Ok(Ok(SecretsWritten::NotFound)) };
-                let sql = format!(
-                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 AND deleted_at IS NULL \
-                     ORDER BY id{lock}"
-                );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&name).fetch_all(&mut *tx).await?;
-                (Some(scope_id.to_string()), rows.iter().map(deployment_from_row).collect::<Result<Vec<_>>>()?)
-            }
+            SecretScope::Environment => match self.lock_environment_deployments(&mut tx, scope_id).await? {
+                Some((env, deployments)) => (Some(env), deployments),
+                None => return Ok(Ok(SecretsWritten::NotFound)),
+            },
         };
+        let environment_id = environment.as_ref().map(|e| e.id.clone());
         let current = Self::secrets_in(&mut tx, scope, scope_id).await?;
         let write = match change(&current) {
             Ok(write) => write.unwrap_or_else(|| SecretWrite { upserts: Vec::new(), deletes: Vec::new(), audit: None }),
@@ -233,17 +227,12 @@ impl Store {
         let mut rolled_out = Vec::new();
         for d in &deployments {
             let own = Self::secrets_in(&mut tx, SecretScope::Deployment, &d.id).await?;
-            let next = match rollout(d, &environment_secrets, &own) {
+            let next = match rollout(d, environment.as_ref(), &environment_secrets, &own) {
                 Ok(Some(next)) => next,
                 Ok(None) => continue,
                 Err(e) => return Ok(Err(e)),
             };
-            let (mut record, op) = next;
-            Self::update_deployment(&mut tx, &record).await?;
-            Self::insert_revision(&mut tx, &record, audit_id.as_deref()).await?;
-            Self::insert_operation(&mut tx, &op).await?;
-            record.resource_version = d.resource_version + 1;
-            rolled_out.push((record, op));
+            rolled_out.push(Self::store_rollout(&mut tx, d, next, audit_id.as_deref()).await?);
         }
         let secrets = Self::secrets_in(&mut tx, scope, scope_id).await?;
         tx.commit().await?;

@@ -410,6 +410,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // Last: what it holds, if that changes, against its environment's limits.
+        let (before, after) = (super::environments::allocation_of(&current)?, super::environments::allocation_of(&d)?);
+        if let Err(e) = self.allocate(&mut tx, &current.environment, None, &before, &after).await? {
+            return Ok(Ok(Write::LimitExceeded(e)));
+        }
         tx.commit().await?;
         let mut updated = d;
         updated.resource_version = current.resource_version + 1;
