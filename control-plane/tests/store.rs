@@ -2002,6 +2002,7 @@ async fn created(store: &Store, deployment: &str, name: Option<&str>) -> Version
 }
 
 async fn versions_are_created_once_and_named_in_order(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
     let d = deployment("dv", "default", "development", 1);
     create(store, &d).await.unwrap();
     // Creating a deployment creates its first version, deployed by the create's operation.
@@ -2079,6 +2080,7 @@ async fn deploy(store: &Store, id: &str, to: &str, create: bool, mark: Option<Ve
 }
 
 async fn versions_are_deployed_and_marked_with_their_deployment(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
     let d = deployment("dd", "default", "development", 1);
     create(store, &d).await.unwrap();
     let after = deploy(store, "dd", "v2", true, None).await;
@@ -2118,6 +2120,7 @@ async fn versions_are_deployed_and_marked_with_their_deployment(store: &Store) {
 }
 
 async fn a_failed_rollout_fails_the_version_it_deployed(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
     let d = deployment("df", "default", "development", 1);
     create(store, &d).await.unwrap();
     deploy(store, "df", "v2", true, None).await;
