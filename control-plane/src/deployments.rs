@@ -83,7 +83,8 @@ pub struct NewDeployment {
     pub version: String,
     pub target: TargetJson,
     pub configuration: Configuration,
-    /// Only `direct` (the process runtime) exists today.
+    /// `direct` (or `None`), or `github` for a deployment whose configuration pins a Git
+    /// source (only `crate::sources` creates those).
     pub source: Option<String>,
     /// By id or name; `None`: `default`.
     pub workspace: Option<String>,
@@ -154,10 +155,13 @@ impl Change {
                     p.target = t.clone();
                 }
                 if let Some(c) = configuration {
-                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`).
+                    // Which secrets a revision runs with is Ferry's to say (`PUT …/secrets`), and
+                    // so is the commit of a Git source (`crate::sources`).
                     let secrets = std::mem::take(&mut p.config.secrets);
+                    let source = p.config.source.take();
                     p.config = (**c).clone();
                     p.config.secrets = secrets;
+                    p.config.source = source;
                 }
             }
             Change::Scale(replicas) => p.config.replicas = *replicas,
@@ -193,9 +197,13 @@ impl<'a> Deployments<'a> {
     pub async fn create(
         &self,
         ctx: &RequestContext,
-        new: NewDeployment,
+        mut new: NewDeployment,
         opts: Options,
     ) -> ApiResult<Outcome<Accepted>> {
+        // Only a Git source pins a commit (`crate::sources`, which resolved it).
+        if new.source.as_deref() != Some(crate::sources::GITHUB) {
+            new.configuration.source = None;
+        }
         validate_new(&new)?;
         let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
         let env = self.environment(&new.environment).await?;
@@ -422,6 +430,7 @@ impl<'a> Deployments<'a> {
                 // (Secrets make new revisions through the secrets service, which sets the pins.)
                 if before.record.active_version != parsed.record.active_version
                     || template(&before) != template(&parsed)
+                    || before.config.source != parsed.config.source
                 {
                     record.revision += 1;
                 }
@@ -733,8 +742,14 @@ fn with_approval(mut details: Value, pending: Option<&PendingApply>) -> Value {
 fn validate_new(new: &NewDeployment) -> ApiResult<()> {
     model::validate_name("deploymentName", &new.name).map_err(invalid)?;
     model::validate_version(&new.version).map_err(invalid)?;
-    if new.source.as_deref().is_some_and(|s| s != "direct") {
-        return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
+    match (new.source.as_deref(), &new.configuration.source) {
+        (None | Some(crate::sources::DIRECT), None) | (Some(crate::sources::GITHUB), Some(_)) => {}
+        _ => {
+            return Err(ApiError::validation(
+                "deploymentSource",
+                "\"direct\" here; Git sources are created with POST /v1/deployments/github",
+            ));
+        }
     }
     new.configuration.validate().map_err(invalid)?;
     new.target.validate().map_err(invalid)?;

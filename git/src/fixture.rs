@@ -72,11 +72,7 @@ impl Fixture {
         };
         let mut time = gix::date::parse::TimeBuf::default();
         let sig = signature.to_ref(&mut time);
-        self.repo
-            .commit_as(sig, sig, reference.as_str(), message, tree, parent)
-            .expect("commit")
-            .detach()
-            .to_string()
+        self.repo.commit_as(sig, sig, reference.as_str(), message, tree, parent).expect("commit").detach().to_string()
     }
 
     /// A lightweight tag.

@@ -44,8 +44,7 @@ impl Source {
                     gix::init_bare(&tmp).map_err(|e| internal("creating a cache repository", e))?;
                     std::fs::rename(&tmp, &dir).map_err(|e| internal("creating a cache repository", e))?;
                 }
-                let open = open
-                    .config_overrides([format!("gitoxide.http.connectTimeout={HTTP_CONNECT_TIMEOUT_MS}")]);
+                let open = open.config_overrides([format!("gitoxide.http.connectTimeout={HTTP_CONNECT_TIMEOUT_MS}")]);
                 let repo = gix::open_opts(&dir, open).map_err(|e| internal("opening the Git cache", e))?;
                 Ok(Self { repo, url: url.to_string(), remote: true })
             }
@@ -89,8 +88,7 @@ impl Source {
     /// a commit is found only if one of them reaches it).
     fn ensure_commit(&self, commit: &str, interrupt: &AtomicBool) -> Result<ObjectId, GitError> {
         let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| GitError::BadRef(e.to_string()))?;
-        let not_found =
-            || GitError::RefNotFound { what: "commit", name: commit.to_string(), url: self.url.clone() };
+        let not_found = || GitError::RefNotFound { what: "commit", name: commit.to_string(), url: self.url.clone() };
         if !self.repo.has_object(id) {
             if !self.remote {
                 return Err(not_found());

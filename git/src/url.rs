@@ -85,9 +85,9 @@ impl RepoUrl {
                     .into(),
             ));
         }
-        let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
-            if port.parse::<u16>().is_ok() || h.ends_with(']') { h } else { authority }
-        });
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, port)| if port.parse::<u16>().is_ok() || h.ends_with(']') { h } else { authority });
         if host.is_empty() {
             return Err(bad("the repository URL has no host"));
         }

@@ -120,7 +120,7 @@ pub struct MutationParams {
 }
 
 impl MutationParams {
-    fn options(&self) -> Options {
+    pub(super) fn options(&self) -> Options {
         Options { wait_for_window: self.wait_for_window }
     }
 }
@@ -159,7 +159,8 @@ fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Value {
         "workspace": r.workspace,
         "projectId": r.project_id,
         "aiZoneId": r.ai_zone_id,
-        "deploymentSource": "direct",
+        "deploymentSource": crate::sources::source_type(&p.config),
+        "sourceConfiguration": crate::sources::source_configuration(&p.config),
         "target": p.target,
         "configuration": p.config,
         "created": rfc3339(r.created_at),
@@ -191,7 +192,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 }
 
 /// 202 either way: applied now, or stored as a pending change whose operation waits.
-fn outcome(o: Outcome<Accepted>) -> Response {
+pub(super) fn outcome(o: Outcome<Accepted>) -> Response {
     match o {
         Outcome::Applied(a) => accepted(a),
         Outcome::Deferred(d) => deferred(d),
@@ -229,6 +230,12 @@ pub async fn create(
     ApiQuery(params): ApiQuery<MutationParams>,
     ApiJson(req): ApiJson<CreateDeployment>,
 ) -> ApiResult<Response> {
+    if req.deployment_source.as_deref().is_some_and(|s| s != crate::sources::DIRECT) {
+        return Err(ApiError::validation(
+            "deploymentSource",
+            "\"direct\" here; Git sources are created with POST /v1/deployments/github",
+        ));
+    }
     let new = NewDeployment {
         name: req.deployment_name,
         environment: req.environment,
