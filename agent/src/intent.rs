@@ -121,9 +121,16 @@ impl Intent {
             .iter()
             .map(|(id, w)| {
                 let mut w = w.clone();
-                if let WorkloadSpec::ProcessWithSecrets { secrets, .. } = &mut w.spec {
-                    *secrets = Default::default();
-                    withheld.insert(id.clone());
+                match &mut w.spec {
+                    WorkloadSpec::ProcessWithSecrets { secrets, .. } => {
+                        *secrets = Default::default();
+                        withheld.insert(id.clone());
+                    }
+                    WorkloadSpec::ProcessFromGit { secrets, .. } if !secrets.env.is_empty() => {
+                        *secrets = Default::default();
+                        withheld.insert(id.clone());
+                    }
+                    _ => {}
                 }
                 (id.clone(), w)
             })

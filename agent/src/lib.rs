@@ -30,6 +30,12 @@
 //!   variables, and are kept in memory only: `intent.json` stores such workloads without them
 //!   (listed as `withheld`). After a restart they stay `Pending` until the control plane sends
 //!   them again; the agent asks for its whole intent right after Welcome to get them.
+//! * Git sources (`WorkloadSpec::ProcessFromGit`, sent only because the agent announces
+//!   `git:v1`): the agent checks out exactly the commit it is told into
+//!   `<state-dir>/checkouts/<key(url)>/<commit>` (atomic, reused, removed once no workload
+//!   names it; network repositories are fetched into `<state-dir>/git-cache`), then runs the
+//!   command there; it builds nothing. While the checkout fails the workload is `Failed` with
+//!   the reason, and it is retried with backoff.
 //! * **Agent restarts restart workloads; control-plane restarts do not.** Sessions come and go
 //!   around the runtime, so a lost connection, a reconnect or a control-plane restart leaves
 //!   every process running (re-applying the same intent is a no-op). When the agent exits
@@ -49,6 +55,7 @@
 //!   buffer and telemetry stream.
 
 pub mod backoff;
+mod checkouts;
 pub mod config;
 pub mod credentials;
 pub mod error;

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use ferry_protocol::{
-    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, Heartbeat, Hello,
-    IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, SECRETS_CAPABILITY, ServerMessage, Status,
-    StatusDelta, Welcome, WireError,
+    Ack, AckOutcome, AgentMessage, Assignment, CertificateRenewed, CloseCode, ErrorCode, GIT_CAPABILITY, Heartbeat,
+    Hello, IntentUpdate, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RenewCertificate, SECRETS_CAPABILITY, ServerMessage,
+    Status, StatusDelta, Welcome, WireError,
 };
 use ferry_transport::TransportError;
 use quinn::{RecvStream, SendStream};
@@ -163,7 +163,8 @@ async fn handshake(link: &Link, s: &Session<'_>) -> Result<(SendStream, RecvStre
         labels: s.config.labels.clone(),
         // What this agent can run: its runtime's capability (`runtime:process`), and workloads
         // with secrets (`secrets:v1`, `WorkloadSpec::ProcessWithSecrets`).
-        capabilities: vec![s.workloads.capability(), SECRETS_CAPABILITY.to_string()],
+        // Git sources it checks out (`git:v1`, `WorkloadSpec::ProcessFromGit`).
+        capabilities: vec![s.workloads.capability(), SECRETS_CAPABILITY.to_string(), GIT_CAPABILITY.to_string()],
         last_generation: s.intent.generation,
     };
     net::send(&mut send, &AgentMessage::Hello(hello))

@@ -10,16 +10,24 @@
 //! kind no runtime here runs is not dropped silently: it is reported with every replica `Failed`
 //! and a reason saying so (the control plane places workloads only on agents that advertise
 //! their kind, so this only happens if it and the agent disagree).
+//!
+//! A workload of a Git source (`WorkloadSpec::ProcessFromGit`) first needs its commit checked
+//! out ([`crate::checkouts`]): until then it is reported `Pending` (or `Failed` with the reason
+//! while the checkout fails and is retried); once checked out it goes to the runtime as a plain
+//! process workload whose working directory is in the checkout. The intent is routed again
+//! whenever a checkout attempt ends.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_protocol::{Phase, ReplicaStatus, Status, WorkloadStatus};
+use ferry_protocol::{GitCheckout, Phase, ReplicaStatus, Status, WorkloadSpec, WorkloadStatus};
 use ferry_runtime::{ProcessRuntime, Runtime, Workload};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::AgentState;
+use crate::checkouts::{Checkouts, Prepared};
 use crate::config::AgentConfig;
 use crate::intent::Intent;
 use crate::logs::{self, Limits, LogCounts, LogHub};
@@ -34,8 +42,8 @@ const LOG_COUNTS_REFRESH: Duration = Duration::from_secs(1);
 /// The runtime and the tasks around it.
 pub(crate) struct Workloads {
     runtime: Arc<dyn Runtime>,
-    /// The newest intent for the applier (only the latest matters).
-    desired: watch::Sender<Option<Arc<Routed>>>,
+    /// Routes intents (checking Git sources out) and hands them to the applier.
+    assigner: Arc<Assigner>,
     observed: watch::Receiver<Status>,
     hub: Arc<LogHub>,
     publisher: Arc<Publisher>,
@@ -44,6 +52,8 @@ pub(crate) struct Workloads {
     applier: AbortOnDrop<()>,
     collector: AbortOnDrop<()>,
     observer: AbortOnDrop<()>,
+    /// Routes the intent again when a checkout attempt ends.
+    rerouter: AbortOnDrop<()>,
 }
 
 impl Workloads {
@@ -63,7 +73,22 @@ impl Workloads {
             unrunnable: Mutex::new(Vec::new()),
         });
         let (desired, desired_rx) = watch::channel(None);
-        let applier = AbortOnDrop(tokio::spawn(apply_latest(Arc::clone(&runtime), desired_rx, Arc::clone(&publisher))));
+        let checkouts = Checkouts::new(&config.state_dir);
+        let mut checkout_changes = checkouts.changes();
+        let assigner = Arc::new(Assigner { kind: runtime.kind(), checkouts, latest: Mutex::new(None), desired });
+        let applier = AbortOnDrop(tokio::spawn(apply_latest(
+            Arc::clone(&runtime),
+            desired_rx,
+            Arc::clone(&publisher),
+            Arc::downgrade(&assigner),
+        )));
+        let rerouting = Arc::clone(&assigner);
+        let rerouter = AbortOnDrop(tokio::spawn(async move {
+            while checkout_changes.changed().await.is_ok() {
+                checkout_changes.borrow_and_update();
+                rerouting.reroute();
+            }
+        }));
         let collector = AbortOnDrop(tokio::spawn(logs::collect(Arc::clone(&hub), log_rx)));
         let observer = AbortOnDrop(tokio::spawn(observe(Arc::clone(&publisher))));
         tracing::info!(
@@ -73,21 +98,13 @@ impl Workloads {
             kind = runtime.kind(),
             "runtime ready"
         );
-        Self { runtime, desired, observed, hub, publisher, applier, collector, observer }
+        Self { runtime, assigner, observed, hub, publisher, applier, collector, observer, rerouter }
     }
 
     /// Hands `intent` to the applier and returns at once; a newer one handed over before the
     /// applier got to this one replaces it.
     pub(crate) fn assign(&self, intent: &Intent) {
-        let (workloads, unrunnable) = route(intent, self.runtime.kind(), now_ms());
-        for w in &unrunnable {
-            if intent.withheld.contains(&w.id) {
-                tracing::info!(workload = %w.id, "waiting for the control plane to send this workload's secrets");
-            } else {
-                tracing::warn!(workload = %w.id, "no runtime here runs this workload's kind; reported as failed");
-            }
-        }
-        self.desired.send_replace(Some(Arc::new(Routed { generation: intent.generation, workloads, unrunnable })));
+        self.assigner.assign(Arc::new(intent.clone()));
     }
 
     /// The observed state (generation applied by the runtime, workloads' status), updated on
@@ -108,8 +125,12 @@ impl Workloads {
     /// Stops every workload (SIGTERM, then SIGKILL after each one's grace period) and waits
     /// for them; an apply in progress finishes first.
     pub(crate) async fn shutdown(self) {
-        let Self { runtime, desired, observed: _, hub: _, publisher, mut applier, collector, observer } = self;
-        drop(desired);
+        let Self { runtime, assigner, observed: _, hub: _, publisher, mut applier, collector, observer, mut rerouter } =
+            self;
+        // The applier ends once the last holder of the assigner (and so of its sender) is gone.
+        rerouter.0.abort();
+        let _ = (&mut rerouter.0).await;
+        drop(assigner);
         tracing::info!("stopping the workloads");
         runtime.shutdown().await;
         if let Err(e) = (&mut applier.0).await {
@@ -129,21 +150,107 @@ struct Routed {
     generation: u64,
     workloads: Vec<Workload>,
     unrunnable: Vec<WorkloadStatus>,
+    /// The Git sources (url, commit) the intent names.
+    sources: HashSet<(String, String)>,
+}
+
+/// Routes intents and hands them to the applier: the newest intent is kept, so that it can be
+/// routed again when a checkout attempt ends.
+struct Assigner {
+    kind: &'static str,
+    checkouts: Arc<Checkouts>,
+    /// The newest intent. Held while routing, so an older intent's routing can never be sent
+    /// after a newer one's.
+    latest: Mutex<Option<Arc<Intent>>>,
+    /// The newest routed intent for the applier (only the latest matters).
+    desired: watch::Sender<Option<Arc<Routed>>>,
+}
+
+impl Assigner {
+    fn assign(&self, intent: Arc<Intent>) {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let routed = self.route(&intent);
+        for w in &routed.unrunnable {
+            if intent.withheld.contains(&w.id) {
+                tracing::info!(workload = %w.id, "waiting for the control plane to send this workload's secrets");
+            } else if intent.workloads.get(&w.id).is_some_and(|i| i.spec.git().is_some()) {
+                tracing::info!(workload = %w.id, "waiting for this workload's checkout");
+            } else {
+                tracing::warn!(workload = %w.id, "no runtime here runs this workload's kind; reported as failed");
+            }
+        }
+        *latest = Some(intent);
+        self.desired.send_replace(Some(Arc::new(routed)));
+    }
+
+    /// Routes the newest intent again (a checkout attempt ended).
+    fn reroute(&self) {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(intent) = latest.as_ref() {
+            let routed = self.route(intent);
+            self.desired.send_replace(Some(Arc::new(routed)));
+        }
+    }
+
+    fn route(&self, intent: &Intent) -> Routed {
+        let (workloads, unrunnable) = route(intent, self.kind, now_ms(), &|src| self.checkouts.prepare(src));
+        Routed { generation: intent.generation, workloads, unrunnable, sources: sources(intent) }
+    }
+
+    /// Removes the checkouts neither `applied` nor the newest intent names.
+    fn retain_checkouts(&self, applied: &Routed) {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keep = applied.sources.clone();
+        if let Some(intent) = latest.as_ref() {
+            keep.extend(sources(intent));
+        }
+        self.checkouts.retain(&keep);
+    }
+}
+
+fn sources(intent: &Intent) -> HashSet<(String, String)> {
+    intent.workloads.values().filter_map(|w| w.spec.git()).map(|g| (g.url.clone(), g.commit.clone())).collect()
 }
 
 /// Splits the intent's workloads into those of the runtime's `kind` and the status of the
 /// others since `now_ms`: every replica `Pending` for a workload held without its secrets (it
-/// starts once the control plane sent them), `Failed` with a reason for one of another kind.
-fn route(intent: &Intent, kind: &str, now_ms: u64) -> (Vec<Workload>, Vec<WorkloadStatus>) {
+/// starts once the control plane sent them), `Failed` with a reason for one of another kind. A
+/// workload of a Git source runs once `prepare` says its checkout is ready (as a process
+/// workload with its working directory there); meanwhile it is reported as `prepare` says.
+fn route(
+    intent: &Intent,
+    kind: &str,
+    now_ms: u64,
+    prepare: &dyn Fn(&GitCheckout) -> Prepared,
+) -> (Vec<Workload>, Vec<WorkloadStatus>) {
     let mut runnable = Vec::new();
     let mut unrunnable = Vec::new();
     for w in intent.workloads.values() {
         let withheld = intent.withheld.contains(&w.id);
-        if w.spec.kind() == kind && !withheld {
-            runnable.push(Workload::from(w));
-            continue;
-        }
-        let (phase, reason) = if withheld {
+        let prepared = match (&w.spec, withheld) {
+            (WorkloadSpec::ProcessFromGit { source, .. }, false) if w.spec.kind() == kind => Some(prepare(source)),
+            _ => None,
+        };
+        let waiting = match prepared {
+            None if w.spec.kind() == kind && !withheld => {
+                runnable.push(Workload::from(w));
+                continue;
+            }
+            None => None,
+            Some(Prepared::Ready(dir)) => {
+                let mut workload = Workload::from(w);
+                if let WorkloadSpec::ProcessFromGit { spec, secrets, .. } = workload.spec {
+                    let spec = ferry_protocol::ProcessSpec { working_dir: Some(dir.display().to_string()), ..spec };
+                    workload.spec = WorkloadSpec::ProcessWithSecrets { spec, secrets };
+                }
+                runnable.push(workload);
+                continue;
+            }
+            Some(Prepared::Waiting { phase, reason }) => Some((phase, reason)),
+        };
+        let (phase, reason) = if let Some(waiting) = waiting {
+            waiting
+        } else if withheld {
             (Phase::Pending, "waiting for its secrets from the control plane (they are never stored on disk)".into())
         } else {
             (Phase::Failed, format!("this agent has no runtime for kind `{}` (it runs `{kind}`)", w.spec.kind()))
@@ -232,6 +339,8 @@ async fn apply_latest(
     runtime: Arc<dyn Runtime>,
     mut desired: watch::Receiver<Option<Arc<Routed>>>,
     publisher: Arc<Publisher>,
+    // Only a weak handle: the channel closes (and this loop ends) when `Workloads` drops it.
+    assigner: std::sync::Weak<Assigner>,
 ) {
     while desired.changed().await.is_ok() {
         let Some(routed) = desired.borrow_and_update().clone() else { continue };
@@ -245,6 +354,9 @@ async fn apply_latest(
             "intent handed to the runtime"
         );
         publisher.applied(routed.generation, &routed.unrunnable);
+        if let Some(assigner) = assigner.upgrade() {
+            assigner.retain_checkouts(&routed);
+        }
     }
 }
 
@@ -277,6 +389,40 @@ mod tests {
     use super::*;
     use crate::intent::tests::workload;
 
+    fn no_git(_: &GitCheckout) -> Prepared {
+        panic!("no Git source here")
+    }
+
+    #[test]
+    fn git_workloads_run_in_their_checkout_once_it_is_ready() {
+        let mut from_git = workload("g", 2, 2);
+        let WorkloadSpec::Process(spec) = from_git.spec.clone() else { unreachable!() };
+        let source = GitCheckout { url: "file:///r".into(), commit: "c".repeat(40), dir: "app".into() };
+        let secrets =
+            ferry_protocol::SecretMaterial { env: [("K".to_string(), ferry_protocol::SecretValue::new("v"))].into() };
+        from_git.spec = WorkloadSpec::ProcessFromGit { spec, secrets: secrets.clone(), source: source.clone() };
+        let intent = intent_of([workload("a", 1, 1), from_git]);
+
+        let waiting = |_: &GitCheckout| Prepared::Waiting { phase: Phase::Failed, reason: "unreachable".into() };
+        let (runnable, unrunnable) = route(&intent, "process", 5, &waiting);
+        assert_eq!(runnable.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["a@1"]);
+        assert_eq!(unrunnable[0].id, "g@2");
+        assert_eq!(unrunnable[0].replicas.len(), 2);
+        assert_eq!(unrunnable[0].replicas[0].phase, Phase::Failed);
+        assert_eq!(unrunnable[0].replicas[0].reason.as_deref(), Some("unreachable"));
+
+        let ready = |s: &GitCheckout| {
+            assert_eq!(s, &source);
+            Prepared::Ready("/state/checkouts/k/c/app".into())
+        };
+        let (runnable, unrunnable) = route(&intent, "process", 5, &ready);
+        assert!(unrunnable.is_empty());
+        let g = runnable.iter().find(|w| w.id == "g@2").unwrap();
+        let WorkloadSpec::ProcessWithSecrets { spec, secrets: s } = &g.spec else { panic!("{:?}", g.spec) };
+        assert_eq!(spec.working_dir.as_deref(), Some("/state/checkouts/k/c/app"));
+        assert_eq!((spec.replicas, s), (2, &secrets));
+    }
+
     fn intent_of(workloads: impl IntoIterator<Item = WorkloadIntent>) -> Intent {
         Intent {
             generation: 1,
@@ -288,14 +434,14 @@ mod tests {
     #[test]
     fn workloads_go_to_the_runtime_of_their_kind_and_others_are_reported_failed() {
         let intents = intent_of([workload("a", 1, 2), workload("b", 3, 1)]);
-        let (runnable, unrunnable) = route(&intents, "process", 7);
+        let (runnable, unrunnable) = route(&intents, "process", 7, &no_git);
         assert!(unrunnable.is_empty());
         let ids: Vec<(&str, &str)> = runnable.iter().map(|w| (w.id.as_str(), w.deployment_id.as_str())).collect();
         assert_eq!(ids, [("a@1", "a"), ("b@3", "b")]);
         assert!(matches!(runnable[0].spec, WorkloadSpec::Process(ref p) if p.replicas == 2));
 
         // An agent whose runtime is of another kind cannot run them: reported, not dropped.
-        let (runnable, unrunnable) = route(&intents, "kubernetes", 7);
+        let (runnable, unrunnable) = route(&intents, "kubernetes", 7, &no_git);
         assert!(runnable.is_empty());
         assert_eq!(unrunnable.len(), 2);
         assert_eq!(unrunnable[0].id, "a@1");
@@ -309,7 +455,7 @@ mod tests {
     fn workloads_held_without_their_secrets_wait() {
         let secret = crate::intent::tests::with_secret("s", 2, "v");
         let held = intent_of([workload("a", 1, 1), secret]).without_secrets();
-        let (runnable, waiting) = route(&held, "process", 9);
+        let (runnable, waiting) = route(&held, "process", 9, &no_git);
         assert_eq!(runnable.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["a@1"]);
         assert_eq!(waiting.len(), 1);
         let r = &waiting[0].replicas[0];

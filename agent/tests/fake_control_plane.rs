@@ -228,7 +228,7 @@ async fn session(conn: Connection, der: Vec<u8>, ca: &Ca, shared: &Arc<Shared>) 
         return ferry_transport::close(&conn, CloseCode::ProtocolError, "expected Hello");
     };
     assert_eq!(hello.agent_id, agent_id);
-    assert_eq!(hello.capabilities, vec!["runtime:process".to_string(), "secrets:v1".to_string()]);
+    assert_eq!(hello.capabilities, vec!["runtime:process".to_string(), "secrets:v1".to_string(), "git:v1".to_string()]);
     shared.record(Event::Hello { agent_id: agent_id.clone(), last_generation: hello.last_generation });
     let number = {
         let mut n = shared.sessions.lock().unwrap();

@@ -30,6 +30,12 @@ pub struct ServerConfig {
     pub approval_sweep_interval: Duration,
     /// Where the master key that encrypts secrets comes from.
     pub master_key: MasterKeySource,
+    /// Whether Git sources may name local repositories (`file://` URLs and paths). Off by
+    /// default: it would let API users read any repository on the server's disk.
+    pub allow_file_sources: bool,
+    /// Deadline of one Git operation (resolving a ref, reading a deployment file), fetch
+    /// included.
+    pub git_timeout: Duration,
 }
 
 /// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
@@ -152,6 +158,11 @@ impl ServerConfig {
         if approval_sweep_interval > Duration::from_secs(3600) {
             return Err("invalid --approval-sweep-interval: at most 1h".into());
         }
+        let git_timeout = dur(args.git_timeout, f.git_timeout, "60s", "--git-timeout", Duration::from_millis(100))?;
+        if git_timeout > Duration::from_secs(3600) {
+            return Err("invalid --git-timeout: at most 1h".into());
+        }
+        let allow_file_sources = args.allow_file_sources || f.allow_file_sources.unwrap_or(false);
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -187,6 +198,8 @@ impl ServerConfig {
             approval_ttl,
             approval_sweep_interval,
             master_key,
+            allow_file_sources,
+            git_timeout,
         })
     }
 }
@@ -246,6 +259,14 @@ pub struct Args {
     /// FERRY_MASTER_KEY [default: <data-dir>/master.key, generated at the first start].
     #[arg(long, env = "FERRY_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Let Git sources name repositories on this machine (file:// URLs and paths); `ferry-server
+    /// dev` sets it.
+    #[arg(long, env = "FERRY_ALLOW_FILE_SOURCES")]
+    pub allow_file_sources: bool,
+    /// Deadline of one Git operation of a Git source (resolving a ref, reading the deployment
+    /// file, fetch included) [default: 60s].
+    #[arg(long, env = "FERRY_GIT_TIMEOUT")]
+    pub git_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +285,8 @@ struct FileConfig {
     approval_ttl: Option<String>,
     approval_sweep_interval: Option<String>,
     master_key_file: Option<PathBuf>,
+    allow_file_sources: Option<bool>,
+    git_timeout: Option<String>,
 }
 
 impl FileConfig {

@@ -89,7 +89,8 @@ pub struct NewDeployment {
     pub version: String,
     pub target: TargetJson,
     pub configuration: Configuration,
-    /// Only `direct` (the process runtime) exists today.
+    /// `direct` (or `None`), or `github` for a deployment whose configuration pins a Git
+    /// source (only `crate::sources` creates those).
     pub source: Option<String>,
     /// By id or name; `None`: `default`.
     pub workspace: Option<String>,
@@ -249,7 +250,13 @@ impl Change {
                 if let Some(t) = target {
                     p.target = t.clone();
                 }
-                let template = configuration.as_ref().map(|c| c.template());
+                // The commit of a Git source is Ferry's to say (`crate::sources`): a request's is
+                // ignored, the running one stays.
+                let template = configuration.as_ref().map(|c| {
+                    let mut c = (**c).clone();
+                    c.source.clone_from(&p.config.source);
+                    c.template()
+                });
                 let replicas = configuration.as_ref().map_or(p.config.replicas, |c| c.replicas);
                 place(p, &seen, version.as_deref(), template, replicas, description.as_deref(), by)?
             }
@@ -391,9 +398,13 @@ impl<'a> Deployments<'a> {
     pub async fn create(
         &self,
         ctx: &RequestContext,
-        new: NewDeployment,
+        mut new: NewDeployment,
         opts: Options,
     ) -> ApiResult<Outcome<Accepted>> {
+        // Only a Git source pins a commit (`crate::sources`, which resolved it).
+        if new.source.as_deref() != Some(crate::sources::GITHUB) {
+            new.configuration.source = None;
+        }
         validate_new(&new)?;
         let workspace_key = new.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE);
         let env = self.environment(&new.environment).await?;
@@ -691,6 +702,7 @@ impl<'a> Deployments<'a> {
                     // (Secrets make new revisions through the secrets service, which sets the pins.)
                     if before.record.active_version != parsed.record.active_version
                         || template(&before) != template(&parsed)
+                        || before.config.source != parsed.config.source
                     {
                         record.revision += 1;
                     }
@@ -1045,8 +1057,14 @@ fn with_approval(mut details: Value, pending: Option<&PendingApply>) -> Value {
 fn validate_new(new: &NewDeployment) -> ApiResult<()> {
     model::validate_name("deploymentName", &new.name).map_err(invalid)?;
     model::validate_version(&new.version).map_err(invalid)?;
-    if new.source.as_deref().is_some_and(|s| s != "direct") {
-        return Err(ApiError::validation("deploymentSource", "only \"direct\" deployments are supported"));
+    match (new.source.as_deref(), &new.configuration.source) {
+        (None | Some(crate::sources::DIRECT), None) | (Some(crate::sources::GITHUB), Some(_)) => {}
+        _ => {
+            return Err(ApiError::validation(
+                "deploymentSource",
+                "\"direct\" here; Git sources are created with POST /v1/deployments/github",
+            ));
+        }
     }
     new.configuration.validate().map_err(invalid)?;
     new.target.validate().map_err(invalid)?;

@@ -24,6 +24,7 @@ pub mod quic;
 pub mod reconcile;
 pub mod resources;
 pub mod secrets;
+pub mod sources;
 pub mod status;
 pub mod store;
 pub mod tokens;
@@ -82,6 +83,9 @@ pub struct AppState {
     pub login_limiter: principals::LoginLimiter,
     /// Seals and opens secret values (`secrets`).
     pub master_key: Arc<secrets::MasterKey>,
+    /// Git access for Git sources (`sources`), caching fetched repositories in
+    /// `<data-dir>/git-cache`.
+    pub git: ferry_git::Git,
 }
 
 /// A running control plane.
@@ -163,7 +167,12 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
 
     let advertise: Arc<str> = config.advertise_addr.clone().unwrap_or_else(|| quic_addr.to_string()).into();
     let (shutdown, rx) = watch::channel(false);
+    let git = ferry_git::Git::new(
+        config.data_dir.join("git-cache"),
+        ferry_git::Limits { timeout: config.git_timeout, ..ferry_git::Limits::default() },
+    );
     let state = AppState {
+        git,
         store,
         ca: Arc::new(ca),
         config: Arc::new(config),

@@ -78,6 +78,41 @@ pub struct Configuration {
     /// limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// The commit of a Git repository this configuration runs in (a Git source, see
+    /// `crate::sources`). Set by Ferry when the deployment is created from a Git source
+    /// (`POST /v1/deployments/github`); read-only: whatever a request says here is ignored.
+    /// `workingDir`, if given, is then relative to the checkout's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourcePin>,
+}
+
+/// A configuration's pinned Git source: what was asked for and the commit it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourcePin {
+    /// `git`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub repo_url: String,
+    /// What was asked for: `refs/heads/<branch>`, `refs/tags/<tag>` or the commit id.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The commit it resolved to (40 hex digits): what every replica runs.
+    pub commit: String,
+    /// The deployment file, relative to the repository's root.
+    pub path: String,
+    /// The deployment file's directory (`""`: the root); the default working directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+}
+
+impl SourcePin {
+    pub const GIT: &'static str = "git";
+
+    /// The directory a pin of the deployment file at `path` runs in by default.
+    pub fn dir_of(path: &str) -> String {
+        path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default()
+    }
 }
 
 /// Which version of a secret a revision runs with.
@@ -273,6 +308,11 @@ pub fn validate_version_field(field: &str, v: &str) -> Result<(), Invalid> {
     if ok { Ok(()) } else { Err(invalid(field, format!("invalid version {v:?}: 1-64 characters of [A-Za-z0-9._+-]"))) }
 }
 
+/// A relative path that stays inside its root: no leading `/`, no `..` component.
+fn is_relative_inside(path: &str) -> bool {
+    !path.starts_with('/') && path.split('/').all(|c| c != "..")
+}
+
 /// Commands, arguments and paths go to `execve` and the file system as they are: a control
 /// character (NUL, which cannot be passed at all, tab, newline, escapes…) is refused.
 fn no_control_chars(field: &str, what: &str, value: &str) -> Result<(), Invalid> {
@@ -349,6 +389,18 @@ impl Configuration {
                 return Err(invalid("configuration.workingDir", "invalid working directory"));
             }
             no_control_chars("configuration.workingDir", "workingDir", dir)?;
+            if self.source.is_some() && !is_relative_inside(dir) {
+                return Err(invalid(
+                    "configuration.workingDir",
+                    "with a Git source, workingDir is relative to the checkout (no leading '/', no '..')",
+                ));
+            }
+        }
+        if let Some(s) = &self.source {
+            let commit_ok = s.commit.len() == 40 && s.commit.bytes().all(|b| b.is_ascii_hexdigit());
+            if s.kind != SourcePin::GIT || !commit_ok || !(s.dir.is_empty() || is_relative_inside(&s.dir)) {
+                return Err(invalid("configuration.source", "an invalid source pin"));
+            }
         }
         if self.stop_grace_period_seconds > 3600 {
             return Err(invalid("configuration.stopGracePeriodSeconds", "at most 3600"));
@@ -423,14 +475,26 @@ impl Configuration {
         self.min_ready_seconds.unwrap_or(DEFAULT_MIN_READY_SECONDS.min(self.progress_deadline_seconds / 2))
     }
 
-    /// The wire spec for `replicas` replicas (the planner sets each agent's share).
+    /// What an agent checks out before running this configuration's processes (a Git
+    /// source): the commit, and the working directory in it (`workingDir`, else the deployment
+    /// file's directory).
+    pub fn checkout(&self) -> Option<ferry_protocol::GitCheckout> {
+        self.source.as_ref().map(|s| ferry_protocol::GitCheckout {
+            url: s.repo_url.clone(),
+            commit: s.commit.clone(),
+            dir: self.working_dir.clone().unwrap_or_else(|| s.dir.clone()),
+        })
+    }
+
+    /// The wire spec for `replicas` replicas (the planner sets each agent's share). With a Git
+    /// source the working directory is the agent's to set, in its checkout ([`Self::checkout`]).
     pub fn to_process_spec(&self) -> ProcessSpec {
         ProcessSpec {
             command: self.command.clone(),
             args: self.args.clone(),
             // The environment's variables first; the deployment's own values win.
             env: self.environment_variables.iter().chain(&self.env).map(|(k, v)| (k.clone(), v.clone())).collect(),
-            working_dir: self.working_dir.clone(),
+            working_dir: if self.source.is_some() { None } else { self.working_dir.clone() },
             replicas: self.replicas,
             restart_policy: match self.restart_policy {
                 RestartPolicyJson::Always => RestartPolicy::Always,
@@ -673,5 +737,30 @@ mod tests {
             assert!(validate_name("deploymentName", bad).is_err(), "{bad:?}");
         }
         assert!(validate_version("v1.2.3+build-4").is_ok() && validate_version("v 1").is_err());
+    }
+
+    #[test]
+    fn a_git_source_runs_in_its_checkout() {
+        let pin = json!({ "type": "git", "repoUrl": "https://example.com/app.git", "ref": "refs/heads/main",
+            "commit": "0123456789abcdef0123456789abcdef01234567", "path": "deploy/ferry.json", "dir": "deploy" });
+        let c = config(json!({ "replicas": 1, "command": "sh", "source": pin })).unwrap();
+        assert_eq!(c.to_process_spec().working_dir, None, "the agent sets it, in its checkout");
+        let checkout = c.checkout().unwrap();
+        assert_eq!(
+            (checkout.commit.as_str(), checkout.dir.as_str()),
+            ("0123456789abcdef0123456789abcdef01234567", "deploy")
+        );
+        let c = config(json!({ "replicas": 1, "command": "sh", "workingDir": "app/bin", "source": pin })).unwrap();
+        assert_eq!(c.checkout().unwrap().dir, "app/bin");
+        for dir in ["/srv", "../x", "a/../../b"] {
+            let e = config(json!({ "replicas": 1, "command": "sh", "workingDir": dir, "source": pin })).unwrap_err();
+            assert!(e.contains("configuration.workingDir"), "{dir}: {e}");
+        }
+        let mut bad = pin.clone();
+        bad["commit"] = json!("main");
+        let e = config(json!({ "replicas": 1, "command": "sh", "source": bad })).unwrap_err();
+        assert!(e.contains("configuration.source"), "{e}");
+        assert_eq!(SourcePin::dir_of("ferry.json"), "");
+        assert_eq!(SourcePin::dir_of("a/b/ferry.json"), "a/b");
     }
 }

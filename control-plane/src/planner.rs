@@ -7,7 +7,8 @@
 //!
 //! Placement: a deployment targets agents by id or by label selector, and only agents that can
 //! run its kind (`runtime:<kind>` among their capabilities) qualify — and, for a deployment with
-//! secrets, only agents that can receive them (`secrets:v1`); an agent labelled with an
+//! secrets, only agents that can receive them (`secrets:v1`), and for a Git source only agents
+//! that check commits out (`git:v1`); an agent labelled with an
 //! environment ([`ENVIRONMENT_LABEL`], best imposed by its bootstrap token) runs only that
 //! environment's deployments, so no target in `development` can reach a production host. Its replicas are spread over
 //! the qualifying, non-revoked agents in id order — agent k of m gets `r / m` replicas, plus one
@@ -43,6 +44,9 @@ pub struct Desired {
     /// Whether its revision has secrets: only agents advertising
     /// [`ferry_protocol::SECRETS_CAPABILITY`] can receive them.
     pub secrets: bool,
+    /// Whether its revision runs in a checkout of a Git source: only agents advertising
+    /// [`ferry_protocol::GIT_CAPABILITY`] can check it out.
+    pub git: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,6 +79,7 @@ impl Candidate {
         self.labels.get(ENVIRONMENT_LABEL).is_none_or(|e| *e == d.environment)
             && self.can_run(d.kind)
             && (!d.secrets || self.capabilities.iter().any(|c| c == ferry_protocol::SECRETS_CAPABILITY))
+            && (!d.git || self.capabilities.iter().any(|c| c == ferry_protocol::GIT_CAPABILITY))
     }
 }
 
@@ -163,6 +168,7 @@ mod tests {
             kind: "process",
             restart_nonce: 0,
             secrets: false,
+            git: false,
         }
     }
 
@@ -245,6 +251,20 @@ mod tests {
         assert_eq!(shares(&with_secrets, &agents), BTreeMap::from([("a2".to_string(), 2)]));
         assert_eq!(shares(&dep(2, sel(&[])), &agents).len(), 2, "without secrets, both qualify");
         assert!(shares(&with_secrets, &agents[..1]).is_empty(), "no capable agent: pending, never placed");
+    }
+
+    #[test]
+    fn a_git_source_goes_only_to_agents_that_check_commits_out() {
+        let mut capable = agent("a2", &[]);
+        capable.capabilities.push(ferry_protocol::GIT_CAPABILITY.into());
+        let agents = [agent("a1", &[]), capable];
+        let mut from_git = dep(3, sel(&[]));
+        from_git.git = true;
+        assert_eq!(shares(&from_git, &agents), BTreeMap::from([("a2".to_string(), 3)]));
+        assert!(shares(&from_git, &agents[..1]).is_empty(), "no capable agent: pending, never placed");
+        // With secrets too, it needs both.
+        from_git.secrets = true;
+        assert!(shares(&from_git, &agents).is_empty());
     }
 
     #[test]

@@ -136,7 +136,12 @@ fn template_for(
     env: Option<BTreeMap<String, String>>,
 ) -> ApiResult<Value> {
     let config = match configuration {
-        Some(c) => Configuration::from_request(c, running.config.replicas).map_err(invalid)?,
+        Some(c) => {
+            let mut c = Configuration::from_request(c, running.config.replicas).map_err(invalid)?;
+            // The commit of a Git source is Ferry's to say (`crate::sources`): the running one.
+            c.source.clone_from(&running.config.source);
+            c
+        }
         None => {
             let mut c = running.config.clone();
             if let Some(env) = env {

@@ -262,6 +262,28 @@ mod tests {
                 }],
                 removals: vec![],
             }),
+            ServerMessage::Intent(IntentUpdate {
+                generation: 15,
+                base: Some(14),
+                upserts: vec![WorkloadIntent {
+                    id: WorkloadIntent::id_for("dep-3", 2),
+                    deployment_id: "dep-3".into(),
+                    revision: 2,
+                    name: "site".into(),
+                    version: "git-0123456789ab".into(),
+                    restart_nonce: 1,
+                    spec: WorkloadSpec::ProcessFromGit {
+                        spec: spec_for_intent(),
+                        secrets: SecretMaterial::default(),
+                        source: GitCheckout {
+                            url: "https://example.com/site.git".into(),
+                            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                            dir: "deploy".into(),
+                        },
+                    },
+                }],
+                removals: vec![],
+            }),
         ];
         let mut agent = agent;
         agent.push(AgentMessage::Ack(Ack { generation: 12, outcome: AckOutcome::NeedFull { held: 9 } }));
@@ -337,7 +359,7 @@ mod tests {
     }
 
     /// Protocol-2 intents keep their encoding too: `Process` stays variant 0 of `WorkloadSpec`
-    /// and `ProcessWithSecrets`, appended later, is variant 1.
+    /// and `ProcessWithSecrets`, appended later, is variant 1 (`ProcessFromGit` variant 2).
     #[test]
     fn protocol_2_workload_encodings_are_frozen() {
         let intent = |spec| {
@@ -371,6 +393,17 @@ mod tests {
         // Secret values never show in debug output (log lines), names do.
         let debug = format!("{with_secrets:?}");
         assert!(debug.contains("\"K\"") && !debug.contains("\"s\""), "{debug}");
+        // `ProcessFromGit`, appended after it, is variant 2: the spec, the secrets, then the source.
+        let source = GitCheckout { url: "u".into(), commit: "c".into(), dir: "d".into() };
+        let from_git = intent(WorkloadSpec::ProcessFromGit {
+            spec: spec_for_intent(),
+            secrets: SecretMaterial::default(),
+            source,
+        });
+        assert_eq!(
+            hex(&encode_frame(&from_git).unwrap()),
+            "00000028070201010103644031016401016e01760002037765620000000100000000e8070001750163016400"
+        );
     }
 
     #[test]

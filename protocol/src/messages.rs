@@ -23,6 +23,7 @@
 //! Within protocol 2, [`WorkloadSpec::ProcessWithSecrets`] was appended later: a control plane
 //! sends it only to agents that advertise the capability [`SECRETS_CAPABILITY`] in `Hello`, so
 //! an agent that cannot decode it never receives it (no version bump was needed).
+//! [`WorkloadSpec::ProcessFromGit`] was appended the same way, behind [`GIT_CAPABILITY`].
 
 use std::collections::BTreeMap;
 
@@ -172,6 +173,29 @@ pub enum WorkloadSpec {
     /// inside the agent's mutually authenticated session; the agent keeps the material in
     /// memory and never writes it to disk.
     ProcessWithSecrets { spec: ProcessSpec, secrets: SecretMaterial },
+    /// Supervised local processes (`runtime:process`) run in a checkout of one commit of a Git
+    /// repository: the agent checks `source` out (exactly that commit, never a branch) and
+    /// runs `spec` with its working directory in the checkout ([`GitCheckout::dir`]); it builds
+    /// and runs nothing else. `secrets` as in `ProcessWithSecrets` (empty when there are none).
+    /// Sent only to agents that advertise [`GIT_CAPABILITY`].
+    ProcessFromGit { spec: ProcessSpec, secrets: SecretMaterial, source: GitCheckout },
+}
+
+/// The capability of an agent that can receive [`WorkloadSpec::ProcessFromGit`] (and check
+/// commits out); the control plane places a Git-sourced workload only on agents that advertise
+/// it.
+pub const GIT_CAPABILITY: &str = "git:v1";
+
+/// A commit of a Git repository to run a workload in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCheckout {
+    /// The repository, as the control plane accepted it (`https://`, `git://`, `file://`…).
+    pub url: String,
+    /// The full commit id (40 hex digits).
+    pub commit: String,
+    /// The working directory, relative to the checkout's root (`""`: the root). Never absolute,
+    /// never `..`.
+    pub dir: String,
 }
 
 /// The capability of an agent that can receive [`WorkloadSpec::ProcessWithSecrets`]; the control
@@ -182,14 +206,18 @@ impl WorkloadSpec {
     /// The runtime kind, as in the `runtime:<kind>` capability.
     pub fn kind(&self) -> &'static str {
         match self {
-            WorkloadSpec::Process(_) | WorkloadSpec::ProcessWithSecrets { .. } => "process",
+            WorkloadSpec::Process(_)
+            | WorkloadSpec::ProcessWithSecrets { .. }
+            | WorkloadSpec::ProcessFromGit { .. } => "process",
         }
     }
 
     /// Replicas this agent runs.
     pub fn replicas(&self) -> u32 {
         match self {
-            WorkloadSpec::Process(p) | WorkloadSpec::ProcessWithSecrets { spec: p, .. } => p.replicas,
+            WorkloadSpec::Process(p)
+            | WorkloadSpec::ProcessWithSecrets { spec: p, .. }
+            | WorkloadSpec::ProcessFromGit { spec: p, .. } => p.replicas,
         }
     }
 
@@ -197,7 +225,35 @@ impl WorkloadSpec {
     pub fn secrets(&self) -> Option<&SecretMaterial> {
         match self {
             WorkloadSpec::Process(_) => None,
-            WorkloadSpec::ProcessWithSecrets { secrets, .. } => Some(secrets),
+            WorkloadSpec::ProcessWithSecrets { secrets, .. } | WorkloadSpec::ProcessFromGit { secrets, .. } => {
+                Some(secrets)
+            }
+        }
+    }
+
+    /// The process template, whatever the variant.
+    pub fn process(&self) -> &ProcessSpec {
+        match self {
+            WorkloadSpec::Process(p)
+            | WorkloadSpec::ProcessWithSecrets { spec: p, .. }
+            | WorkloadSpec::ProcessFromGit { spec: p, .. } => p,
+        }
+    }
+
+    /// The process template, whatever the variant, to change.
+    pub fn process_mut(&mut self) -> &mut ProcessSpec {
+        match self {
+            WorkloadSpec::Process(p)
+            | WorkloadSpec::ProcessWithSecrets { spec: p, .. }
+            | WorkloadSpec::ProcessFromGit { spec: p, .. } => p,
+        }
+    }
+
+    /// The commit to check out first, for a workload that runs in one.
+    pub fn git(&self) -> Option<&GitCheckout> {
+        match self {
+            WorkloadSpec::ProcessFromGit { source, .. } => Some(source),
+            _ => None,
         }
     }
 }

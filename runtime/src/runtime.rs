@@ -269,7 +269,10 @@ impl Runtime for ProcessRuntime {
 fn process_spec(workload: &Workload) -> ProcessSpec {
     match &workload.spec {
         WorkloadSpec::Process(spec) => spec.clone(),
-        WorkloadSpec::ProcessWithSecrets { spec, secrets } => {
+        // The agent checks a `ProcessFromGit` workload's commit out itself and hands this
+        // runtime a `ProcessWithSecrets` whose `working_dir` is in the checkout (the runtime knows
+        // nothing of Git); one reaching it anyway runs its spec as given.
+        WorkloadSpec::ProcessWithSecrets { spec, secrets } | WorkloadSpec::ProcessFromGit { spec, secrets, .. } => {
             let mut spec = spec.clone();
             spec.env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())));
             spec

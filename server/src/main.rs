@@ -85,6 +85,10 @@ fn config(mut args: Args, dev: bool) -> ServerConfig {
     if dev && args.data_dir.is_none() {
         args.data_dir = Some(".ferry-dev".into());
     }
+    // A developer's own repositories are Git sources in dev mode.
+    if dev {
+        args.allow_file_sources = true;
+    }
     match ServerConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {

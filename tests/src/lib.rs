@@ -148,6 +148,13 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Whether Git sources may name local repositories (on by default here, as in
+    /// `ferry-server dev`).
+    pub fn allow_file_sources(mut self, allow: bool) -> Self {
+        self.config.allow_file_sources = allow;
+        self
+    }
+
     pub fn database_url(mut self, url: &str) -> Self {
         self.config.database_url = url.to_string();
         self
@@ -177,6 +184,9 @@ impl ControlPlane {
         config.heartbeat_interval = Duration::from_millis(500);
         // Scheduled changes apply, and pending ones expire, within a quarter second.
         config.approval_sweep_interval = Duration::from_millis(250);
+        // Git sources in tests are local repositories.
+        config.allow_file_sources = true;
+        config.git_timeout = Duration::from_secs(10);
         ControlPlaneBuilder { config, dir }
     }
 

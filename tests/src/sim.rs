@@ -169,9 +169,7 @@ struct Replica {
 fn same_template(a: &WorkloadSpec, b: &WorkloadSpec) -> bool {
     let without_replicas = |s: &WorkloadSpec| {
         let mut s = s.clone();
-        match &mut s {
-            WorkloadSpec::Process(p) | WorkloadSpec::ProcessWithSecrets { spec: p, .. } => p.replicas = 0,
-        }
+        s.process_mut().replicas = 0;
         s
     };
     without_replicas(a) == without_replicas(b)

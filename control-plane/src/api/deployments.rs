@@ -159,7 +159,8 @@ pub(super) fn deployment_view(p: &Parsed, summary: Option<&StatusSummary>) -> Va
         "workspace": r.workspace,
         "projectId": r.project_id,
         "aiZoneId": r.ai_zone_id,
-        "deploymentSource": "direct",
+        "deploymentSource": crate::sources::source_type(&p.config),
+        "sourceConfiguration": crate::sources::source_configuration(&p.config),
         "target": p.target,
         "configuration": p.config,
         "created": rfc3339(r.created_at),
@@ -229,6 +230,12 @@ pub async fn create(
     ApiQuery(params): ApiQuery<MutationParams>,
     ApiJson(req): ApiJson<CreateDeployment>,
 ) -> ApiResult<Response> {
+    if req.deployment_source.as_deref().is_some_and(|s| s != crate::sources::DIRECT) {
+        return Err(ApiError::validation(
+            "deploymentSource",
+            "\"direct\" here; Git sources are created with POST /v1/deployments/github",
+        ));
+    }
     let new = NewDeployment {
         name: req.deployment_name,
         environment: req.environment,

@@ -126,6 +126,15 @@ error_codes! {
     AiZoneNotFound = "AIZONE_001",
     /// 409: an AI zone with this name already exists.
     AiZoneExists = "AIZONE_002",
+    /// 422: a Git source's repository is unreachable, timed out, or its URL is malformed.
+    SourceUnreachable = "SOURCE_001",
+    /// 422: a Git source's branch, tag or commit does not exist.
+    SourceRefNotFound = "SOURCE_002",
+    /// 422: a Git source's deployment file is missing or invalid.
+    SourceFileInvalid = "SOURCE_003",
+    /// 422: the source is not accepted here (not available, local without permission,
+    /// credentials in the URL, ssh).
+    SourceNotAllowed = "SOURCE_004",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.

@@ -13,6 +13,7 @@ mod limits;
 mod logs;
 mod secrets;
 mod versions;
+mod sources;
 mod workspaces;
 
 use axum::body::Body;
@@ -48,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/tokens/{id}", axum::routing::delete(agents::delete_token))
         .route("/v1/agents/{id}", get(agents::get).delete(agents::revoke))
         .route("/v1/deployments", get(deployments::list).post(deployments::create))
+        .route("/v1/deployments/direct", post(deployments::create))
+        .route("/v1/deployments/github", post(sources::create_github))
+        .route("/v1/deployments/sources", get(sources::list))
+        .route("/v1/deployments/sources/validate", post(sources::validate))
         .route("/v1/deployments/{id}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/v1/deployments/{id}/status", get(deployments::status).patch(versions::patch_status))
         .route("/v1/deployments/{id}/versions", get(versions::list).post(versions::create))
@@ -379,6 +384,7 @@ mod tests {
                 advertise_addr: "127.0.0.1:1".into(),
                 login_limiter: Default::default(),
                 master_key: Arc::new(crate::secrets::MasterKey::generate().0),
+                git: ferry_git::Git::new(dir.join("git-cache"), Default::default()),
             }
         }
 

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ferry_protocol::{Assignment, IntentUpdate, ProcessSpec, SecretMaterial, Workload, WorkloadIntent, WorkloadSpec};
+use ferry_protocol::{
+    Assignment, GitCheckout, IntentUpdate, ProcessSpec, SecretMaterial, Workload, WorkloadIntent, WorkloadSpec,
+};
 
 use crate::model::Configuration;
 use crate::secrets::MasterKey;
@@ -25,6 +27,8 @@ struct Template {
     spec: ProcessSpec,
     /// Whether the revision pins secrets (their values are fetched when it is sent).
     secrets: bool,
+    /// The commit to run in, for a revision of a Git source.
+    source: Option<GitCheckout>,
 }
 
 /// Revisions never change once written, so they are cached by `(deployment, revision)`.
@@ -70,7 +74,8 @@ impl Templates {
                 message: e.to_string(),
             })?;
             let secrets = !config.secrets.is_empty();
-            let t = Arc::new(Template { name, version, spec: config.to_process_spec(), secrets });
+            let source = config.checkout();
+            let t = Arc::new(Template { name, version, spec: config.to_process_spec(), secrets, source });
             cache.insert((deployment, revision as u64), t);
         }
         for r in rows.iter().filter(|r| !r.removed) {
@@ -84,11 +89,14 @@ impl Templates {
 
     /// A protocol-2 update at `head` from `rows` (all live rows when `base` is `None`, else
     /// the rows changed since `base`, tombstones included). With `secrets` (the agent can
-    /// receive them), a workload whose revision pins secrets carries their current values.
+    /// receive them), a workload whose revision pins secrets carries their current values. With
+    /// `git` (the agent advertised `git:v1`), a revision of a Git source is sent as
+    /// `ProcessFromGit`; without, it is sent with no replicas (see below).
     pub async fn update(
         &self,
         store: &Store,
         secrets: Option<&MasterKey>,
+        git: bool,
         head: IntentHead,
         base: Option<u64>,
         rows: &[IntentRow],
@@ -116,9 +124,22 @@ impl Templates {
             };
             let mut spec = t.spec.clone();
             spec.replicas = r.replicas;
-            let spec = match materials.get(&r.deployment_id) {
-                Some(secrets) => WorkloadSpec::ProcessWithSecrets { spec, secrets: secrets.clone() },
-                None => {
+            let spec = match (&t.source, materials.get(&r.deployment_id)) {
+                (Some(source), secrets) if git => WorkloadSpec::ProcessFromGit {
+                    spec,
+                    secrets: secrets.cloned().unwrap_or_default(),
+                    source: source.clone(),
+                },
+                (Some(_), _) => {
+                    // The planner places Git-sourced workloads only on agents that can check
+                    // commits out; this one was placed before it said otherwise. Without its
+                    // checkout the command must not run at all: no replicas here.
+                    tracing::warn!(workload = %r.workload_id, "not running a Git-sourced workload on an agent \
+                        without git:v1; it will be placed elsewhere");
+                    WorkloadSpec::Process(ProcessSpec { replicas: 0, ..spec })
+                }
+                (None, Some(secrets)) => WorkloadSpec::ProcessWithSecrets { spec, secrets: secrets.clone() },
+                (None, None) => {
                     if t.secrets {
                         // The planner places such workloads only on agents that can receive
                         // secrets; this one was placed before it said otherwise.
@@ -149,7 +170,7 @@ impl Templates {
         head: IntentHead,
         rows: &[IntentRow],
     ) -> Result<Assignment, StoreError> {
-        let update = self.update(store, None, head, None, rows).await?;
+        let update = self.update(store, None, false, head, None, rows).await?;
         let mut workloads: Vec<Workload> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for w in update.upserts {
@@ -157,7 +178,7 @@ impl Templates {
                 continue;
             }
             // Secrets go only to agents that advertise them, which speak protocol 2.
-            let (WorkloadSpec::Process(spec) | WorkloadSpec::ProcessWithSecrets { spec, .. }) = w.spec;
+            let spec = w.spec.process().clone();
             workloads.push(Workload {
                 id: w.deployment_id,
                 name: w.name,

@@ -84,6 +84,7 @@ pub async fn handle(conn: Connection, leaf_der: Vec<u8>, state: AppState, shutdo
         reported: HashMap::new(),
         reported_generation: None,
         secrets: false,
+        git: false,
     };
     let End(code, reason) = session.run(shutdown).await;
     tracing::info!(%remote, %agent_id, ?code, %reason, "session ended");
@@ -124,6 +125,8 @@ struct Session {
     reported_generation: Option<u64>,
     /// Whether the agent can receive secrets (it advertised `secrets:v1`).
     secrets: bool,
+    /// Whether the agent checks Git sources out (it advertised `git:v1`).
+    git: bool,
 }
 
 fn transport_end(e: &TransportError) -> End {
@@ -202,6 +205,7 @@ impl Session {
         };
         self.protocol = version;
         self.secrets = version >= 2 && hello.capabilities.iter().any(|c| c == ferry_protocol::SECRETS_CAPABILITY);
+        self.git = version >= 2 && hello.capabilities.iter().any(|c| c == ferry_protocol::GIT_CAPABILITY);
         let handle = self.state.sessions.insert(&self.agent_id, &self.session_id, self.conn.clone());
         self.handle = Some(handle.clone());
         let interval = self.state.config.heartbeat_interval;
@@ -439,7 +443,7 @@ impl Session {
         let templates = &state.sessions.templates;
         let msg = if self.protocol >= 2 {
             let secrets = self.secrets.then_some(&*state.master_key);
-            match templates.update(store, secrets, head, base, &rows).await {
+            match templates.update(store, secrets, self.git, head, base, &rows).await {
                 Ok(u) => ServerMessage::Intent(u),
                 Err(e) => {
                     self.store_trouble(e);

@@ -84,6 +84,7 @@ impl Parsed {
             kind: "process",
             restart_nonce: self.record.restart_nonce as u64,
             secrets: !self.config.secrets.is_empty(),
+            git: self.config.source.is_some(),
         }
     }
 }

@@ -115,9 +115,7 @@ pub trait Process {
 
 impl Process for Workload {
     fn process(&mut self) -> &mut ProcessSpec {
-        match &mut self.spec {
-            WorkloadSpec::Process(spec) | WorkloadSpec::ProcessWithSecrets { spec, .. } => spec,
-        }
+        self.spec.process_mut()
     }
 }
 
