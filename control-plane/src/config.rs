@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub approval_sweep_interval: Duration,
     /// Where the master key that encrypts secrets comes from.
     pub master_key: MasterKeySource,
+    /// The delay after a failed webhook attempt; it doubles per attempt, up to an hour.
+    pub webhook_retry_base: Duration,
+    /// Attempts per webhook delivery before it is marked failed.
+    pub webhook_max_attempts: u32,
 }
 
 /// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
@@ -152,6 +156,20 @@ impl ServerConfig {
         if approval_sweep_interval > Duration::from_secs(3600) {
             return Err("invalid --approval-sweep-interval: at most 1h".into());
         }
+        let webhook_retry_base = dur(
+            args.webhook_retry_base,
+            f.webhook_retry_base,
+            "5s",
+            "--webhook-retry-base",
+            Duration::from_millis(10),
+        )?;
+        if webhook_retry_base > Duration::from_secs(3600) {
+            return Err("invalid --webhook-retry-base: at most 1h".into());
+        }
+        let webhook_max_attempts = args.webhook_max_attempts.or(f.webhook_max_attempts).unwrap_or(12);
+        if !(1..=50).contains(&webhook_max_attempts) {
+            return Err(format!("invalid --webhook-max-attempts {webhook_max_attempts}: between 1 and 50"));
+        }
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -187,6 +205,8 @@ impl ServerConfig {
             approval_ttl,
             approval_sweep_interval,
             master_key,
+            webhook_retry_base,
+            webhook_max_attempts,
         })
     }
 }
@@ -246,6 +266,13 @@ pub struct Args {
     /// FERRY_MASTER_KEY [default: <data-dir>/master.key, generated at the first start].
     #[arg(long, env = "FERRY_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Delay after a failed webhook delivery attempt; it doubles per attempt (with jitter) up to
+    /// 1h [default: 5s].
+    #[arg(long, env = "FERRY_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<String>,
+    /// Attempts per webhook delivery before it is marked failed [default: 12, about 2.5 hours].
+    #[arg(long, env = "FERRY_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +291,8 @@ struct FileConfig {
     approval_ttl: Option<String>,
     approval_sweep_interval: Option<String>,
     master_key_file: Option<PathBuf>,
+    webhook_retry_base: Option<String>,
+    webhook_max_attempts: Option<u32>,
 }
 
 impl FileConfig {
@@ -295,6 +324,7 @@ mod tests {
         assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
         assert_eq!(c.approval_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.approval_sweep_interval, Duration::from_secs(10));
+        assert_eq!((c.webhook_retry_base, c.webhook_max_attempts), (Duration::from_secs(5), 12));
     }
 
     #[test]
@@ -310,6 +340,10 @@ mod tests {
             (vec!["--approval-ttl", "1ms"], "--approval-ttl"),
             (vec!["--approval-ttl", "100d"], "--approval-ttl"),
             (vec!["--approval-sweep-interval", "2h"], "--approval-sweep-interval"),
+            (vec!["--webhook-retry-base", "1ms"], "--webhook-retry-base"),
+            (vec!["--webhook-retry-base", "2h"], "--webhook-retry-base"),
+            (vec!["--webhook-max-attempts", "0"], "--webhook-max-attempts"),
+            (vec!["--webhook-max-attempts", "51"], "--webhook-max-attempts"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");

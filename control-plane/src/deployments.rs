@@ -711,6 +711,7 @@ fn change_operation(
             finished_at: None,
             approval_id: None,
             started_at: Some(now),
+            callback: ctx.callback.clone(),
         },
     }
 }
@@ -788,6 +789,7 @@ mod tests {
             request_id: "req".into(),
             idempotency_key: None,
             source: None,
+            callback: None,
         }
     }
 

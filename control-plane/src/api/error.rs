@@ -113,6 +113,10 @@ error_codes! {
     AiZoneNotFound = "AIZONE_001",
     /// 409: an AI zone with this name already exists.
     AiZoneExists = "AIZONE_002",
+    /// 404: no webhook with this id.
+    WebhookNotFound = "WEBHOOK_001",
+    /// 404: the webhook has no delivery with this id.
+    DeliveryNotFound = "WEBHOOK_002",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.

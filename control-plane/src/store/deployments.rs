@@ -86,6 +86,9 @@ pub struct OperationRecord {
     /// When the change started to apply (`None` while it waits); progress deadlines count from
     /// here.
     pub started_at: Option<i64>,
+    /// The callback its request asked for (`Ferry-Callback-Url`): stored with the operation when
+    /// it is written, told when it completes. Not read back (`None` in records from the store).
+    pub callback: Option<super::OperationCallback>,
 }
 
 impl OperationRecord {
@@ -197,7 +200,7 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
     })
 }
 
-fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
+pub(super) fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
     Ok(OperationRecord {
         id: r.try_get("id")?,
         kind: parse_named(r, "operations", "kind", OperationKind::parse)?,
@@ -210,6 +213,7 @@ fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
         finished_at: r.try_get("finished_at")?,
         approval_id: r.try_get("approval_id")?,
         started_at: r.try_get("started_at")?,
+        callback: None,
     })
 }
 
@@ -445,8 +449,9 @@ impl Store {
         claim: Option<&Claim>,
     ) -> Result<std::result::Result<(), CreateRefusal>> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         let share = if self.backend == super::Backend::Postgres { " FOR SHARE" } else { "" };
         // `default` is never deleted: only another workspace can vanish under a create.
@@ -521,8 +526,9 @@ impl Store {
         }
         let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
         Self::insert_revision(&mut tx, d, Some(&audit_id)).await?;
-        Self::insert_operation(&mut tx, op).await?;
+        queued += Self::insert_operation(&mut tx, op).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(Ok(()))
     }
 
@@ -660,8 +666,9 @@ impl Store {
         change: impl FnOnce(&DeploymentRecord) -> std::result::Result<(DeploymentRecord, OperationRecord, Audit), E>,
     ) -> Result<std::result::Result<Write<DeploymentRecord>, E>> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE" } else { "" };
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND deleted_at IS NULL{lock}");
@@ -679,8 +686,9 @@ impl Store {
         Self::update_deployment(&mut tx, &d).await?;
         let audit_id = Self::write_audit(&mut tx, &audit, d.updated_at).await?;
         Self::insert_revision(&mut tx, &d, Some(&audit_id)).await?;
-        Self::insert_operation(&mut tx, &op).await?;
+        queued += Self::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         let mut updated = d;
         updated.resource_version = current.resource_version + 1;
         Ok(Ok(Write::Done(updated)))
@@ -718,8 +726,9 @@ impl Store {
         claim: Option<&Claim>,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         let n = sqlx::query(
             "UPDATE deployments SET deleted_at = $1, resource_version = resource_version + 1 \
@@ -733,9 +742,10 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
-        Self::insert_operation(&mut tx, op).await?;
+        queued += Self::insert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, now_ms).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(true)
     }
 
@@ -744,17 +754,27 @@ impl Store {
     /// Records a new desired-state change's operation; in the same transaction, the deployment's
     /// earlier open operations end as superseded (so concurrent changes cannot supersede the one
     /// that is actually in force). The operation of a pending change exists already (it waited):
-    /// it is updated in place, keeping its id, creation time and request id.
-    pub(super) async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
-        sqlx::query(
+    /// it is updated in place, keeping its id, creation time and request id. Each superseded
+    /// operation's `operation.completed` is queued (webhooks); returns how many deliveries were.
+    pub(super) async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<u64> {
+        let superseded = sqlx::query(
             "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
-             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress'",
+             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress' RETURNING *",
         )
         .bind(op.created_at)
         .bind(&op.deployment_id)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-        Self::upsert_operation(conn, op).await
+        let mut queued = 0;
+        if !superseded.is_empty() {
+            let deployment = Self::deployment_ref(&mut *conn, &op.deployment_id).await?;
+            for row in &superseded {
+                let done = operation_from_row(row)?;
+                queued += Self::queue_operation_completed(&mut *conn, &done, deployment.clone()).await?;
+            }
+        }
+        Self::upsert_operation(conn, op).await?;
+        Ok(queued)
     }
 
     /// Inserts an operation, or updates the one with its id (status, message, times).
@@ -775,8 +795,11 @@ impl Store {
         .bind(op.updated_at)
         .bind(op.approval_id.clone())
         .bind(op.started_at)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+        if let Some(callback) = &op.callback {
+            Self::insert_callback(conn, &op.id, callback, op.updated_at).await?;
+        }
         Ok(())
     }
 
@@ -803,7 +826,8 @@ impl Store {
         rows.iter().map(operation_from_row).collect()
     }
 
-    /// Ends an operation unless it already ended (first writer wins across replicas).
+    /// Ends an operation unless it already ended (first writer wins across replicas), and
+    /// queues its `operation.completed` in the same transaction.
     pub async fn finish_operation(
         &self,
         id: &str,
@@ -811,17 +835,26 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<bool> {
-        let n = sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
             "UPDATE operations SET status = $1, message = $2, updated_at = $3, finished_at = $3 \
-             WHERE id = $4 AND status = 'in_progress'",
+             WHERE id = $4 AND status = 'in_progress' RETURNING *",
         )
         .bind(status.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let op = operation_from_row(&row)?;
+        let deployment = Self::deployment_ref(&mut tx, &op.deployment_id).await?;
+        let queued = Self::queue_operation_completed(&mut tx, &op, deployment).await?;
+        tx.commit().await?;
+        self.wake_webhooks(queued);
+        Ok(true)
     }
 }

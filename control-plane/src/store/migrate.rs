@@ -57,6 +57,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0009_secrets.sql"),
         include_str!("../../migrations/0009_secrets.sql"),
     ),
+    (
+        13,
+        "webhooks",
+        include_str!("../../migrations/0013_webhooks.sql"),
+        include_str!("../../migrations/0013_webhooks.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

@@ -130,7 +130,13 @@ impl Store {
 
     /// The ids of the master keys that sealed the stored secrets.
     pub async fn secret_key_ids(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT key_id FROM secrets ORDER BY key_id").fetch_all(&self.pool).await?)
+        // Webhook and callback signing secrets are sealed under the same key.
+        Ok(sqlx::query_scalar(
+            "SELECT key_id FROM secrets UNION SELECT secret_key_id FROM webhooks \
+             UNION SELECT secret_key_id FROM operation_callbacks WHERE secret_key_id IS NOT NULL ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Changes one scope's secrets and rolls them out, in one transaction under the write locks
@@ -231,6 +237,7 @@ impl Store {
             None => None,
         };
         let mut rolled_out = Vec::new();
+        let mut queued = 0;
         for d in &deployments {
             let own = Self::secrets_in(&mut tx, SecretScope::Deployment, &d.id).await?;
             let next = match rollout(d, &environment_secrets, &own) {
@@ -241,12 +248,13 @@ impl Store {
             let (mut record, op) = next;
             Self::update_deployment(&mut tx, &record).await?;
             Self::insert_revision(&mut tx, &record, audit_id.as_deref()).await?;
-            Self::insert_operation(&mut tx, &op).await?;
+            queued += Self::insert_operation(&mut tx, &op).await?;
             record.resource_version = d.resource_version + 1;
             rolled_out.push((record, op));
         }
         let secrets = Self::secrets_in(&mut tx, scope, scope_id).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(Ok(SecretsWritten::Done { secrets, rolled_out }))
     }
 
@@ -262,11 +270,13 @@ impl Store {
 
     /// Seals every stored secret again (master-key rotation), in one transaction: `reseal`
     /// returns a secret's new `(ciphertext, nonce, key id)` or refuses, and then nothing
-    /// changes. Versions and `lastRotated` stay: the values do not change. Returns how many
-    /// secrets were resealed.
+    /// changes. Versions and `lastRotated` stay: the values do not change. The signing secrets
+    /// of webhooks and callbacks go through `reseal_other` in the same transaction. Returns how
+    /// many values were resealed.
     pub async fn reseal_secrets<E>(
         &self,
         mut reseal: impl FnMut(&SecretRecord) -> std::result::Result<(String, String, String), E>,
+        mut reseal_other: impl FnMut(&super::SealedElsewhere) -> std::result::Result<crate::secrets::Sealed, E>,
         audit: &Audit,
     ) -> Result<std::result::Result<usize, E>> {
         let mut tx = self.write_tx().await?;
@@ -292,8 +302,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let others = Self::sealed_elsewhere(&mut tx, self.backend == Backend::Postgres).await?;
+        for s in &others {
+            let sealed = match reseal_other(s) {
+                Ok(sealed) => sealed,
+                Err(e) => return Ok(Err(e)),
+            };
+            Self::reseal_elsewhere(&mut tx, s, &sealed).await?;
+        }
         Self::write_audit(&mut tx, audit, crate::ids::now_ms()).await?;
         tx.commit().await?;
-        Ok(Ok(all.len()))
+        Ok(Ok(all.len() + others.len()))
     }
 }
