@@ -390,6 +390,16 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedDelivery>> {
+        // An index probe first: an idle worker polls without taking SQLite's write lock.
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.write_tx().await?;
         let skip = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(

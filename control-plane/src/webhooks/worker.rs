@@ -35,9 +35,11 @@ pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 86_400);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_BATCH: i64 = 1_000;
 
-/// The HTTP client deliveries are sent with.
-pub fn client() -> reqwest::Result<reqwest::Client> {
+/// The HTTP client deliveries are sent with; `system_roots`: trust the operating system's
+/// certificate store (else no root at all: only plain-HTTP receivers can be reached).
+pub fn client(system_roots: bool) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .tls_built_in_native_certs(system_roots)
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
@@ -49,7 +51,11 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
 /// Runs until `shutdown` turns true; attempts still in flight then are given back (due at once,
 /// not counted), so another replica or the next start sends them.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let client = match client() {
+    // A system store that cannot be read must not stop plain-HTTP deliveries.
+    let client = match client(true).or_else(|e| {
+        tracing::error!(error = %e, "cannot load the system's trusted certificates; HTTPS webhooks will fail");
+        client(false)
+    }) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are not delivered");
