@@ -138,7 +138,14 @@ fn requester_context(a: &ApprovalRecord) -> RequestContext {
         roles: a.requester_roles.clone(),
         owner: (a.requester_identity != a.requester).then(|| a.requester_identity.clone()),
     };
-    RequestContext { principal, request_id: a.request_id.clone(), idempotency_key: None, source: None }
+    RequestContext {
+        principal,
+        request_id: a.request_id.clone(),
+        idempotency_key: None,
+        source: None,
+        // The change's operation already holds its request's callback.
+        callback: None,
+    }
 }
 
 /// The requester as it is *now*: a change applies only if its author still exists (a key: is
@@ -228,6 +235,7 @@ impl<'a> Approvals<'a> {
             finished_at: None,
             approval_id: Some(id.clone()),
             started_at: None,
+            callback: ctx.callback.clone(),
         };
         let approval = ApprovalRecord {
             id: id.clone(),

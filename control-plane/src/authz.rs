@@ -214,6 +214,10 @@ pub mod perm {
     pub const PROJECT_MANAGE: Permission = Permission::new("project", "manage");
     pub const AIZONE_READ: Permission = Permission::new("aizone", "read");
     pub const AIZONE_MANAGE: Permission = Permission::new("aizone", "manage");
+    /// Read webhooks and their delivery logs (platform-wide: webhooks see every workspace).
+    pub const WEBHOOK_READ: Permission = Permission::new("webhook", "read");
+    /// Create and delete webhooks, redeliver.
+    pub const WEBHOOK_MANAGE: Permission = Permission::new("webhook", "manage");
 }
 
 /// Whether one of the seed's permission strings grants `p`.
@@ -373,6 +377,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "AAA"), (Permission::new("kubernetes", "read"), "AAA"),
                 (Permission::new("metrics", "read"), "AAA"), (Permission::new("cost", "read"), "AAA"),
                 (Permission::new("artifact", "push"), "AAA"),
+                (WEBHOOK_READ, "AAA"), (WEBHOOK_MANAGE, "AAA"),
             ]),
             (ReleaseManager, &[
                 (DEPLOYMENT_READ, "AA."), (DEPLOYMENT_CREATE, "AA."), (DEPLOYMENT_UPDATE, "AA."),
@@ -381,6 +386,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "A.."), (Permission::new("kubernetes", "read"), "..."),
                 (Permission::new("metrics", "read"), "..."), (Permission::new("cost", "read"), "..."),
                 (Permission::new("artifact", "push"), "..."),
+                (WEBHOOK_READ, "..."), (WEBHOOK_MANAGE, "..."),
             ]),
             (DevopsEngineer, &[
                 // devops_engineer lacks deployment:read: the seed lists none for it.
@@ -390,6 +396,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "..."), (Permission::new("kubernetes", "read"), ".AA"),
                 (Permission::new("metrics", "read"), "..."), (Permission::new("cost", "read"), "..."),
                 (Permission::new("artifact", "push"), ".AA"),
+                (WEBHOOK_READ, "..."), (WEBHOOK_MANAGE, "..."),
             ]),
             (Developer, &[
                 (DEPLOYMENT_READ, "..A"), (DEPLOYMENT_CREATE, "..A"), (DEPLOYMENT_UPDATE, "..."),
@@ -398,6 +405,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "..."), (Permission::new("kubernetes", "read"), "..."),
                 (Permission::new("metrics", "read"), "..."), (Permission::new("cost", "read"), "..."),
                 (Permission::new("artifact", "push"), "..A"),
+                (WEBHOOK_READ, "..."), (WEBHOOK_MANAGE, "..."),
             ]),
             (SreEngineer, &[
                 (DEPLOYMENT_READ, "AAA"), (DEPLOYMENT_CREATE, "..."), (DEPLOYMENT_UPDATE, "..."),
@@ -406,6 +414,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "..."), (Permission::new("kubernetes", "read"), "..."),
                 (Permission::new("metrics", "read"), "AAA"), (Permission::new("cost", "read"), "..."),
                 (Permission::new("artifact", "push"), "..."),
+                (WEBHOOK_READ, "..."), (WEBHOOK_MANAGE, "..."),
             ]),
             (CostAnalyst, &[
                 (DEPLOYMENT_READ, "AAA"), (DEPLOYMENT_CREATE, "..."), (DEPLOYMENT_UPDATE, "..."),
@@ -414,6 +423,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "..."), (Permission::new("kubernetes", "read"), "..."),
                 (Permission::new("metrics", "read"), "..."), (Permission::new("cost", "read"), "AAA"),
                 (Permission::new("artifact", "push"), "..."),
+                (WEBHOOK_READ, "..."), (WEBHOOK_MANAGE, "..."),
             ]),
             (Viewer, &[
                 (DEPLOYMENT_READ, "AAA"), (DEPLOYMENT_CREATE, "..."), (DEPLOYMENT_UPDATE, "..."),
@@ -422,6 +432,7 @@ mod tests {
                 (ENVIRONMENT_LOCK, "..."), (Permission::new("kubernetes", "read"), "AAA"),
                 (Permission::new("metrics", "read"), "AAA"), (Permission::new("cost", "read"), "AAA"),
                 (Permission::new("artifact", "push"), "..."),
+                (WEBHOOK_READ, "AAA"), (WEBHOOK_MANAGE, "..."),
             ]),
         ];
         assert_eq!(table.len(), Role::ALL.len(), "every role is in the table");
@@ -435,7 +446,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 7 * 14 * 3);
+        assert_eq!(checked, 7 * 16 * 3);
     }
 
     #[test]
@@ -487,6 +498,22 @@ mod tests {
         // An unscoped binding sees every workspace.
         let admin = [RoleBinding::global(Role::DeploymentAdmin)];
         assert_eq!(decide(&admin, DEPLOYMENT_DELETE, Scope::env(dev, Some("team-b"))), Decision::Allow);
+    }
+
+    /// Webhooks are platform-wide: only unscoped bindings count (`require_global`), and of the
+    /// seed's roles `*` manages them and `*:read` reads them.
+    #[test]
+    fn webhook_permissions_are_global() {
+        for role in Role::ALL {
+            let global = [RoleBinding::global(*role)];
+            let read = decide(&global, WEBHOOK_READ, Scope::GLOBAL) == Decision::Allow;
+            let manage = decide(&global, WEBHOOK_MANAGE, Scope::GLOBAL) == Decision::Allow;
+            assert_eq!(read, matches!(role, Role::DeploymentAdmin | Role::Viewer), "{role} read");
+            assert_eq!(manage, *role == Role::DeploymentAdmin, "{role} manage");
+        }
+        // A workspace-scoped admin does not manage them.
+        let scoped = [RoleBinding { role: Role::DeploymentAdmin, workspace: Some("team-a".into()) }];
+        assert!(matches!(decide(&scoped, WEBHOOK_MANAGE, Scope::GLOBAL), Decision::Deny(_)));
     }
 
     #[test]

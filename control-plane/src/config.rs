@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// Deadline of one Git operation (resolving a ref, reading a deployment file), fetch
     /// included.
     pub git_timeout: Duration,
+    /// The delay after a failed webhook attempt; it doubles per attempt, up to an hour.
+    pub webhook_retry_base: Duration,
+    /// Attempts per webhook delivery before it is marked failed.
+    pub webhook_max_attempts: u32,
 }
 
 /// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
@@ -163,6 +167,20 @@ impl ServerConfig {
             return Err("invalid --git-timeout: at most 1h".into());
         }
         let allow_file_sources = args.allow_file_sources || f.allow_file_sources.unwrap_or(false);
+        let webhook_retry_base = dur(
+            args.webhook_retry_base,
+            f.webhook_retry_base,
+            "5s",
+            "--webhook-retry-base",
+            Duration::from_millis(10),
+        )?;
+        if webhook_retry_base > Duration::from_secs(3600) {
+            return Err("invalid --webhook-retry-base: at most 1h".into());
+        }
+        let webhook_max_attempts = args.webhook_max_attempts.or(f.webhook_max_attempts).unwrap_or(12);
+        if !(1..=50).contains(&webhook_max_attempts) {
+            return Err(format!("invalid --webhook-max-attempts {webhook_max_attempts}: between 1 and 50"));
+        }
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -200,6 +218,8 @@ impl ServerConfig {
             master_key,
             allow_file_sources,
             git_timeout,
+            webhook_retry_base,
+            webhook_max_attempts,
         })
     }
 }
@@ -267,6 +287,13 @@ pub struct Args {
     /// file, fetch included) [default: 60s].
     #[arg(long, env = "FERRY_GIT_TIMEOUT")]
     pub git_timeout: Option<String>,
+    /// Delay after a failed webhook delivery attempt; it doubles per attempt (with jitter) up to
+    /// 1h [default: 5s].
+    #[arg(long, env = "FERRY_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<String>,
+    /// Attempts per webhook delivery before it is marked failed [default: 12, about 2.5 hours].
+    #[arg(long, env = "FERRY_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +314,8 @@ struct FileConfig {
     master_key_file: Option<PathBuf>,
     allow_file_sources: Option<bool>,
     git_timeout: Option<String>,
+    webhook_retry_base: Option<String>,
+    webhook_max_attempts: Option<u32>,
 }
 
 impl FileConfig {
@@ -318,6 +347,7 @@ mod tests {
         assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
         assert_eq!(c.approval_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.approval_sweep_interval, Duration::from_secs(10));
+        assert_eq!((c.webhook_retry_base, c.webhook_max_attempts), (Duration::from_secs(5), 12));
     }
 
     #[test]
@@ -333,6 +363,10 @@ mod tests {
             (vec!["--approval-ttl", "1ms"], "--approval-ttl"),
             (vec!["--approval-ttl", "100d"], "--approval-ttl"),
             (vec!["--approval-sweep-interval", "2h"], "--approval-sweep-interval"),
+            (vec!["--webhook-retry-base", "1ms"], "--webhook-retry-base"),
+            (vec!["--webhook-retry-base", "2h"], "--webhook-retry-base"),
+            (vec!["--webhook-max-attempts", "0"], "--webhook-max-attempts"),
+            (vec!["--webhook-max-attempts", "51"], "--webhook-max-attempts"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");

@@ -1,16 +1,17 @@
 //! Who is asking, and under which request: what every service call takes, so that permission
 //! checks, environment locks and the audit record are applied in one place per mutation.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::extract::{MatchedPath, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde_json::{Value, json};
 
+use crate::AppState;
 use crate::api::{ApiError, ApiResult, ErrorCode, RequestId};
 use crate::audit::AuditScope;
 use crate::authz::{Decision, Denial, Permission, Role, RoleBinding, Scope, decide};
-use crate::store::Audit;
+use crate::store::{Audit, OperationCallback};
 
 /// What kind of credential the caller presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,9 @@ pub struct RequestContext {
     pub idempotency_key: Option<String>,
     /// The client's address, when known.
     pub source: Option<String>,
+    /// The callback its `Ferry-Callback-Url` asked for (secret sealed): operations this request
+    /// starts carry it, and their `operation.completed` goes there too (`webhooks/`).
+    pub callback: Option<OperationCallback>,
 }
 
 impl RequestContext {
@@ -130,6 +134,9 @@ impl RequestContext {
         if let (Some(key), Some(obj)) = (&self.idempotency_key, details.as_object_mut()) {
             obj.insert("idempotencyKey".into(), Value::String(key.clone()));
         }
+        if let (Some(callback), Some(obj)) = (&self.callback, details.as_object_mut()) {
+            obj.insert("callbackUrl".into(), Value::String(callback.url.clone()));
+        }
         Audit::new(self.principal.audit_name(), action, target, self.request_id.clone(), details)
             .with_source(self.source.clone())
     }
@@ -156,7 +163,11 @@ pub fn forbidden(denial: &Denial) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message).with_details(details)
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+impl<S> FromRequestParts<S> for RequestContext
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
@@ -186,7 +197,16 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             }
         };
         let Source(source) = Source::from_request_parts(parts, state).await?;
-        Ok(Self { principal, request_id, idempotency_key, source })
+        // Checked (400) before the handler runs, so a bad one changes nothing.
+        let callback = if parts.headers.contains_key(crate::webhooks::CALLBACK_URL_HEADER)
+            || parts.headers.contains_key(crate::webhooks::CALLBACK_SECRET_HEADER)
+        {
+            let app = AppState::from_ref(state);
+            crate::webhooks::parse_callback(&parts.headers, Some(&app.master_key))?
+        } else {
+            None
+        };
+        Ok(Self { principal, request_id, idempotency_key, source, callback })
     }
 }
 

@@ -1005,6 +1005,7 @@ fn change_operation(
             finished_at: None,
             approval_id: None,
             started_at: Some(now),
+            callback: ctx.callback.clone(),
         },
     }
 }
@@ -1118,6 +1119,7 @@ mod tests {
             request_id: "req".into(),
             idempotency_key: None,
             source: None,
+            callback: None,
         }
     }
 

@@ -153,6 +153,32 @@ impl OperationKind {
     }
 }
 
+named_enum! {
+    /// What a webhook can subscribe to (see `webhooks/`).
+    EventType {
+        /// A deployment's stored status changed (`from` → `to`).
+        DeploymentStatus = "deployment.status",
+        /// An operation succeeded or failed.
+        OperationCompleted = "operation.completed",
+        /// A change was stored as pending (approval or change window).
+        ApprovalRequested = "approval.requested",
+        /// A pending change was approved, rejected or expired.
+        ApprovalDecided = "approval.decided",
+        /// Reserved for alerting: accepted in subscriptions, not emitted yet.
+        AlertFired = "alert.fired",
+    }
+}
+
+named_enum! {
+    /// Where a webhook delivery is: `pending` (due now or retried later), then `delivered` (a
+    /// 2xx answer) or `failed` (every attempt failed).
+    DeliveryStatus {
+        Pending = "pending",
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +199,10 @@ mod tests {
             assert_eq!(ApprovalStatus::parse(s.as_str()), Some(*s));
         }
         assert_eq!(AuditOutcome::names(), "success, denied, failed");
+        for e in EventType::ALL {
+            assert_eq!(EventType::parse(e.as_str()), Some(*e));
+        }
+        assert_eq!(DeliveryStatus::parse("delivered"), Some(DeliveryStatus::Delivered));
         assert_eq!(DesiredState::parse("stopped"), Some(DesiredState::Stopped));
         assert_eq!(DesiredState::parse("Stopped"), None);
         assert_eq!(serde_json::to_value(OperationStatus::InProgress).unwrap(), "in_progress");

@@ -123,7 +123,9 @@ impl<'a> Versions<'a> {
             Write::NotFound => Err(crate::deployments::not_found(id)),
             Write::Conflict { current } => Err(crate::deployments::stale(current)),
             // Creating a version changes nothing a deployment holds.
-            Write::LimitExceeded(e) => Err(ApiError::internal().with_cause(format!("a version create hit a limit: {e:?}"))),
+            Write::LimitExceeded(e) => {
+                Err(ApiError::internal().with_cause(format!("a version create hit a limit: {e:?}")))
+            }
         }
     }
 }

@@ -555,6 +555,7 @@ mod tests {
             request_id: "req".into(),
             idempotency_key: None,
             source: None,
+            callback: None,
         }
     }
 

@@ -109,6 +109,8 @@ conformance!(
     environments_are_deleted_only_when_empty_and_unreferenced,
     environment_configuration_is_checked_and_rolled_out_in_one_transaction,
     status_counts_are_grouped_and_filtered,
+    events_queue_deliveries_in_the_transaction_of_their_change,
+    two_claimers_never_claim_the_same_attempt,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -717,6 +719,7 @@ fn op_record(
         finished_at: None,
         approval_id: approval.map(str::to_string),
         started_at: None,
+        callback: None,
     }
 }
 
@@ -1367,6 +1370,7 @@ fn create_op(deployment: &str) -> OperationRecord {
         finished_at: None,
         approval_id: None,
         started_at: None,
+        callback: None,
     }
 }
 
@@ -1701,6 +1705,7 @@ fn secret_op(deployment: &str) -> OperationRecord {
         finished_at: None,
         approval_id: None,
         started_at: None,
+        callback: None,
     }
 }
 
@@ -1949,6 +1954,9 @@ async fn resealing_is_all_or_nothing(store: &Store) {
         .await
         .unwrap()
         .unwrap();
+    // A webhook's signing secret is sealed under the same key and resealed with the secrets.
+    let hook = webhook("wh-rs", &["*"]);
+    store.create_webhook(&hook, &audit("webhook.create", "wh-rs")).await.unwrap();
     let mut n = 0;
     let failed = store
         .reseal_secrets(
@@ -1956,6 +1964,7 @@ async fn resealing_is_all_or_nothing(store: &Store) {
                 n += 1;
                 if n == 2 { Err("cannot") } else { Ok(("x".into(), "y".into(), "k2".into())) }
             },
+            |_| Err("no others"),
             &audit("secrets.reseal", "master-key"),
         )
         .await
@@ -1965,12 +1974,14 @@ async fn resealing_is_all_or_nothing(store: &Store) {
     let done = store
         .reseal_secrets(
             |s| Ok::<_, ()>((format!("new-{}", s.name), "n2".into(), "k2".into())),
+            |s| Ok(Sealed { ciphertext: format!("new-{}", s.id), nonce: "n2".into(), key_id: "k2".into() }),
             &audit("secrets.reseal", "master-key"),
         )
         .await
         .unwrap();
-    assert_eq!(done, Ok(2));
+    assert_eq!(done, Ok(3));
     assert_eq!(store.secret_key_ids().await.unwrap(), ["k2"]);
+    assert_eq!(store.get_webhook("wh-rs").await.unwrap().unwrap().secret.ciphertext, "new-wh-rs");
     let after = store.list_secrets(SecretScope::Deployment, "dr").await.unwrap();
     assert_eq!(secret_names(&after), [("A".to_string(), 3), ("B".to_string(), 1)], "versions stay");
     assert_eq!(after[0].ciphertext, "new-A");
@@ -2451,4 +2462,265 @@ async fn status_counts_are_grouped_and_filtered(store: &Store) {
     let some = store.environment_status_counts("development", Some(&team_a_only)).await.unwrap();
     assert_eq!(some, BTreeMap::from([("failed".into(), 1)]));
     assert!(store.environment_status_counts("development", Some(&Visibility::default())).await.unwrap().is_empty());
+}
+
+// ---- webhooks ---------------------------------------------------------------------------------
+
+use ferry_control_plane::secrets::Sealed;
+use ferry_control_plane::store::{AttemptOutcome, DeliveryRecord, OperationCallback, WebhookRecord};
+
+fn webhook(id: &str, events: &[&str]) -> WebhookRecord {
+    WebhookRecord {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        description: String::new(),
+        secret: Sealed { ciphertext: "c".into(), nonce: "n".into(), key_id: "k1".into() },
+        created_by: "admin:test".into(),
+        created_at: now_ms(),
+    }
+}
+
+async fn deliveries(store: &Store, webhook: &str) -> Vec<DeliveryRecord> {
+    store.list_deliveries(webhook, 1, 200).await.unwrap().0
+}
+
+fn payload(d: &DeliveryRecord) -> serde_json::Value {
+    serde_json::from_str(&d.payload).unwrap()
+}
+
+async fn events_queue_deliveries_in_the_transaction_of_their_change(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
+    store.seed_default_workspace(now_ms()).await.unwrap();
+    for (id, events) in [
+        ("wh-status", &["deployment.status"][..]),
+        ("wh-all", &["*"][..]),
+        ("wh-approvals", &["approval.requested", "approval.decided"][..]),
+        ("wh-alerts", &["alert.fired"][..]),
+    ] {
+        store.create_webhook(&webhook(id, events), &audit("webhook.create", id)).await.unwrap();
+    }
+    let (hooks, total) = store.list_webhooks(1, 10).await.unwrap();
+    assert_eq!((hooks.len(), total), (4, 4));
+    assert_eq!(store.get_webhook("wh-all").await.unwrap().unwrap().events, ["*"]);
+
+    // A create whose request named a callback: stored with the operation.
+    let d = deployment_record("dep-w", "development");
+    let callback = OperationCallback { id: "cb-1".into(), url: "http://127.0.0.1:9/cb".into(), secret: None };
+    let op = OperationRecord { callback: Some(callback), ..create_op("dep-w") };
+    store.create_deployment(&d, &op, &audit("deployment.create", "dep-w"), None).await.unwrap().unwrap();
+    assert!(deliveries(store, "wh-all").await.is_empty(), "a create reports nothing by itself");
+
+    // A status transition: one delivery per subscriber, in its transaction.
+    assert!(store.put_status_summary("dep-w", &summary("deploying", 0), 10).await.unwrap());
+    let status = deliveries(store, "wh-status").await;
+    assert_eq!(status.len(), 1);
+    assert_eq!(deliveries(store, "wh-all").await.len(), 1);
+    assert!(deliveries(store, "wh-approvals").await.is_empty() && deliveries(store, "wh-alerts").await.is_empty());
+    let p = payload(&status[0]);
+    assert_eq!((p["type"].as_str(), status[0].event_type.as_str()), (Some("deployment.status"), "deployment.status"));
+    assert_eq!(
+        p["data"]["deployment"],
+        serde_json::json!({ "id": "dep-w", "name": "dep-w", "environment": "development", "workspace": "default" })
+    );
+    assert_eq!((p["data"]["from"].clone(), p["data"]["to"].as_str()), (serde_json::Value::Null, Some("deploying")));
+    assert_eq!(status[0].event_id, deliveries(store, "wh-all").await[0].event_id, "one event, two deliveries");
+    assert_eq!((status[0].status.as_str(), status[0].attempts), ("pending", 0));
+    // A change of the summary that is not a transition reports nothing.
+    assert!(store.put_status_summary("dep-w", &summary("deploying", 1), 11).await.unwrap());
+    assert_eq!(deliveries(store, "wh-status").await.len(), 1);
+    assert!(store.put_status_summary("dep-w", &summary("running", 1), 12).await.unwrap());
+    assert_eq!(deliveries(store, "wh-status").await.len(), 2);
+    assert_eq!(payload(&deliveries(store, "wh-status").await[0])["data"]["from"], "deploying", "newest first");
+
+    // An operation that completes: webhooks and the request's callback, once.
+    assert!(store.finish_operation("op-dep-w", OperationStatus::Succeeded, "1 of 1 ready", 20).await.unwrap());
+    assert!(!store.finish_operation("op-dep-w", OperationStatus::Failed, "again", 21).await.unwrap());
+    let all = deliveries(store, "wh-all").await;
+    assert_eq!(all.len(), 3);
+    let done = payload(&all[0]);
+    assert_eq!(done["type"], "operation.completed");
+    assert_eq!(done["data"]["operation"]["id"], "op-dep-w");
+    assert_eq!(done["data"]["operation"]["status"], "succeeded");
+    assert_eq!(done["data"]["deployment"]["name"], "dep-w");
+    let claimed = store.claim_deliveries("r1", now_ms(), now_ms() + 60_000, 100).await.unwrap();
+    let cb: Vec<_> = claimed.iter().filter(|c| c.delivery.webhook_id.is_none()).collect();
+    assert_eq!(cb.len(), 1, "the callback's delivery");
+    assert_eq!(cb[0].url.as_deref(), Some("http://127.0.0.1:9/cb"));
+    assert!(cb[0].secret.is_none(), "no secret given: not signed");
+    assert_eq!(cb[0].delivery.operation_id.as_deref(), Some("op-dep-w"));
+    assert_eq!(cb[0].delivery.event_id, all[0].event_id);
+    let hook = claimed.iter().find(|c| c.delivery.webhook_id.as_deref() == Some("wh-all")).unwrap();
+    assert_eq!(hook.url.as_deref(), Some("http://127.0.0.1:9/wh-all"));
+    let (sealed, kind, sealed_for) = hook.secret.clone().unwrap();
+    assert_eq!((sealed.key_id.as_str(), kind, sealed_for.as_str()), ("k1", "webhook", "wh-all"));
+
+    // A newer change supersedes an open operation: it completes (failed) in that transaction.
+    let open = OperationRecord { id: "op-scale-1".into(), kind: OperationKind::Scale, ..create_op("dep-w") };
+    store
+        .modify_deployment("dep-w", None, None, |c| Ok::<_, ()>((c.clone(), open, audit("deployment.scale", "dep-w"))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deliveries(store, "wh-all").await.len(), 3, "starting an operation reports nothing");
+    let newer = OperationRecord { id: "op-scale-2".into(), kind: OperationKind::Scale, ..create_op("dep-w") };
+    store
+        .modify_deployment("dep-w", None, None, |c| Ok::<_, ()>((c.clone(), newer, audit("deployment.scale", "dep-w"))))
+        .await
+        .unwrap()
+        .unwrap();
+    let superseded = payload(&deliveries(store, "wh-all").await[0]);
+    assert_eq!(superseded["data"]["operation"]["id"], "op-scale-1");
+    assert_eq!(superseded["data"]["operation"]["status"], "failed");
+    // A refused change writes nothing, so it reports nothing.
+    let refused = store
+        .modify_deployment("dep-w", None, None, |_| Err::<(DeploymentRecord, OperationRecord, Audit), _>("no"))
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(deliveries(store, "wh-all").await.len(), 4);
+
+    // Approvals: requested, then decided (rejected) with its operation failing.
+    let a = pending(store, "apr-w", "dep-w", OperationKind::Scale, ApprovalStatus::Pending, now_ms() + 60_000).await;
+    let approvals = deliveries(store, "wh-approvals").await;
+    assert_eq!(approvals.len(), 1);
+    let requested = payload(&approvals[0]);
+    assert_eq!(
+        (requested["type"].as_str(), requested["data"]["approval"]["id"].as_str()),
+        (Some("approval.requested"), Some("apr-w"))
+    );
+    let reject = Transition {
+        id: "apr-w",
+        from: ApprovalStatus::Pending,
+        to: ApprovalStatus::Rejected,
+        message: "no",
+        decision: Some(("user:boss", Some("no"))),
+        operation: (OperationStatus::Failed, "rejected"),
+        audit: Some(&audit("approval.reject", "apr-w")),
+        now: now_ms(),
+    };
+    assert!(store.transition_approval(&reject).await.unwrap());
+    assert!(!store.transition_approval(&reject).await.unwrap(), "once");
+    let approvals = deliveries(store, "wh-approvals").await;
+    assert_eq!(approvals.len(), 2);
+    let decided = payload(&approvals[0]);
+    assert_eq!(
+        (decided["type"].as_str(), decided["data"]["approval"]["status"].as_str()),
+        (Some("approval.decided"), Some("rejected"))
+    );
+    let all = deliveries(store, "wh-all").await;
+    let types: Vec<String> = all.iter().take(3).map(|d| d.event_type.clone()).collect();
+    assert!(
+        types.contains(&"operation.completed".to_string()) && types.contains(&"approval.decided".to_string()),
+        "{types:?}"
+    );
+    let failed = all.iter().map(payload).find(|p| p["data"]["operation"]["id"] == a.operation_id.as_str()).unwrap();
+    assert_eq!(failed["data"]["operation"]["status"], "failed");
+
+    // Redelivery: a new delivery of the same event; another webhook's delivery is not found.
+    let first = deliveries(store, "wh-status").await.pop().unwrap();
+    let again = store
+        .redeliver("wh-status", &first.id, "dlv-again", &audit("webhook.redeliver", "wh-status"), 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.event_id.as_str(), again.payload.as_str()),
+        ("dlv-again", first.event_id.as_str(), first.payload.as_str())
+    );
+    assert_eq!((again.attempts, again.status.as_str(), again.next_attempt_at), (0, "pending", 50));
+    assert!(
+        store
+            .redeliver("wh-all", &first.id, "dlv-x", &audit("webhook.redeliver", "wh-all"), 50)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get_delivery("dlv-x").await.unwrap().is_none());
+
+    // Deleting a webhook deletes its subscriptions and log: nothing more is queued for it.
+    assert!(store.delete_webhook("wh-status", &audit("webhook.delete", "wh-status"), 60).await.unwrap());
+    assert!(!store.delete_webhook("wh-status", &audit("webhook.delete", "wh-status"), 60).await.unwrap());
+    assert!(store.get_webhook("wh-status").await.unwrap().is_none());
+    assert!(deliveries(store, "wh-status").await.is_empty());
+    assert!(store.put_status_summary("dep-w", &summary("failed", 0), 70).await.unwrap());
+    assert!(deliveries(store, "wh-status").await.is_empty());
+    let to_failed =
+        deliveries(store, "wh-all").await.iter().map(payload).filter(|p| p["data"]["to"] == "failed").count();
+    assert_eq!(to_failed, 1, "still queued for the others");
+}
+
+async fn two_claimers_never_claim_the_same_attempt(store: &Store) {
+    store.create_webhook(&webhook("wh-c", &["*"]), &audit("webhook.create", "wh-c")).await.unwrap();
+    for i in 0..40 {
+        // Deployments that do not exist are named by id alone.
+        store.put_status_summary(&format!("dep-c{i}"), &summary("running", 1), 1).await.unwrap();
+    }
+    assert_eq!(deliveries(store, "wh-c").await.len(), 40);
+    let now = now_ms();
+    let claimers: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_deliveries(&format!("r{i}"), now, now + 60_000, 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| (c.delivery.id, c.delivery.attempts, i)));
+                }
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for c in claimers {
+        claimed.extend(c.await.unwrap());
+    }
+    let mut ids: Vec<&str> = claimed.iter().map(|(id, _, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((claimed.len(), ids.len()), (40, 40), "every row claimed exactly once");
+    assert!(claimed.iter().all(|(_, attempts, _)| *attempts == 1));
+    // Leased: nothing is due until the lease ends.
+    assert!(store.claim_deliveries("r9", now + 1, now + 60_000, 100).await.unwrap().is_empty());
+
+    let (a, _, owner_a) = claimed[0].clone();
+    let (b, _, owner_b) = claimed[1].clone();
+    let (c, _, owner_c) = claimed[2].clone();
+    // Only the claimer, for that attempt, records its outcome.
+    let retry = AttemptOutcome::Retry { status: Some(500), error: "HTTP 500".into(), at: now };
+    assert!(!store.record_attempt(&a, "someone-else", 1, &retry, now).await.unwrap());
+    assert!(!store.record_attempt(&a, &format!("r{owner_a}"), 2, &retry, now).await.unwrap());
+    assert!(store.record_attempt(&a, &format!("r{owner_a}"), 1, &retry, now).await.unwrap());
+    assert!(!store.record_attempt(&a, &format!("r{owner_a}"), 1, &retry, now).await.unwrap(), "once");
+    let delivered = AttemptOutcome::Delivered { status: 204 };
+    assert!(store.record_attempt(&b, &format!("r{owner_b}"), 1, &delivered, now).await.unwrap());
+    // The retried one is due again: its second attempt.
+    let again = store.claim_deliveries("r5", now + 1, now + 60_000, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].delivery.id.as_str(), again[0].delivery.attempts), (a.as_str(), 2));
+    assert_eq!((again[0].delivery.last_status, again[0].delivery.last_error.as_deref()), (Some(500), Some("HTTP 500")));
+    let failed = AttemptOutcome::Failed { status: None, error: "could not connect".into() };
+    assert!(store.record_attempt(&a, "r5", 2, &failed, now + 2).await.unwrap());
+    // A replica that stops gives its unfinished attempts back (due at once, not counted) …
+    assert!(store.release_deliveries(&format!("r{owner_c}"), now + 3).await.unwrap() >= 1);
+    let back = store.claim_deliveries("r6", now + 3, now + 60_000, 100).await.unwrap();
+    assert!(back.iter().any(|d| d.delivery.id == c && d.delivery.attempts == 1), "released, not counted");
+    // … and an attempt whose replica died is sent again once its lease ends.
+    let expired = store.claim_deliveries("r7", now + 60_001, now + 120_000, 100).await.unwrap();
+    assert_eq!(expired.len(), 38, "all but the two finished ones");
+    assert!(expired.iter().all(|d| d.delivery.attempts == 2));
+
+    let by_id = |id: &str| {
+        let id = id.to_string();
+        async move { store.get_delivery(&id).await.unwrap().unwrap() }
+    };
+    let (da, db) = (by_id(&a).await, by_id(&b).await);
+    assert_eq!((da.status.as_str(), da.attempts, da.last_error.as_deref()), ("failed", 2, Some("could not connect")));
+    assert_eq!((db.status.as_str(), db.last_status, db.delivered_at), ("delivered", Some(204), Some(now)));
+    // Finished deliveries are swept once old enough; pending ones never.
+    assert_eq!(store.sweep_deliveries(now + 1, 100).await.unwrap(), 1, "only b finished before now + 1");
+    assert_eq!(store.sweep_deliveries(now + 10, 100).await.unwrap(), 1);
+    assert_eq!(deliveries(store, "wh-c").await.len(), 38);
 }

@@ -155,6 +155,12 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// The delay after a failed webhook attempt (doubling per attempt).
+    pub fn webhook_retry_base(mut self, d: Duration) -> Self {
+        self.config.webhook_retry_base = d;
+        self
+    }
+
     pub fn database_url(mut self, url: &str) -> Self {
         self.config.database_url = url.to_string();
         self

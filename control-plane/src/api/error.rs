@@ -135,6 +135,10 @@ error_codes! {
     /// 422: the source is not accepted here (not available, local without permission,
     /// credentials in the URL, ssh).
     SourceNotAllowed = "SOURCE_004",
+    /// 404: no webhook with this id.
+    WebhookNotFound = "WEBHOOK_001",
+    /// 404: the webhook has no delivery with this id.
+    DeliveryNotFound = "WEBHOOK_002",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.

@@ -12,8 +12,9 @@ pub mod error;
 mod limits;
 mod logs;
 mod secrets;
-mod versions;
 mod sources;
+mod versions;
+mod webhooks;
 mod workspaces;
 
 use axum::body::Body;
@@ -29,6 +30,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
+pub use approvals::approval_view;
+pub use deployments::operation_view;
 pub use error::{ApiError, ApiResult, ErrorCode};
 
 use crate::AppState;
@@ -113,6 +116,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/logs/deployments/{id}", get(logs::list))
         .route("/v1/logs/stream/{id}", get(logs::stream))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()

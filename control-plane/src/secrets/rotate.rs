@@ -1,5 +1,6 @@
-//! Master-key rotation (`ferry-server rotate-master-key`): every stored secret is opened with
-//! the current key and sealed with the new one, in one transaction, so the database never holds
+//! Master-key rotation (`ferry-server rotate-master-key`): every stored secret (and every
+//! webhook and callback signing secret) is opened with the current key and sealed with the new
+//! one, in one transaction, so the database never holds
 //! secrets under two keys. Run it with every `ferry-server` of the database stopped, then start
 //! them with the new key (a server given the other key refuses to start).
 
@@ -54,7 +55,8 @@ pub async fn rotate_master_key(config: &ServerConfig, new: &MasterKey) -> Result
         json!({ "from": current.id(), "to": new.id() }),
     )
     .with_object_type("secret");
-    let mut resealed = 0;
+    // Counted by both closures below.
+    let resealed = std::cell::Cell::new(0);
     let outcome = store
         .reseal_secrets(
             |s| {
@@ -72,14 +74,30 @@ pub async fn rotate_master_key(config: &ServerConfig, new: &MasterKey) -> Result
                     &associated_data(s.scope.as_str(), &s.scope_id, &s.name, s.version),
                     value.expose().as_bytes(),
                 );
-                resealed += 1;
+                resealed.set(resealed.get() + 1);
                 Ok((sealed.ciphertext, sealed.nonce, sealed.key_id))
+            },
+            // Webhook and callback signing secrets.
+            |s| {
+                if s.sealed.key_id == new.id() {
+                    return Ok(s.sealed.clone());
+                }
+                let aad = crate::webhooks::secret_aad(s.kind, &s.id);
+                let value = current.open(&s.sealed, &aad).map_err(|source| RotateError::Open {
+                    scope: s.kind,
+                    scope_id: s.id.clone(),
+                    name: "signing secret".into(),
+                    source,
+                })?;
+                resealed.set(resealed.get() + 1);
+                Ok(new.seal(&aad, &value))
             },
             &audit,
         )
         .await;
     store.close().await;
     outcome??;
+    let resealed = resealed.get();
     tracing::info!(resealed, from = %current.id(), to = %new.id(), "rotated the master key of secrets");
     Ok(Rotation { resealed, from: current.id().to_string(), to: new.id().to_string() })
 }

@@ -4,13 +4,15 @@
 //! Every transition is a compare-and-set on `status` in the transaction that makes it, so a
 //! pending change is applied, rejected, expired or failed exactly once, on either backend and
 //! across replicas: applying it claims it ([`Claim`]) in the transaction that writes the change.
+//! The webhook events of a pending change (`approval.requested`, `approval.decided`, and
+//! `operation.completed` when its operation fails here) are queued in the same transactions.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Audit, OperationRecord, Result, Store, StoreError};
 use crate::authz::RoleBinding;
-use crate::domain::{ApprovalStatus, OperationKind, OperationStatus};
+use crate::domain::{ApprovalStatus, EventType, OperationKind, OperationStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRecord {
@@ -175,7 +177,10 @@ impl Store {
         // Not `insert_operation`: a waiting change supersedes nothing yet.
         Self::upsert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, a.created_at).await?;
+        let event = crate::webhooks::approval_event(EventType::ApprovalRequested, a, a.created_at);
+        let queued = Self::queue_event(&mut tx, &event).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(())
     }
 
@@ -252,10 +257,10 @@ impl Store {
     /// in one transaction. `false` (nothing written) if it was no longer `from`.
     pub async fn transition_approval(&self, t: &Transition<'_>) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let n = match t.decision {
+        let row = match t.decision {
             Some((by, comment)) => sqlx::query(
                 "UPDATE approvals SET status = $1, message = $2, updated_at = $3, decided_by = $4, \
-                 decision_comment = $5, decided_at = $3 WHERE id = $6 AND status = $7",
+                 decision_comment = $5, decided_at = $3 WHERE id = $6 AND status = $7 RETURNING *",
             )
             .bind(t.to.as_str())
             .bind(t.message)
@@ -265,7 +270,8 @@ impl Store {
             .bind(t.id)
             .bind(t.from.as_str()),
             None => sqlx::query(
-                "UPDATE approvals SET status = $1, message = $2, updated_at = $3 WHERE id = $4 AND status = $5",
+                "UPDATE approvals SET status = $1, message = $2, updated_at = $3 WHERE id = $4 AND status = $5 \
+                 RETURNING *",
             )
             .bind(t.to.as_str())
             .bind(t.message)
@@ -273,38 +279,54 @@ impl Store {
             .bind(t.id)
             .bind(t.from.as_str()),
         }
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
             return Ok(false);
-        }
+        };
+        let approval = approval_from_row(&row)?;
         let (status, message) = t.operation;
         let finished = matches!(status, OperationStatus::Succeeded | OperationStatus::Failed).then_some(t.now);
-        sqlx::query(
+        let ops = sqlx::query(
             "UPDATE operations SET status = $1, message = $2, updated_at = $3, finished_at = $4 \
-             WHERE approval_id = $5 AND status IN ('awaiting_approval', 'awaiting_window')",
+             WHERE approval_id = $5 AND status IN ('awaiting_approval', 'awaiting_window') RETURNING *",
         )
         .bind(status.as_str())
         .bind(message)
         .bind(t.now)
         .bind(finished)
         .bind(t.id)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         if let Some(audit) = t.audit {
             Self::write_audit(&mut tx, audit, t.now).await?;
         }
+        let mut queued = 0;
+        // A decision was made (approved, rejected), or time made it (expired).
+        if t.decision.is_some() || t.to == ApprovalStatus::Expired {
+            let event = crate::webhooks::approval_event(EventType::ApprovalDecided, &approval, t.now);
+            queued += Self::queue_event(&mut tx, &event).await?;
+        }
+        if finished.is_some() {
+            let deployment = crate::webhooks::approval_deployment_ref(&approval);
+            for row in &ops {
+                let op = super::deployments::operation_from_row(row)?;
+                queued += Self::queue_operation_completed(&mut tx, &op, deployment.clone()).await?;
+            }
+        }
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(true)
     }
 
-    /// The compare-and-set of a [`Claim`], inside the transaction that applies the change.
-    pub(super) async fn claim_approval(conn: &mut sqlx::AnyConnection, c: &Claim) -> Result<()> {
-        let n = match &c.decision {
+    /// The compare-and-set of a [`Claim`], inside the transaction that applies the change (with
+    /// `approval.decided` when the claim is the approval itself). Returns how many webhook
+    /// deliveries it queued.
+    pub(super) async fn claim_approval(conn: &mut sqlx::AnyConnection, c: &Claim) -> Result<u64> {
+        let row = match &c.decision {
             Some((by, comment)) => sqlx::query(
                 "UPDATE approvals SET status = 'applied', message = 'applied', updated_at = $1, decided_by = $2, \
-                 decision_comment = $3, decided_at = $1 WHERE id = $4 AND status = $5",
+                 decision_comment = $3, decided_at = $1 WHERE id = $4 AND status = $5 RETURNING *",
             )
             .bind(c.now)
             .bind(by.clone())
@@ -313,21 +335,24 @@ impl Store {
             .bind(c.from.as_str()),
             None => sqlx::query(
                 "UPDATE approvals SET status = 'applied', message = 'applied', updated_at = $1 \
-                 WHERE id = $2 AND status = $3",
+                 WHERE id = $2 AND status = $3 RETURNING *",
             )
             .bind(c.now)
             .bind(&c.approval_id)
             .bind(c.from.as_str()),
         }
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
             return Err(StoreError::NotPending(c.approval_id.clone()));
-        }
+        };
         if let Some(audit) = &c.audit {
-            Self::write_audit(conn, audit, c.now).await?;
+            Self::write_audit(&mut *conn, audit, c.now).await?;
         }
-        Ok(())
+        if c.decision.is_none() {
+            return Ok(0);
+        }
+        let event = crate::webhooks::approval_event(EventType::ApprovalDecided, &approval_from_row(&row)?, c.now);
+        Self::queue_event(conn, &event).await
     }
 }

@@ -94,6 +94,9 @@ pub struct OperationRecord {
     /// When the change started to apply (`None` while it waits); progress deadlines count from
     /// here.
     pub started_at: Option<i64>,
+    /// The callback its request asked for (`Ferry-Callback-Url`): stored with the operation when
+    /// it is written, told when it completes. Not read back (`None` in records from the store).
+    pub callback: Option<super::OperationCallback>,
 }
 
 impl OperationRecord {
@@ -216,7 +219,7 @@ pub(super) fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
     })
 }
 
-fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
+pub(super) fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
     Ok(OperationRecord {
         id: r.try_get("id")?,
         kind: parse_named(r, "operations", "kind", OperationKind::parse)?,
@@ -229,6 +232,7 @@ fn operation_from_row(r: &AnyRow) -> Result<OperationRecord> {
         finished_at: r.try_get("finished_at")?,
         approval_id: r.try_get("approval_id")?,
         started_at: r.try_get("started_at")?,
+        callback: None,
     })
 }
 
@@ -478,8 +482,9 @@ impl Store {
         claim: Option<&Claim>,
     ) -> Result<std::result::Result<(), CreateRefusal>> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         // Under a share lock: the environment cannot be deleted until this commits.
         let Some(limits) = self.environment_limits(&mut tx, &d.environment, true).await? else {
@@ -558,7 +563,7 @@ impl Store {
         }
         let audit_id = Self::write_audit(&mut tx, audit, d.created_at).await?;
         Self::insert_revision(&mut tx, d, Some(&audit_id)).await?;
-        Self::insert_operation(&mut tx, op).await?;
+        queued += Self::insert_operation(&mut tx, op).await?;
         // Its first version: the template it is created with, deployed by this operation.
         let template = crate::model::version_template(&d.spec)
             .map_err(|e| StoreError::Invalid(format!("deployment spec is not JSON: {e}")))?;
@@ -577,6 +582,7 @@ impl Store {
             return Ok(Err(CreateRefusal::LimitExceeded(e)));
         }
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(Ok(()))
     }
 
@@ -752,8 +758,9 @@ impl Store {
         claim: Option<&Claim>,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         let deleted: Option<(String, String, String)> = sqlx::query_as(
             "UPDATE deployments SET deleted_at = $1, resource_version = resource_version + 1 \
@@ -764,7 +771,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((environment, spec, state)) = deleted else { return Ok(false) };
-        Self::insert_operation(&mut tx, op).await?;
+        queued += Self::insert_operation(&mut tx, op).await?;
         Self::write_audit(&mut tx, audit, now_ms).await?;
         // What it held goes back to its environment (a release never passes a limit).
         let state = DesiredState::parse(&state).unwrap_or(DesiredState::Running);
@@ -775,6 +782,7 @@ impl Store {
         })?;
         let _released = self.allocate(&mut tx, &environment, None, &held, &Default::default()).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(true)
     }
 
@@ -783,17 +791,27 @@ impl Store {
     /// Records a new desired-state change's operation; in the same transaction, the deployment's
     /// earlier open operations end as superseded (so concurrent changes cannot supersede the one
     /// that is actually in force). The operation of a pending change exists already (it waited):
-    /// it is updated in place, keeping its id, creation time and request id.
-    pub(super) async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<()> {
-        sqlx::query(
+    /// it is updated in place, keeping its id, creation time and request id. Each superseded
+    /// operation's `operation.completed` is queued (webhooks); returns how many deliveries were.
+    pub(super) async fn insert_operation(conn: &mut sqlx::AnyConnection, op: &OperationRecord) -> Result<u64> {
+        let superseded = sqlx::query(
             "UPDATE operations SET status = 'failed', message = 'superseded by a newer change', updated_at = $1, \
-             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress'",
+             finished_at = $1 WHERE deployment_id = $2 AND status = 'in_progress' RETURNING *",
         )
         .bind(op.created_at)
         .bind(&op.deployment_id)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-        Self::upsert_operation(conn, op).await
+        let mut queued = 0;
+        if !superseded.is_empty() {
+            let deployment = Self::deployment_ref(&mut *conn, &op.deployment_id).await?;
+            for row in &superseded {
+                let done = operation_from_row(row)?;
+                queued += Self::queue_operation_completed(&mut *conn, &done, deployment.clone()).await?;
+            }
+        }
+        Self::upsert_operation(conn, op).await?;
+        Ok(queued)
     }
 
     /// Inserts an operation, or updates the one with its id (status, message, times).
@@ -814,8 +832,11 @@ impl Store {
         .bind(op.updated_at)
         .bind(op.approval_id.clone())
         .bind(op.started_at)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+        if let Some(callback) = &op.callback {
+            Self::insert_callback(conn, &op.id, callback, op.updated_at).await?;
+        }
         Ok(())
     }
 
@@ -842,7 +863,8 @@ impl Store {
         rows.iter().map(operation_from_row).collect()
     }
 
-    /// Ends an operation unless it already ended (first writer wins across replicas).
+    /// Ends an operation unless it already ended (first writer wins across replicas), and
+    /// queues its `operation.completed` in the same transaction.
     pub async fn finish_operation(
         &self,
         id: &str,
@@ -850,17 +872,26 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<bool> {
-        let n = sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
             "UPDATE operations SET status = $1, message = $2, updated_at = $3, finished_at = $3 \
-             WHERE id = $4 AND status = 'in_progress'",
+             WHERE id = $4 AND status = 'in_progress' RETURNING *",
         )
         .bind(status.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let op = operation_from_row(&row)?;
+        let deployment = Self::deployment_ref(&mut tx, &op.deployment_id).await?;
+        let queued = Self::queue_operation_completed(&mut tx, &op, deployment).await?;
+        tx.commit().await?;
+        self.wake_webhooks(queued);
+        Ok(true)
     }
 }

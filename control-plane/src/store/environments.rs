@@ -228,6 +228,7 @@ impl Store {
         before: &DeploymentRecord,
         next: (DeploymentRecord, OperationRecord),
         audit_id: Option<&str>,
+        queued: &mut u64,
     ) -> Result<(DeploymentRecord, OperationRecord)> {
         let (mut record, op) = next;
         if allocation_of(&record)? != allocation_of(before)? {
@@ -235,7 +236,7 @@ impl Store {
         }
         Self::update_deployment(&mut *conn, &record).await?;
         Self::insert_revision(&mut *conn, &record, audit_id).await?;
-        Self::insert_operation(&mut *conn, &op).await?;
+        *queued += Self::insert_operation(&mut *conn, &op).await?;
         record.resource_version = before.resource_version + 1;
         Ok((record, op))
     }
@@ -305,6 +306,7 @@ impl Store {
         .await?;
         let audit_id = Self::write_audit(&mut tx, &audit, now_ms).await?;
         let mut rolled_out = Vec::new();
+        let mut queued = 0;
         if change.variables.is_some() {
             for d in Self::lock_deployments_of(self.backend, &mut tx, &after.name).await? {
                 let next = match rollout(&d, &after.variables) {
@@ -312,10 +314,11 @@ impl Store {
                     Ok(None) => continue,
                     Err(e) => return Ok(Err(e)),
                 };
-                rolled_out.push(Self::store_rollout(&mut tx, &d, next, Some(&audit_id)).await?);
+                rolled_out.push(Self::store_rollout(&mut tx, &d, next, Some(&audit_id), &mut queued).await?);
             }
         }
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(Ok(EnvironmentConfigured::Done { environment: Box::new(after), rolled_out }))
     }
 

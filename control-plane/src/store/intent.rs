@@ -516,14 +516,17 @@ impl Store {
     /// When the `status` itself changes, the transition is appended to the deployment's events in
     /// the same transaction (one insert; see [`super::EVENTS_KEPT`] for the bound). On PostgreSQL
     /// the deployment row is locked first, so replicas storing one deployment's status at the
-    /// same time serialize and each transition is recorded once, numbered in order.
+    /// same time serialize and each transition is recorded once, numbered in order. A transition
+    /// also queues its `deployment.status` webhook event in the transaction.
     pub async fn put_status_summary(&self, deployment_id: &str, s: &StatusSummary, now_ms: i64) -> Result<bool> {
         if self.status_summary(deployment_id).await?.as_ref() == Some(s) {
             return Ok(false);
         }
         let mut tx = self.write_tx().await?;
+        // What events say of the deployment: read with the lock PostgreSQL takes anyway.
+        let mut named: Option<(String, String, String)> = None;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM deployments WHERE id = $1 FOR UPDATE")
+            named = sqlx::query_as("SELECT name, environment, workspace FROM deployments WHERE id = $1 FOR UPDATE")
                 .bind(deployment_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -575,6 +578,20 @@ impl Store {
                 message: format!("{} of {} replicas ready", s.ready, s.desired),
             };
             Self::append_event(&mut tx, &event).await?;
+            if self.backend == Backend::Sqlite {
+                named = sqlx::query_as("SELECT name, environment, workspace FROM deployments WHERE id = $1")
+                    .bind(deployment_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            }
+            let deployment = crate::webhooks::deployment_ref(
+                deployment_id,
+                named.as_ref().map(|(n, e, w)| (n.as_str(), e.as_str(), w.as_str())),
+            );
+            let queued = Self::queue_event(&mut tx, &crate::webhooks::status_event(deployment, &event)).await?;
+            tx.commit().await?;
+            self.wake_webhooks(queued);
+            return Ok(true);
         }
         tx.commit().await?;
         Ok(true)

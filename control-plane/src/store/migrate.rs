@@ -69,6 +69,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0011_environments.sqlite.sql"),
         include_str!("../../migrations/0011_environments.postgres.sql"),
     ),
+    (
+        13,
+        "webhooks",
+        include_str!("../../migrations/0013_webhooks.sql"),
+        include_str!("../../migrations/0013_webhooks.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

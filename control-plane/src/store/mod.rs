@@ -16,7 +16,9 @@
 //! * log lines are stored once per `(source, seq)`, and the ids of one deployment's lines
 //!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`);
 //! * secret values are stored sealed only (`secrets.rs`; sealing is `crate::secrets`'s), and a
-//!   change of them stores the new revisions it rolls out in the same transaction.
+//!   change of them stores the new revisions it rolls out in the same transaction;
+//! * webhook deliveries are queued in the transaction of the change their event reports, and an
+//!   attempt is claimed by one replica at a time (`webhooks.rs`).
 
 mod agents;
 mod approvals;
@@ -29,6 +31,7 @@ mod migrate;
 mod principals;
 mod secrets;
 mod versions;
+mod webhooks;
 mod workspaces;
 
 use std::collections::BTreeMap;
@@ -57,6 +60,9 @@ pub use principals::{ApiKeyRecord, Credential, UserRecord};
 pub use secrets::{SecretRecord, SecretScope, SecretWrite, SecretsWritten};
 pub use versions::{
     HISTORY_LOOKBACK, VersionCreate, VersionMark, VersionReads, VersionRecord, VersionsRead, VersionsWrite,
+};
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, DeliveryRecord, OperationCallback, SealedElsewhere, WebhookRecord,
 };
 pub use workspaces::{
     AiZoneChange, AiZoneRecord, DEFAULT_WORKSPACE, ProjectDelete, ProjectRecord, Renamed, Visible, WorkspaceDelete,
@@ -101,6 +107,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     log_prune: Arc<logs::PruneCounters>,
+    /// Notified after a commit that queued webhook deliveries (`webhooks.rs`).
+    webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -157,7 +165,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        let store = Self { pool, backend, log_prune: Arc::default() };
+        let store = Self { pool, backend, log_prune: Arc::default(), webhook_wake: Arc::default() };
         store.migrate().await?;
         Ok(store)
     }

@@ -130,7 +130,13 @@ impl Store {
 
     /// The ids of the master keys that sealed the stored secrets.
     pub async fn secret_key_ids(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT key_id FROM secrets ORDER BY key_id").fetch_all(&self.pool).await?)
+        // Webhook and callback signing secrets are sealed under the same key.
+        Ok(sqlx::query_scalar(
+            "SELECT key_id FROM secrets UNION SELECT secret_key_id FROM webhooks \
+             UNION SELECT secret_key_id FROM operation_callbacks WHERE secret_key_id IS NOT NULL ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Changes one scope's secrets and rolls them out, in one transaction under the write locks
@@ -225,6 +231,7 @@ impl Store {
             None => None,
         };
         let mut rolled_out = Vec::new();
+        let mut queued = 0;
         for d in &deployments {
             let own = Self::secrets_in(&mut tx, SecretScope::Deployment, &d.id).await?;
             let next = match rollout(d, environment.as_ref(), &environment_secrets, &own) {
@@ -232,10 +239,11 @@ impl Store {
                 Ok(None) => continue,
                 Err(e) => return Ok(Err(e)),
             };
-            rolled_out.push(Self::store_rollout(&mut tx, d, next, audit_id.as_deref()).await?);
+            rolled_out.push(Self::store_rollout(&mut tx, d, next, audit_id.as_deref(), &mut queued).await?);
         }
         let secrets = Self::secrets_in(&mut tx, scope, scope_id).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(Ok(SecretsWritten::Done { secrets, rolled_out }))
     }
 
@@ -251,11 +259,13 @@ impl Store {
 
     /// Seals every stored secret again (master-key rotation), in one transaction: `reseal`
     /// returns a secret's new `(ciphertext, nonce, key id)` or refuses, and then nothing
-    /// changes. Versions and `lastRotated` stay: the values do not change. Returns how many
-    /// secrets were resealed.
+    /// changes. Versions and `lastRotated` stay: the values do not change. The signing secrets
+    /// of webhooks and callbacks go through `reseal_other` in the same transaction. Returns how
+    /// many values were resealed.
     pub async fn reseal_secrets<E>(
         &self,
         mut reseal: impl FnMut(&SecretRecord) -> std::result::Result<(String, String, String), E>,
+        mut reseal_other: impl FnMut(&super::SealedElsewhere) -> std::result::Result<crate::secrets::Sealed, E>,
         audit: &Audit,
     ) -> Result<std::result::Result<usize, E>> {
         let mut tx = self.write_tx().await?;
@@ -281,8 +291,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let others = Self::sealed_elsewhere(&mut tx, self.backend == Backend::Postgres).await?;
+        for s in &others {
+            let sealed = match reseal_other(s) {
+                Ok(sealed) => sealed,
+                Err(e) => return Ok(Err(e)),
+            };
+            Self::reseal_elsewhere(&mut tx, s, &sealed).await?;
+        }
         Self::write_audit(&mut tx, audit, crate::ids::now_ms()).await?;
         tx.commit().await?;
-        Ok(Ok(all.len()))
+        Ok(Ok(all.len() + others.len()))
     }
 }

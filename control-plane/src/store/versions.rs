@@ -360,8 +360,9 @@ impl Store {
         ) -> std::result::Result<(DeploymentRecord, OperationRecord, Audit, VersionsWrite), E>,
     ) -> Result<std::result::Result<Write<DeploymentRecord>, E>> {
         let mut tx = self.write_tx().await?;
+        let mut queued = 0;
         if let Some(c) = claim {
-            Self::claim_approval(&mut tx, c).await?;
+            queued += Self::claim_approval(&mut tx, c).await?;
         }
         let Some(current) = self.lock_deployment(&mut tx, id).await? else {
             return Ok(Ok(Write::NotFound));
@@ -393,7 +394,7 @@ impl Store {
             Self::insert_version_row(&mut tx, &mut v).await?;
         }
         Self::insert_revision(&mut tx, &d, Some(&audit_id)).await?;
-        Self::insert_operation(&mut tx, &op).await?;
+        queued += Self::insert_operation(&mut tx, &op).await?;
         if versions.deployed {
             Self::mark_deployed(&mut tx, id, &d.active_version, &audit.actor, &op.id, d.updated_at).await?;
         }
@@ -416,6 +417,7 @@ impl Store {
             return Ok(Ok(Write::LimitExceeded(e)));
         }
         tx.commit().await?;
+        self.wake_webhooks(queued);
         let mut updated = d;
         updated.resource_version = current.resource_version + 1;
         Ok(Ok(Write::Done(updated)))
@@ -426,30 +428,34 @@ impl Store {
     /// is still `available`), so rollbacks skip it. `true` if the operation was still open.
     pub async fn fail_rollout(&self, operation_id: &str, message: &str, now_ms: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let n = sqlx::query(
+        let row = sqlx::query(
             "UPDATE operations SET status = 'failed', message = $1, updated_at = $2, finished_at = $2 \
-             WHERE id = $3 AND status = 'in_progress'",
+             WHERE id = $3 AND status = 'in_progress' RETURNING *",
         )
         .bind(message)
         .bind(now_ms)
         .bind(operation_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
             return Ok(false);
-        }
+        };
+        let op = super::deployments::operation_from_row(&row)?;
         sqlx::query(
             "UPDATE deployment_versions SET status = 'failed', status_reason = $1, status_changed_at = $2 \
-             WHERE deployment_id = (SELECT deployment_id FROM operations WHERE id = $3) \
-             AND deploy_operation_id = $3 AND status = 'available'",
+             WHERE deployment_id = $3 AND deploy_operation_id = $4 AND status = 'available'",
         )
         .bind(message)
         .bind(now_ms)
+        .bind(&op.deployment_id)
         .bind(operation_id)
         .execute(&mut *tx)
         .await?;
+        let deployment = Self::deployment_ref(&mut tx, &op.deployment_id).await?;
+        let queued = Self::queue_operation_completed(&mut tx, &op, deployment).await?;
         tx.commit().await?;
+        self.wake_webhooks(queued);
         Ok(true)
     }
 }
