@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub approval_sweep_interval: Duration,
     /// Where the master key that encrypts secrets comes from.
     pub master_key: MasterKeySource,
+    /// How long an `Idempotency-Key` and the answer it replays are kept.
+    pub idempotency_ttl: Duration,
 }
 
 /// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
@@ -152,6 +154,11 @@ impl ServerConfig {
         if approval_sweep_interval > Duration::from_secs(3600) {
             return Err("invalid --approval-sweep-interval: at most 1h".into());
         }
+        let idempotency_ttl =
+            dur(args.idempotency_ttl, f.idempotency_ttl, "24h", "--idempotency-ttl", Duration::from_secs(1))?;
+        if idempotency_ttl > Duration::from_secs(30 * 86_400) {
+            return Err("invalid --idempotency-ttl: at most 30 days".into());
+        }
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -187,6 +194,7 @@ impl ServerConfig {
             approval_ttl,
             approval_sweep_interval,
             master_key,
+            idempotency_ttl,
         })
     }
 }
@@ -246,6 +254,10 @@ pub struct Args {
     /// FERRY_MASTER_KEY [default: <data-dir>/master.key, generated at the first start].
     #[arg(long, env = "FERRY_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// How long an Idempotency-Key is remembered: a POST repeated with the same key within
+    /// this time gets the first answer again [default: 24h].
+    #[arg(long, env = "FERRY_IDEMPOTENCY_TTL")]
+    pub idempotency_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +276,7 @@ struct FileConfig {
     approval_ttl: Option<String>,
     approval_sweep_interval: Option<String>,
     master_key_file: Option<PathBuf>,
+    idempotency_ttl: Option<String>,
 }
 
 impl FileConfig {
@@ -295,6 +308,7 @@ mod tests {
         assert!(c.database_url.starts_with("sqlite://ferry-data/ferry.db"));
         assert_eq!(c.approval_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.approval_sweep_interval, Duration::from_secs(10));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -310,6 +324,8 @@ mod tests {
             (vec!["--approval-ttl", "1ms"], "--approval-ttl"),
             (vec!["--approval-ttl", "100d"], "--approval-ttl"),
             (vec!["--approval-sweep-interval", "2h"], "--approval-sweep-interval"),
+            (vec!["--idempotency-ttl", "0s"], "--idempotency-ttl"),
+            (vec!["--idempotency-ttl", "31d"], "--idempotency-ttl"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");

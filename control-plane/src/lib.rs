@@ -181,6 +181,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let liveness_task = tokio::spawn(quic::flush_liveness(state.clone(), rx.clone()));
     let observed_task = tokio::spawn(quic::write_observed(state.clone(), rx.clone()));
     let approvals_task = tokio::spawn(approvals::sweep(state.clone(), rx.clone()));
+    let idempotency_task = tokio::spawn(api::idempotency::sweep(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -201,7 +202,15 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task, approvals_task],
+        tasks: vec![
+            quic_task,
+            http_task,
+            reconcile_task,
+            liveness_task,
+            observed_task,
+            approvals_task,
+            idempotency_task,
+        ],
     })
 }
 

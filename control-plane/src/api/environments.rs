@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -94,9 +94,9 @@ pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateEnvironment>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let env = Environments::new(&state).create(&ctx, req.name, req.kind, req.description).await?;
-    Ok((StatusCode::CREATED, Json(view(&env, 0, &[]))))
+    Ok(super::created(&format!("/v1/environments/{}", env.id), view(&env, 0, &[])))
 }
 
 #[derive(Debug, Deserialize)]

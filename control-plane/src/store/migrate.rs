@@ -57,6 +57,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0009_secrets.sql"),
         include_str!("../../migrations/0009_secrets.sql"),
     ),
+    (
+        12,
+        "idempotency",
+        include_str!("../../migrations/0012_idempotency.sqlite.sql"),
+        include_str!("../../migrations/0012_idempotency.postgres.sql"),
+    ),
 ];
 
 /// Arbitrary constant identifying Ferry's migration lock.

@@ -16,12 +16,15 @@
 //! * log lines are stored once per `(source, seq)`, and the ids of one deployment's lines
 //!   become visible in id order, so an SSE cursor never skips a line (see `logs.rs`);
 //! * secret values are stored sealed only (`secrets.rs`; sealing is `crate::secrets`'s), and a
-//!   change of them stores the new revisions it rolls out in the same transaction.
+//!   change of them stores the new revisions it rolls out in the same transaction;
+//! * an idempotency key is claimed by one conditional `INSERT`, so one request wins it on any
+//!   number of replicas, and only the claim's holder can store its answer (`idempotency.rs`).
 
 mod agents;
 mod approvals;
 mod audit;
 mod deployments;
+mod idempotency;
 mod intent;
 mod logs;
 mod migrate;
@@ -48,6 +51,7 @@ pub use deployments::{
     CreateRefusal, DeploymentFilter, DeploymentRecord, EnvironmentLock, EnvironmentRecord, OperationRecord, Visibility,
     Write,
 };
+pub use idempotency::{IdempotencyClaim, IdempotencyRecord, IdempotencyState, StoredResponse};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};
