@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -92,6 +92,15 @@ where
     F: FnOnce(Request) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Response> + Send + 'static,
 {
+    post_waiting(state, req, run, WAIT).await
+}
+
+/// [`post`], waiting at most `wait` for a first request still in flight.
+async fn post_waiting<F, Fut>(state: &AppState, req: Request, run: F, wait: Duration) -> Response
+where
+    F: FnOnce(Request) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
     let Some(value) = req.headers().get(HEADER) else { return run(req).await };
     let Some(key) = key(value).map(str::to_string) else { return invalid_key().into_response() };
     let Some(principal) = req.extensions().get::<Principal>().cloned() else { return run(req).await };
@@ -112,7 +121,7 @@ where
         lease_ms: LEASE.as_millis() as i64,
         ttl_ms: state.config.idempotency_ttl.as_millis() as i64,
     };
-    match wait_for_turn(state, &claim, WAIT).await {
+    match wait_for_turn(state, &claim, wait).await {
         Ok(Turn::Run) => {}
         Ok(Turn::Answer(res)) => return res,
         Err(e) => return e.into_response(),
@@ -263,7 +272,7 @@ async fn finish(store: &crate::store::Store, claim: &IdempotencyClaim, request_i
         // The answer stands; a repeat waits, then may take the key over once the lease ran out.
         Err(e) => tracing::error!(request_id, error = %e, "could not store the answer of an idempotency key"),
     }
-    Response::from_parts(parts, Body::from(Bytes::from(body)))
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -300,7 +309,153 @@ pub async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Json;
+
     use super::*;
+    use crate::store::Store;
+
+    async fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::sqlite_file(&dir.join("ferry.db")).await.unwrap();
+        let ca = ferry_certs::Ca::load_or_create(dir, "test CA").unwrap();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        AppState {
+            store,
+            ca: Arc::new(ca),
+            config: Arc::new(crate::ServerConfig::for_tests(dir)),
+            sessions: Default::default(),
+            logs: Default::default(),
+            shutdown,
+            reconciler: Default::default(),
+            advertise_addr: "127.0.0.1:1".into(),
+            login_limiter: Default::default(),
+            master_key: Arc::new(crate::secrets::MasterKey::generate().0),
+        }
+    }
+
+    fn request(key: &str, body: &str) -> Request {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/things")
+            .header(HEADER, key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        req.extensions_mut().insert(Principal::admin("admin-1"));
+        req.extensions_mut().insert(RequestId(format!("req-{}", random_hex(4))));
+        req
+    }
+
+    /// A handler that counts its runs and answers `status` with `body`, after `gate` opens.
+    fn handler(
+        runs: &Arc<AtomicUsize>,
+        status: StatusCode,
+        body: String,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> impl FnOnce(Request) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> + Send + 'static
+    {
+        let runs = runs.clone();
+        move |_req| {
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if let Some(g) = gate {
+                    let _permit = g.acquire().await.unwrap();
+                }
+                (status, Json(json!({ "body": body }))).into_response()
+            })
+        }
+    }
+
+    async fn body_of(res: Response) -> Vec<u8> {
+        axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()
+    }
+
+    fn code(res: &Response) -> Option<ErrorCode> {
+        res.extensions().get::<ApiError>().map(|e| e.code)
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_not_kept_so_a_retry_runs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        for status in
+            [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE]
+        {
+            let res = post(&state, request("k", "{}"), handler(&runs, status, "x".into(), None)).await;
+            assert_eq!(res.status(), status);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "each retry ran");
+        let ok = post(&state, request("k", "{}"), handler(&runs, StatusCode::ACCEPTED, "done".into(), None)).await;
+        assert_eq!((ok.status(), runs.load(Ordering::SeqCst)), (StatusCode::ACCEPTED, 4));
+        let first = body_of(ok).await;
+        let again = post(&state, request("k", "{}"), handler(&runs, StatusCode::ACCEPTED, "other".into(), None)).await;
+        assert_eq!(again.headers()[REPLAYED], "true");
+        assert_eq!((again.status(), runs.load(Ordering::SeqCst)), (StatusCode::ACCEPTED, 4), "replayed, not run");
+        assert_eq!(body_of(again).await, first);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_waits_for_the_first_request_and_replays_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let first = {
+            let (state, h) = (state.clone(), handler(&runs, StatusCode::CREATED, "first".into(), Some(gate.clone())));
+            tokio::spawn(async move { post(&state, request("slow", "{}"), h).await })
+        };
+        // Once the first one runs (it holds the key), repeats must wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the first request never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let h = handler(&runs, StatusCode::CREATED, "second".into(), None);
+        let gave_up = post_waiting(&state, request("slow", "{}"), h, Duration::from_millis(120)).await;
+        assert_eq!((gave_up.status(), code(&gave_up)), (StatusCode::CONFLICT, Some(ErrorCode::IdempotencyInProgress)));
+        let waiting = {
+            let (state, h) = (state.clone(), handler(&runs, StatusCode::CREATED, "third".into(), None));
+            tokio::spawn(async move { post(&state, request("slow", "{}"), h).await })
+        };
+        gate.add_permits(1);
+        let first = first.await.unwrap();
+        let waited = waiting.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "only the first request ran");
+        assert_eq!((first.status(), waited.status()), (StatusCode::CREATED, StatusCode::CREATED));
+        assert!(waited.headers().contains_key(REPLAYED) && !first.headers().contains_key(REPLAYED));
+        assert_eq!(body_of(waited).await, body_of(first).await);
+    }
+
+    #[tokio::test]
+    async fn answers_too_large_to_keep_still_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let big = "x".repeat(MAX_KEPT_BODY);
+        let res = post(&state, request("big", "{}"), handler(&runs, StatusCode::OK, big.clone(), None)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(body_of(res).await.len() > MAX_KEPT_BODY, "the first caller gets the whole answer");
+        let res = post(&state, request("big", "{}"), handler(&runs, StatusCode::OK, big, None)).await;
+        assert_eq!((res.status(), code(&res)), (StatusCode::CONFLICT, Some(ErrorCode::IdempotencyNotReplayable)));
+        assert_eq!(res.extensions().get::<ApiError>().unwrap().details["status"], 200);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Requests without a key are not concerned.
+        let mut plain = request("x", "{}");
+        plain.headers_mut().remove(HEADER);
+        for _ in 0..2 {
+            let res = post(&state, plain_clone(&plain), handler(&runs, StatusCode::OK, "y".into(), None)).await;
+            assert!(!res.headers().contains_key(REPLAYED));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    fn plain_clone(req: &Request) -> Request {
+        let mut r = Request::builder().method(req.method()).uri(req.uri()).body(Body::empty()).unwrap();
+        r.extensions_mut().insert(Principal::admin("admin-1"));
+        r
+    }
 
     fn fp(method: Method, uri: &str, body: &str) -> String {
         fingerprint(&method, &uri.parse().unwrap(), body.as_bytes())
