@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub webhook_retry_base: Duration,
     /// Attempts per webhook delivery before it is marked failed.
     pub webhook_max_attempts: u32,
+    /// How long an `Idempotency-Key` and the answer it replays are kept.
+    pub idempotency_ttl: Duration,
 }
 
 /// Where the master key (AES-256, 64 hexadecimal characters) comes from. It is kept outside
@@ -181,6 +183,11 @@ impl ServerConfig {
         if !(1..=50).contains(&webhook_max_attempts) {
             return Err(format!("invalid --webhook-max-attempts {webhook_max_attempts}: between 1 and 50"));
         }
+        let idempotency_ttl =
+            dur(args.idempotency_ttl, f.idempotency_ttl, "24h", "--idempotency-ttl", Duration::from_secs(1))?;
+        if idempotency_ttl > Duration::from_secs(30 * 86_400) {
+            return Err("invalid --idempotency-ttl: at most 30 days".into());
+        }
         let max_body_bytes = args.max_body_bytes.or(f.max_body_bytes).unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(format!("invalid --max-body-bytes {max_body_bytes}: between 1024 and 67108864"));
@@ -220,6 +227,7 @@ impl ServerConfig {
             git_timeout,
             webhook_retry_base,
             webhook_max_attempts,
+            idempotency_ttl,
         })
     }
 }
@@ -294,6 +302,10 @@ pub struct Args {
     /// Attempts per webhook delivery before it is marked failed [default: 12, about 2.5 hours].
     #[arg(long, env = "FERRY_WEBHOOK_MAX_ATTEMPTS")]
     pub webhook_max_attempts: Option<u32>,
+    /// How long an Idempotency-Key is remembered: a POST repeated with the same key within
+    /// this time gets the first answer again [default: 24h].
+    #[arg(long, env = "FERRY_IDEMPOTENCY_TTL")]
+    pub idempotency_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +328,7 @@ struct FileConfig {
     git_timeout: Option<String>,
     webhook_retry_base: Option<String>,
     webhook_max_attempts: Option<u32>,
+    idempotency_ttl: Option<String>,
 }
 
 impl FileConfig {
@@ -348,6 +361,7 @@ mod tests {
         assert_eq!(c.approval_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.approval_sweep_interval, Duration::from_secs(10));
         assert_eq!((c.webhook_retry_base, c.webhook_max_attempts), (Duration::from_secs(5), 12));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -367,6 +381,8 @@ mod tests {
             (vec!["--webhook-retry-base", "2h"], "--webhook-retry-base"),
             (vec!["--webhook-max-attempts", "0"], "--webhook-max-attempts"),
             (vec!["--webhook-max-attempts", "51"], "--webhook-max-attempts"),
+            (vec!["--idempotency-ttl", "0s"], "--idempotency-ttl"),
+            (vec!["--idempotency-ttl", "31d"], "--idempotency-ttl"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");

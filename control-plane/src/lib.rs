@@ -89,6 +89,29 @@ pub struct AppState {
     pub git: ferry_git::Git,
 }
 
+impl AppState {
+    /// A state over a fresh SQLite store in `dir`, for unit tests of handlers and middleware.
+    #[cfg(test)]
+    pub(crate) async fn for_tests(dir: &std::path::Path) -> AppState {
+        let store = Store::sqlite_file(&dir.join("ferry.db")).await.unwrap();
+        let ca = Ca::load_or_create(dir, "test CA").unwrap();
+        let (_tx, shutdown) = watch::channel(false);
+        AppState {
+            store,
+            ca: Arc::new(ca),
+            config: Arc::new(ServerConfig::for_tests(dir)),
+            sessions: Default::default(),
+            logs: Default::default(),
+            shutdown,
+            reconciler: Default::default(),
+            advertise_addr: "127.0.0.1:1".into(),
+            login_limiter: Default::default(),
+            master_key: Arc::new(secrets::MasterKey::generate().0),
+            git: ferry_git::Git::new(dir.join("git-cache"), Default::default()),
+        }
+    }
+}
+
 /// A running control plane.
 pub struct Running {
     pub http_addr: SocketAddr,
@@ -194,6 +217,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
     let observed_task = tokio::spawn(quic::write_observed(state.clone(), rx.clone()));
     let approvals_task = tokio::spawn(approvals::sweep(state.clone(), rx.clone()));
     let webhooks_task = tokio::spawn(webhooks::worker::run(state.clone(), rx.clone()));
+    let idempotency_task = tokio::spawn(api::idempotency::sweep(state.clone(), rx.clone()));
     let app = api::router(state.clone());
     let mut http_rx = rx;
     let http_task = tokio::spawn(async move {
@@ -214,7 +238,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, Error> {
         admin_token_path,
         state,
         shutdown,
-        tasks: vec![quic_task, http_task, reconcile_task, liveness_task, observed_task, approvals_task, webhooks_task],
+        tasks: vec![
+            quic_task,
+            http_task,
+            reconcile_task,
+            liveness_task,
+            observed_task,
+            approvals_task,
+            webhooks_task,
+            idempotency_task,
+        ],
     })
 }
 

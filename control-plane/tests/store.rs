@@ -20,6 +20,7 @@ use ferry_control_plane::store::{
     Renamed, Visibility, WorkspaceDelete, WorkspaceRecord,
 };
 use ferry_control_plane::store::{EnvironmentRecord, SecretRecord, SecretScope, SecretWrite, SecretsWritten};
+use ferry_control_plane::store::{IdempotencyClaim, IdempotencyState, StoredResponse};
 use ferry_protocol::{LogLine, LogStream, Phase, ReplicaStatus};
 
 struct Db {
@@ -111,6 +112,9 @@ conformance!(
     status_counts_are_grouped_and_filtered,
     events_queue_deliveries_in_the_transaction_of_their_change,
     two_claimers_never_claim_the_same_attempt,
+    an_idempotency_key_is_claimed_once_under_concurrency,
+    idempotency_keys_expire_and_are_swept_in_batches,
+    a_stale_in_flight_idempotency_claim_is_taken_over,
 );
 
 fn audit(action: &'static str, target: &str) -> Audit {
@@ -2723,4 +2727,188 @@ async fn two_claimers_never_claim_the_same_attempt(store: &Store) {
     assert_eq!(store.sweep_deliveries(now + 1, 100).await.unwrap(), 1, "only b finished before now + 1");
     assert_eq!(store.sweep_deliveries(now + 10, 100).await.unwrap(), 1);
     assert_eq!(deliveries(store, "wh-c").await.len(), 38);
+}
+
+// ---- idempotency ------------------------------------------------------------------------------
+
+fn idem_claim(
+    identity: &str,
+    key: &str,
+    fingerprint: &str,
+    owner: &str,
+    lease_ms: i64,
+    ttl_ms: i64,
+) -> IdempotencyClaim {
+    IdempotencyClaim {
+        identity: identity.into(),
+        key: key.into(),
+        fingerprint: fingerprint.into(),
+        request: "POST /v1/deployments".into(),
+        owner: owner.into(),
+        request_id: format!("req-{owner}"),
+        lease_ms,
+        ttl_ms,
+    }
+}
+
+fn answer(body: Option<&[u8]>) -> StoredResponse {
+    StoredResponse {
+        status: 202,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("location".into(), "/v1/operations/op-1".into()),
+        ],
+        body: body.map(<[u8]>::to_vec),
+    }
+}
+
+async fn an_idempotency_key_is_claimed_once_under_concurrency(store: &Store) {
+    let now = now_ms();
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = idem_claim("user:alice", "k-1", "fp-1", &format!("owner-{i}"), 60_000, 3_600_000);
+            (i, store.claim_idempotency_key(&c, now).await.unwrap())
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        let (i, claimed) = t.await.unwrap();
+        if claimed {
+            won.push(i);
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one claimant wins a key: {won:?}");
+    let owner = format!("owner-{}", won[0]);
+    let held = store.idempotency_key("user:alice", "k-1").await.unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.owner.as_str(), held.fingerprint.as_str()),
+        (IdempotencyState::InFlight, owner.as_str(), "fp-1")
+    );
+    assert_eq!((held.status, held.body.as_deref()), (None, None));
+    assert_eq!(held.request_id, format!("req-{owner}"));
+    assert!(!held.is_claimable(now));
+
+    // Another caller's key of the same name is another key.
+    let bob = idem_claim("user:bob", "k-1", "fp-other", "bob", 60_000, 3_600_000);
+    assert!(store.claim_idempotency_key(&bob, now).await.unwrap());
+
+    // Only the holder stores the answer; the body is kept byte for byte (any bytes).
+    let body: &[u8] = b"{\"id\":1}\n\xff\x00";
+    assert!(!store.complete_idempotency_key("user:alice", "k-1", "someone-else", &answer(Some(body))).await.unwrap());
+    assert!(!store.release_idempotency_key("user:alice", "k-1", "someone-else").await.unwrap());
+    assert!(store.complete_idempotency_key("user:alice", "k-1", &owner, &answer(Some(body))).await.unwrap());
+    let done = store.idempotency_key("user:alice", "k-1").await.unwrap().unwrap();
+    assert_eq!(done.state, IdempotencyState::Done);
+    assert_eq!((done.status, done.body.as_deref()), (Some(202), Some(body)));
+    assert_eq!(done.headers, answer(None).headers);
+    // A done key is neither completed again nor released, and cannot be claimed before it expires.
+    assert!(!store.complete_idempotency_key("user:alice", "k-1", &owner, &answer(None)).await.unwrap());
+    assert!(!store.release_idempotency_key("user:alice", "k-1", &owner).await.unwrap());
+    let again = idem_claim("user:alice", "k-1", "fp-1", "late", 60_000, 3_600_000);
+    assert!(!store.claim_idempotency_key(&again, now + 1).await.unwrap());
+    assert_eq!(store.idempotency_key("user:alice", "k-1").await.unwrap().unwrap(), done, "unchanged");
+
+    // An answer that is not kept: status only.
+    assert!(
+        store
+            .complete_idempotency_key(
+                "user:bob",
+                "k-1",
+                "bob",
+                &StoredResponse { status: 201, headers: vec![], body: None }
+            )
+            .await
+            .unwrap()
+    );
+    let b = store.idempotency_key("user:bob", "k-1").await.unwrap().unwrap();
+    assert_eq!((b.state, b.status, b.body), (IdempotencyState::Done, Some(201), None));
+
+    // A released claim frees the key for the next request.
+    let c = idem_claim("user:alice", "k-2", "fp-2", "first", 60_000, 3_600_000);
+    assert!(store.claim_idempotency_key(&c, now).await.unwrap());
+    assert!(store.release_idempotency_key("user:alice", "k-2", "first").await.unwrap());
+    assert!(store.idempotency_key("user:alice", "k-2").await.unwrap().is_none());
+    let c = idem_claim("user:alice", "k-2", "fp-2", "second", 60_000, 3_600_000);
+    assert!(store.claim_idempotency_key(&c, now).await.unwrap());
+}
+
+async fn idempotency_keys_expire_and_are_swept_in_batches(store: &Store) {
+    let t0 = 1_000_000;
+    // Five answered keys expiring at t0+100, +200, ..., +500.
+    for i in 1..=5 {
+        let c = idem_claim("user:alice", &format!("k-{i}"), "fp", &format!("o-{i}"), 10, i * 100);
+        assert!(store.claim_idempotency_key(&c, t0).await.unwrap());
+        assert!(
+            store
+                .complete_idempotency_key("user:alice", &format!("k-{i}"), &format!("o-{i}"), &answer(Some(b"{}")))
+                .await
+                .unwrap()
+        );
+    }
+    // An in-flight key past its expiry but inside its lease is running: not swept.
+    let running = idem_claim("user:alice", "running", "fp", "r", 500, 100);
+    assert!(store.claim_idempotency_key(&running, t0).await.unwrap());
+
+    // Expiry is exact at claim time, whether or not the sweep ran: k-1 is claimable at t0+100.
+    let k1 = store.idempotency_key("user:alice", "k-1").await.unwrap().unwrap();
+    assert!(!k1.is_claimable(t0 + 99) && k1.is_claimable(t0 + 100));
+    let reuse = idem_claim("user:alice", "k-1", "another-fp", "new", 10, 1_000);
+    assert!(!store.claim_idempotency_key(&reuse, t0 + 99).await.unwrap());
+    assert!(store.claim_idempotency_key(&reuse, t0 + 100).await.unwrap(), "an expired key is free again");
+    let k1 = store.idempotency_key("user:alice", "k-1").await.unwrap().unwrap();
+    assert_eq!(
+        (k1.state, k1.fingerprint.as_str(), k1.owner.as_str()),
+        (IdempotencyState::InFlight, "another-fp", "new")
+    );
+    assert_eq!((k1.status, k1.body), (None, None), "the old answer is gone");
+    assert_eq!(k1.expires_at, t0 + 100 + 1_000);
+
+    // At t0+450: k-2, k-3, k-4 are expired; batches of two, oldest first.
+    let left = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let mut keys = Vec::new();
+            for k in ["k-1", "k-2", "k-3", "k-4", "k-5", "running"] {
+                if store.idempotency_key("user:alice", k).await.unwrap().is_some() {
+                    keys.push(k);
+                }
+            }
+            keys
+        }
+    };
+    assert_eq!(store.sweep_idempotency_keys(t0 + 450, 2).await.unwrap(), 2);
+    assert_eq!(left(store).await, ["k-1", "k-4", "k-5", "running"]);
+    assert_eq!(store.sweep_idempotency_keys(t0 + 450, 2).await.unwrap(), 1);
+    assert_eq!(store.sweep_idempotency_keys(t0 + 450, 2).await.unwrap(), 0);
+    assert_eq!(left(store).await, ["k-1", "k-5", "running"]);
+    // Once its lease ran out too, the abandoned in-flight key goes.
+    assert_eq!(store.sweep_idempotency_keys(t0 + 1_000, 100).await.unwrap(), 2);
+    assert_eq!(left(store).await, ["k-1"], "k-1 was claimed again and lives until t0+1100");
+}
+
+async fn a_stale_in_flight_idempotency_claim_is_taken_over(store: &Store) {
+    let t0 = 5_000_000;
+    let first = idem_claim("user:alice", "k", "fp", "crashed", 1_000, 86_400_000);
+    assert!(store.claim_idempotency_key(&first, t0).await.unwrap());
+    let second = idem_claim("user:alice", "k", "fp", "retry", 1_000, 86_400_000);
+    // Inside the lease the first claim holds, whatever the fingerprint.
+    assert!(!store.claim_idempotency_key(&second, t0 + 999).await.unwrap());
+    assert!(!store.idempotency_key("user:alice", "k").await.unwrap().unwrap().is_claimable(t0 + 999));
+    // Its server died: once the lease ran out, a retry takes the key over.
+    assert!(store.claim_idempotency_key(&second, t0 + 1_000).await.unwrap());
+    let held = store.idempotency_key("user:alice", "k").await.unwrap().unwrap();
+    assert_eq!((held.owner.as_str(), held.request_id.as_str()), ("retry", "req-retry"));
+    assert_eq!(held.lease_until, t0 + 2_000);
+    // The first holder, should it come back, can neither store its answer nor release the key.
+    assert!(!store.complete_idempotency_key("user:alice", "k", "crashed", &answer(Some(b"old"))).await.unwrap());
+    assert!(!store.release_idempotency_key("user:alice", "k", "crashed").await.unwrap());
+    assert!(store.complete_idempotency_key("user:alice", "k", "retry", &answer(Some(b"new"))).await.unwrap());
+    let done = store.idempotency_key("user:alice", "k").await.unwrap().unwrap();
+    assert_eq!(done.body.as_deref(), Some(&b"new"[..]));
+    // A done key is not taken over when its lease time passes: only its expiry frees it.
+    let third = idem_claim("user:alice", "k", "fp", "third", 1_000, 86_400_000);
+    assert!(!store.claim_idempotency_key(&third, t0 + 10_000).await.unwrap());
 }

@@ -139,7 +139,10 @@ async fn a_git_source_runs_its_pinned_commit_until_told_otherwise() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "one", "the pinned commit, not main's tip");
     let deployment = get(&cp, &format!("/v1/deployments/{id}")).await;
     assert_eq!(deployment["sourceConfiguration"]["commit"], first.as_str());
-    assert_eq!(deployment["activeVersion"], format!("git-{}", &first[..12]));
+    // The change made a version of its own (generated name); the first one is named by its commit.
+    assert_eq!(deployment["activeVersion"], "v2");
+    let v1 = get(&cp, &format!("/v1/deployments/{id}/versions/git-{}", &first[..12])).await;
+    assert_eq!(v1["configuration"]["source"]["commit"], first.as_str(), "{v1}");
 
     // Pinned to the new commit explicitly, by tag: a second deployment runs "two" (its
     // deployment file names the same `OUT`).

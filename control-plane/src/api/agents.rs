@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::idempotency::NotReplayable;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, page_json, paginate};
 use crate::AppState;
 use crate::agents::Agents;
@@ -110,7 +111,8 @@ pub async fn create_token(
         "serverAddress": server,
         "agentCommand": format!("ferry-agent --server {server} --token {token}"),
     });
-    Ok((StatusCode::CREATED, Json(body)))
+    // The token is shown once: an idempotent repeat must not get it from a stored copy.
+    Ok((StatusCode::CREATED, Extension(NotReplayable), Json(body)))
 }
 
 pub async fn list_tokens(

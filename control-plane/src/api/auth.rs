@@ -1,13 +1,14 @@
 //! `/v1/auth`, `/v1/users`, `/v1/api-keys`: handlers parse and render; the rules are in
 //! [`crate::principals`].
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::idempotency::NotReplayable;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, RequestId, page_json};
 use crate::AppState;
 use crate::authz::{BindingInput, Permission, RoleBinding, Scope, perm};
@@ -149,10 +150,10 @@ pub async fn create_user(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateUser>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let roles = req.roles.into_iter().map(RoleBinding::from).collect();
     let u = Users::new(&state).create(&ctx, req.username, req.password, roles).await?;
-    Ok((StatusCode::CREATED, Json(user_view(&u))))
+    Ok(super::created(&format!("/v1/users/{}", u.id), user_view(&u)))
 }
 
 #[derive(Deserialize)]
@@ -229,12 +230,13 @@ pub async fn create_key(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateKey>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let roles = req.roles.into_iter().map(RoleBinding::from).collect();
     let (record, key) = ApiKeys::new(&state).create(&ctx, req.name, roles, req.expires_in_days).await?;
     let mut view = key_view(&record);
     view["key"] = json!(key);
-    Ok((StatusCode::CREATED, Json(view)))
+    // The key is shown once: an idempotent repeat must not get it from a stored copy.
+    Ok((StatusCode::CREATED, Extension(NotReplayable), Json(view)).into_response())
 }
 
 pub async fn list_keys(

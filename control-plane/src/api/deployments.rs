@@ -275,7 +275,7 @@ pub async fn status(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (parsed, d) = Deployments::new(&state).status(&ctx, &id).await?;
     let r = &parsed.record;
     let checks = &parsed.config.health_checks;
@@ -285,7 +285,9 @@ pub async fn status(
         (true, false) => "failing",
     };
     let all_ready = d.ready >= d.desired && d.desired > 0;
-    Ok(Json(json!({
+    // Tagged like the deployment: `PATCH …/status` compares this tag.
+    let tag = etag(r);
+    let body = json!({
         "id": format!("status-{}", r.id),
         "deploymentId": r.id,
         "name": r.name,
@@ -306,7 +308,8 @@ pub async fn status(
         },
         "resources": { "pods": { "desired": d.desired, "current": d.current, "available": d.ready, "updated": d.ready } },
         "replicas": d.replicas,
-    })))
+    });
+    Ok(([(header::ETAG, tag)], Json(body)).into_response())
 }
 
 pub async fn update(

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -130,9 +131,9 @@ pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateEnvironment>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let env = Environments::new(&state).create(&ctx, req.name, req.kind, req.description).await?;
-    Ok((StatusCode::CREATED, Json(view(&env, 0, &[], &Usage::default()))))
+    Ok(super::created(&format!("/v1/environments/{}", env.id), view(&env, 0, &[], &Usage::default())))
 }
 
 /// `null` and absent told apart: `Some(None)` is an explicit `null`.

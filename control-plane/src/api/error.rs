@@ -139,6 +139,14 @@ error_codes! {
     WebhookNotFound = "WEBHOOK_001",
     /// 404: the webhook has no delivery with this id.
     DeliveryNotFound = "WEBHOOK_002",
+    /// 422: the `Idempotency-Key` was used before for another request (method, path, query or body).
+    IdempotencyKeyReused = "IDEMPOTENCY_001",
+    /// 409: the first request with this `Idempotency-Key` is still running.
+    IdempotencyInProgress = "IDEMPOTENCY_002",
+    /// 409: the first answer to this `Idempotency-Key` was not kept (too large, or a secret shown once).
+    IdempotencyNotReplayable = "IDEMPOTENCY_003",
+    /// 412: `If-Match` names none of the resource's current entity tags.
+    PreconditionFailed = "PRECONDITION_001",
     /// 503: the database is unreachable or saturated, or a capacity limit was hit.
     Unavailable = "UNAVAILABLE_001",
     /// 500: a bug or an unexpected failure.

@@ -1,16 +1,21 @@
 //! The REST API under `/v1`: routing, request ids, authentication, body limits and extractors
 //! that answer bad input in the seed's error format. Handlers live in one module per seed
-//! section and call the store / services; they hold no state of their own.
+//! section and call the store / services; they hold no state of their own. Every authenticated
+//! route also gets the API contract ([`contract`]): idempotency keys on `POST`, `ETag` on reads,
+//! `If-Match` on writes.
 
 mod agents;
 mod approvals;
 mod audit;
 mod auth;
+mod contract;
 mod deployments;
 mod environments;
 pub mod error;
+pub mod idempotency;
 mod limits;
 mod logs;
+pub mod preconditions;
 mod secrets;
 mod sources;
 mod versions;
@@ -27,7 +32,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 
 pub use approvals::approval_view;
@@ -120,13 +125,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
+        .route_layer(middleware::from_fn_with_state(state.clone(), contract::layer))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/auth/login", post(auth::login))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body));
-    Router::new()
+    let routes = Router::new()
         .merge(open)
         .merge(authed)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
@@ -138,8 +144,11 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), request_id))
-        .with_state(state)
+        .with_state(state.clone());
+    // Writes read the resource they change through the routes (`If-Match`); the copy they use
+    // does not carry itself.
+    let internal = preconditions::Internal::new(routes.clone());
+    routes.layer(Extension(internal)).layer(middleware::from_fn_with_state(state, request_id))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -213,6 +222,11 @@ async fn request_id(State(state): State<AppState>, mut req: Request, next: Next)
 /// Every `/v1` route except health and login needs a credential: the principal it names is
 /// what services authorize against ([`crate::principals::authenticate`]).
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // A read made for a write's `If-Match` check already carries the writer's principal.
+    let internal = req.extensions().get::<preconditions::InternalRead>().is_some();
+    if internal && req.extensions().get::<crate::context::Principal>().is_some() {
+        return next.run(req).await;
+    }
     match crate::principals::authenticate(&state, req.headers()).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
@@ -220,6 +234,13 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// `201 Created` with the new resource's `Location` (`path`; ids are valid header values, and
+/// one that is not is left out rather than failing the request).
+pub(crate) fn created(path: &str, body: serde_json::Value) -> Response {
+    let location = HeaderValue::from_str(path).ok().map(|v| (header::LOCATION, v));
+    (StatusCode::CREATED, axum::response::AppendHeaders(location), Json(body)).into_response()
 }
 
 /// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
@@ -366,7 +387,6 @@ mod tests {
     }
 
     mod refused {
-        use std::sync::Arc;
 
         use axum::http::Method;
         use tower::ServiceExt;
@@ -377,22 +397,7 @@ mod tests {
         use crate::store::{AuditFilter, Page, Store};
 
         async fn state(dir: &std::path::Path) -> AppState {
-            let store = Store::sqlite_file(&dir.join("ferry.db")).await.unwrap();
-            let ca = ferry_certs::Ca::load_or_create(dir, "test CA").unwrap();
-            let (_tx, shutdown) = tokio::sync::watch::channel(false);
-            AppState {
-                store,
-                ca: Arc::new(ca),
-                config: Arc::new(crate::ServerConfig::for_tests(dir)),
-                sessions: Default::default(),
-                logs: Default::default(),
-                shutdown,
-                reconciler: Default::default(),
-                advertise_addr: "127.0.0.1:1".into(),
-                login_limiter: Default::default(),
-                master_key: Arc::new(crate::secrets::MasterKey::generate().0),
-                git: ferry_git::Git::new(dir.join("git-cache"), Default::default()),
-            }
+            AppState::for_tests(dir).await
         }
 
         /// Routes that refuse as a permission check or a rule would, behind the real

@@ -1,13 +1,14 @@
 //! `/v1/webhooks`: subscriptions to events, their delivery logs and redelivery. Handlers parse
 //! and render; the rules are in [`crate::webhooks`].
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::idempotency::NotReplayable;
 use super::{ApiJson, ApiPath, ApiQuery, ApiResult, PageParams, page_json};
 use crate::AppState;
 use crate::context::RequestContext;
@@ -88,7 +89,8 @@ pub async fn create(
     // Shown this once; afterwards only masked.
     body["secret"] = json!(secret);
     let location = format!("/v1/webhooks/{}", w.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+    // The secret is shown once: an idempotent repeat must not get it from a stored copy.
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Extension(NotReplayable), Json(body)).into_response())
 }
 
 pub async fn list(

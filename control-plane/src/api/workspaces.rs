@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -106,9 +107,9 @@ pub async fn create_workspace(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateWorkspace>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let w = Workspaces::new(&state).create(&ctx, req.name, req.description, req.owner).await?;
-    Ok((StatusCode::CREATED, Json(workspace_view(&w))))
+    Ok(super::created(&format!("/v1/workspaces/{}", w.id), workspace_view(&w)))
 }
 
 pub async fn update_workspace(
@@ -187,9 +188,9 @@ pub async fn create_project(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateProject>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let p = Projects::new(&state).create(&ctx, req.name, req.workspace, req.description).await?;
-    Ok((StatusCode::CREATED, Json(project_view(&p))))
+    Ok(super::created(&format!("/v1/projects/{}", p.id), project_view(&p)))
 }
 
 pub async fn update_project(
@@ -264,7 +265,7 @@ pub async fn create_zone(
     State(state): State<AppState>,
     ctx: RequestContext,
     ApiJson(req): ApiJson<CreateAiZone>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let new = NewAiZone {
         name: req.name,
         workspace: req.workspace,
@@ -273,7 +274,8 @@ pub async fn create_zone(
         region: req.region,
         labels: req.labels,
     };
-    Ok((StatusCode::CREATED, Json(zone_view(&AiZones::new(&state).create(&ctx, new).await?))))
+    let z = AiZones::new(&state).create(&ctx, new).await?;
+    Ok(super::created(&format!("/v1/aizones/{}", z.id), zone_view(&z)))
 }
 
 pub async fn update_zone(

@@ -70,6 +70,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/0011_environments.postgres.sql"),
     ),
     (
+        12,
+        "idempotency",
+        include_str!("../../migrations/0012_idempotency.sqlite.sql"),
+        include_str!("../../migrations/0012_idempotency.postgres.sql"),
+    ),
+    (
         13,
         "webhooks",
         include_str!("../../migrations/0013_webhooks.sql"),

@@ -19,12 +19,15 @@
 //!   change of them stores the new revisions it rolls out in the same transaction;
 //! * webhook deliveries are queued in the transaction of the change their event reports, and an
 //!   attempt is claimed by one replica at a time (`webhooks.rs`).
+//! * an idempotency key is claimed by one conditional `INSERT`, so one request wins it on any
+//!   number of replicas, and only the claim's holder can store its answer (`idempotency.rs`).
 
 mod agents;
 mod approvals;
 mod audit;
 mod deployments;
 mod environments;
+mod idempotency;
 mod intent;
 mod logs;
 mod migrate;
@@ -54,6 +57,7 @@ pub use deployments::{
     Write,
 };
 pub use environments::{EnvironmentChange, EnvironmentConfigured, EnvironmentDelete};
+pub use idempotency::{IdempotencyClaim, IdempotencyRecord, IdempotencyState, StoredResponse};
 pub use intent::{IntentHead, IntentRow, ObservedReport, ObservedRow, Ownership, PlacedRow, RowChange, StatusSummary};
 pub use logs::LogRow;
 pub use principals::{ApiKeyRecord, Credential, UserRecord};
