@@ -621,6 +621,15 @@ mod tests {
     use super::*;
     use crate::model::{Configuration, TargetJson};
 
+    fn promotion() -> crate::deployments::Promotion {
+        crate::deployments::Promotion {
+            source_deployment_id: "deploy-1".into(),
+            source_environment: "development".into(),
+            target_environment: "staging".into(),
+            version: "v1".into(),
+        }
+    }
+
     #[test]
     fn requests_round_trip_exactly() {
         let config: Configuration =
@@ -637,6 +646,7 @@ mod tests {
                     workspace: Some("team-a".into()),
                     project: None,
                     ai_zone: None,
+                    promotion: None,
                 }),
             },
             PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) },
@@ -668,6 +678,28 @@ mod tests {
                 },
                 if_match: None,
             },
+            PendingRequest::Change {
+                change: Change::Promote {
+                    promotion: promotion(),
+                    template: json!({ "command": "/bin/web", "env": { "A": "1" } }),
+                    replicas: Some(3),
+                },
+                if_match: None,
+            },
+            PendingRequest::Create {
+                deployment: Box::new(NewDeployment {
+                    name: "web".into(),
+                    environment: "staging".into(),
+                    version: "v1".into(),
+                    target: TargetJson { agent_ids: None, selector: Some(Default::default()) },
+                    configuration: serde_json::from_value(json!({ "replicas": 1, "command": "/bin/web" })).unwrap(),
+                    source: None,
+                    workspace: Some("default".into()),
+                    project: None,
+                    ai_zone: None,
+                    promotion: Some(promotion()),
+                }),
+            },
             PendingRequest::Delete,
         ];
         for r in requests {
@@ -679,6 +711,14 @@ mod tests {
             serde_json::to_value(PendingRequest::Change { change: Change::Scale(3), if_match: Some(7) }).unwrap(),
             json!({ "action": "change", "change": { "scale": 3 }, "ifMatch": 7 })
         );
+        // A create stored before promotions existed still parses (no `promotion`).
+        let old = r#"{"action":"create","deployment":{"name":"web","environment":"staging","version":"v1",
+            "target":{"selector":{}},"configuration":{"replicas":1,"command":"/bin/web"},"source":null,
+            "workspace":null,"project":null,"aiZone":null}}"#;
+        assert!(matches!(
+            serde_json::from_str::<PendingRequest>(old).unwrap(),
+            PendingRequest::Create { deployment } if deployment.promotion.is_none()
+        ));
         // Pending changes stored before versions existed still parse.
         let old = r#"{"action":"change","change":{"update":{"version":"v3","target":null,"configuration":null}}}"#;
         assert!(matches!(

@@ -77,7 +77,19 @@ pub fn permission_of(kind: OperationKind) -> Permission {
         }
         OperationKind::Deploy => perm::VERSION_DEPLOY,
         OperationKind::Rollback => perm::ROLLBACK_EXECUTE,
+        OperationKind::Promote => perm::DEPLOYMENT_PROMOTE,
     }
+}
+
+/// Where a promoted version comes from and goes to (`crate::promotions`, which resolved it):
+/// named by the change it makes, its audit record and its pending change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Promotion {
+    pub source_deployment_id: String,
+    pub source_environment: String,
+    pub target_environment: String,
+    pub version: String,
 }
 
 /// A deployment to create, as the caller described it (and as a pending change keeps it).
@@ -98,6 +110,17 @@ pub struct NewDeployment {
     pub project: Option<String>,
     /// An AI zone shared or dedicated to that workspace, by id or name.
     pub ai_zone: Option<String>,
+    /// Created by promoting a version from the previous environment (`crate::promotions`):
+    /// needs `deployment:promote` instead of `deployment:create`, and its operation is a
+    /// `promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+impl NewDeployment {
+    fn kind(&self) -> OperationKind {
+        if self.promotion.is_some() { OperationKind::Promote } else { OperationKind::Create }
+    }
 }
 
 /// What a create names, looked up: its environment, workspace (name), project and zone (ids).
@@ -156,6 +179,16 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
     },
+    /// `POST …/promote` of the same-named deployment in the previous environment: deploys the
+    /// version `promotion.version` with exactly `template` (the source's frozen template, its
+    /// Git pin included): the existing version of that name if it has that template (another
+    /// one is `DEPLOY_010`), else a new one. `replicas`, if given, applies too.
+    Promote {
+        promotion: Promotion,
+        template: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<u32>,
+    },
 }
 
 /// What a change does with the deployment's versions (turned into a [`VersionsWrite`] with its
@@ -184,6 +217,7 @@ impl Change {
             Change::Restart => OperationKind::Restart,
             Change::Deploy { .. } => OperationKind::Deploy,
             Change::Rollback { .. } => OperationKind::Rollback,
+            Change::Promote { .. } => OperationKind::Promote,
         }
     }
 
@@ -220,6 +254,13 @@ impl Change {
                 }
                 versions::validate_text("description", description.as_deref())?;
             }
+            // The replica count is checked with the configuration it applies to.
+            Change::Promote { promotion, template, .. } => {
+                model::validate_version_field("version", &promotion.version).map_err(invalid)?;
+                if !template.is_object() {
+                    return Err(ApiError::validation("configuration", "a version's configuration must be an object"));
+                }
+            }
             Change::Scale(_) | Change::Start | Change::Stop | Change::Restart => {}
         }
         Ok(())
@@ -238,6 +279,7 @@ impl Change {
             }
             Change::Deploy { version } => VersionReads { named: Some(version), ..Default::default() },
             Change::Rollback { to, .. } => VersionReads { named: to.as_deref(), ..Default::default() },
+            Change::Promote { promotion, .. } => VersionReads { named: Some(&promotion.version), ..Default::default() },
             Change::Scale(_) | Change::Start | Change::Stop | Change::Restart => VersionReads::default(),
         }
     }
@@ -297,6 +339,15 @@ impl Change {
                     mark: Some(VersionMark { version: from.clone(), status, reason }),
                     ..Default::default()
                 }
+            }
+            Change::Promote { promotion, template, replicas } => {
+                let description = format!(
+                    "promoted from {} ({}) by {}",
+                    promotion.source_environment, promotion.source_deployment_id, by.who
+                );
+                let replicas = replicas.unwrap_or(p.config.replicas);
+                let name = Some(promotion.version.as_str());
+                place(p, &seen, name, Some(template.clone()), replicas, Some(&description), by)?
             }
             Change::Scale(replicas) => {
                 p.config.replicas = *replicas;
@@ -412,13 +463,14 @@ impl<'a> Deployments<'a> {
         // 404 `WORKSPACE_001`, before anything else about it (its projects, zones, names) is
         // looked at.
         let ws = Workspaces::new(self.state).named(workspace_key).await?;
-        ctx.require(perm::DEPLOYMENT_CREATE, Scope::env(env.scope(), Some(&ws.name)), || {
-            named_workspace_not_found(workspace_key)
-        })?;
+        // A create by promotion needs `deployment:promote` there instead.
+        let kind = new.kind();
+        let permission = permission_of(kind);
+        ctx.require(permission, Scope::env(env.scope(), Some(&ws.name)), || named_workspace_not_found(workspace_key))?;
         // What it names must exist now (400); a deferred change looks it up again when it applies.
         let named = self.named_in(&ws.name, &new).await?;
         let id = random_id("deploy");
-        match self.route(&env, perm::DEPLOYMENT_CREATE, opts)? {
+        match self.route(&env, permission, opts)? {
             None => {
                 let resolved = Resolved { env, workspace: ws.name, project: named.0, ai_zone: named.1 };
                 Ok(Outcome::Applied(self.apply_create(ctx, id, new, None, Some(resolved)).await?))
@@ -439,7 +491,7 @@ impl<'a> Deployments<'a> {
                     deployment_id: id,
                     deployment_name: new.name.clone(),
                     workspace: ws.name.clone(),
-                    action: OperationKind::Create,
+                    action: kind,
                     request: PendingRequest::Create { deployment: Box::new(new) },
                     status,
                     wait_for_window: opts.wait_for_window,
@@ -492,6 +544,7 @@ impl<'a> Deployments<'a> {
         new.configuration.secrets = crate::secrets::pins(&env_secrets, &[]);
         // And with its environment's variables (under its own env, which wins).
         new.configuration.environment_variables = env.variables.clone();
+        let kind = new.kind();
         let now = now_ms();
         let record = DeploymentRecord {
             id,
@@ -511,22 +564,22 @@ impl<'a> Deployments<'a> {
             project_id: project,
             ai_zone_id: ai_zone,
         };
-        let op = change_operation(OperationKind::Create, &record.id, ctx, now, pending);
-        let details = with_approval(
-            json!({
-                "name": record.name,
-                "environment": record.environment,
-                "version": record.active_version,
-                "workspace": record.workspace,
-                "projectId": record.project_id,
-                "aiZoneId": record.ai_zone_id,
-            }),
-            pending,
-        );
+        let op = change_operation(kind, &record.id, ctx, now, pending);
+        let mut details = json!({
+            "name": record.name,
+            "environment": record.environment,
+            "version": record.active_version,
+            "workspace": record.workspace,
+            "projectId": record.project_id,
+            "aiZoneId": record.ai_zone_id,
+        });
+        if let Some(promotion) = &new.promotion {
+            details["promotion"] = json!(promotion);
+            details["createdDeployment"] = json!(true);
+        }
+        let details = with_approval(details, pending);
         let after = audit_doc(&record, &new.configuration, &new.target);
-        let audit = ctx
-            .audit(OperationKind::Create.audit_action(), &record.id, details)
-            .with_changes(changes(None, Some(&after)));
+        let audit = ctx.audit(kind.audit_action(), &record.id, details).with_changes(changes(None, Some(&after)));
         match self.state.store.create_deployment(&record, &op, &audit, pending.map(|p| &p.claim)).await? {
             Ok(()) => {}
             Err(CreateRefusal::NameTaken) => {
@@ -638,6 +691,14 @@ impl<'a> Deployments<'a> {
                 }
                 Change::Env { env, version, description }
             }
+            Change::Promote { promotion, template, replicas } => {
+                if let Some(existing) = store.get_version(id, &promotion.version).await?
+                    && !model::same_template(&template, &versions::template_of(&existing)?)
+                {
+                    return Err(versions::exists(id, &promotion.version));
+                }
+                Change::Promote { promotion, template, replicas }
+            }
             other => other,
         })
     }
@@ -727,6 +788,9 @@ impl<'a> Deployments<'a> {
                     }
                     if let Some(m) = &placed.mark {
                         details["marked"] = json!({ "version": m.version, "status": m.status, "reason": m.reason });
+                    }
+                    if let Change::Promote { promotion, .. } = &change {
+                        details["promotion"] = json!(promotion);
                     }
                     let details = with_approval(details, pending);
                     made = Some(op.clone());

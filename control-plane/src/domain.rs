@@ -76,6 +76,9 @@ named_enum! {
         Deploy = "deploy",
         /// A rollback to an earlier version (`POST …/rollback`).
         Rollback = "rollback",
+        /// A version promoted from the previous environment of the chain (`POST …/promote`):
+        /// deployed into this deployment, or this deployment created with it.
+        Promote = "promote",
     }
 }
 
@@ -149,6 +152,7 @@ impl OperationKind {
             OperationKind::Delete => "deployment.delete",
             OperationKind::Deploy => "deployment.version.deploy",
             OperationKind::Rollback => "deployment.rollback",
+            OperationKind::Promote => "deployment.promote",
         }
     }
 }

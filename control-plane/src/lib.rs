@@ -20,6 +20,7 @@ pub mod logs;
 pub mod model;
 pub mod planner;
 pub mod principals;
+pub mod promotions;
 pub mod quic;
 pub mod reconcile;
 pub mod resources;

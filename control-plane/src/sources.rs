@@ -315,6 +315,7 @@ impl<'a> Sources<'a> {
             workspace: req.workspace.or(file.workspace),
             project: req.project_id.or(file.project_id),
             ai_zone: req.ai_zone_id.or(file.ai_zone_id),
+            promotion: None,
         };
         Deployments::new(self.state).create(ctx, new, opts).await
     }

@@ -26,6 +26,7 @@ use crate::domain::VersionStatus;
 use crate::ids::now_ms;
 use crate::model::{self, Configuration};
 use crate::reconcile::Parsed;
+use crate::sources::{SourceConfiguration, Sources};
 use crate::store::{DeploymentRecord, StoreError, VersionCreate, VersionRecord, Write};
 
 /// Longest description or rollback reason.
@@ -42,6 +43,10 @@ pub struct NewVersion {
     /// With no configuration: the running template with this `env`.
     pub env: Option<BTreeMap<String, String>>,
     pub description: Option<String>,
+    /// A Git-sourced deployment's new version from a commit: the ref is resolved and the
+    /// deployment file read at that commit ([`Sources::resolve_source`]); the version runs its
+    /// configuration pinned to that commit. Exclusive with `configuration`.
+    pub source: Option<SourceConfiguration>,
 }
 
 pub struct Versions<'a> {
@@ -95,19 +100,36 @@ impl<'a> Versions<'a> {
             model::validate_version_field("version", v).map_err(invalid)?;
         }
         validate_text("description", new.description.as_deref())?;
+        if new.source.is_some() && (new.configuration.is_some() || new.env.is_some()) {
+            return Err(ApiError::validation(
+                "sourceConfiguration",
+                "give either a configuration or a sourceConfiguration, not both",
+            ));
+        }
+        // Permission first: nobody makes the server fetch without it.
         let running = Deployments::new(self.state).load_for(ctx, id, p).await?;
-        let template = template_for(&running, new.configuration, new.env)?;
+        let (template, name, pin) = match new.source {
+            Some(sc) => {
+                let (template, name, pin) = self.template_from_git(&running, &sc, new.version).await?;
+                (template, Some(name), Some(pin))
+            }
+            None => (template_for(&running, new.configuration, new.env)?, new.version, None),
+        };
         let who = ctx.principal.audit_name();
         let description = new.description.unwrap_or_default();
         let written = self
             .state
             .store
-            .create_version(id, if_match, new.version.as_deref(), |_, name| {
+            .create_version(id, if_match, name.as_deref(), |_, name| {
                 let now = now_ms();
                 let mut v = VersionRecord::new(id, name, template.to_string(), who.clone(), now);
                 v.description = description.clone();
-                let audit =
-                    ctx.audit("deployment.version.create", id, json!({ "version": name, "description": description }));
+                v.source.clone_from(&pin);
+                let mut details = json!({ "version": name, "description": description });
+                if let Some(pin) = &pin {
+                    details["source"] = serde_json::from_str(pin).unwrap_or(Value::Null);
+                }
+                let audit = ctx.audit("deployment.version.create", id, details);
                 (v, audit)
             })
             .await?;
@@ -127,6 +149,38 @@ impl<'a> Versions<'a> {
                 Err(ApiError::internal().with_cause(format!("a version create hit a limit: {e:?}")))
             }
         }
+    }
+}
+
+impl Versions<'_> {
+    /// A version of a Git-sourced deployment from `sc`: the ref resolved to a commit and the
+    /// deployment file read there (its configuration, pinned to the commit; the running
+    /// replica count). Named `version`, else the file's `activeVersion`, else `git-<commit>`.
+    /// Returns the template, the name and the pin (JSON) it records as its source.
+    async fn template_from_git(
+        &self,
+        running: &Parsed,
+        sc: &SourceConfiguration,
+        version: Option<String>,
+    ) -> ApiResult<(Value, String, String)> {
+        if running.config.source.is_none() {
+            return Err(ApiError::validation(
+                "sourceConfiguration",
+                format!(
+                    "deployment {:?} is not Git-sourced (its source is direct): its versions take a configuration",
+                    running.record.id
+                ),
+            ));
+        }
+        let resolved = Sources::new(self.state).resolve_source(sc).await?;
+        let name =
+            version.or_else(|| resolved.file.active_version.clone()).unwrap_or_else(|| resolved.default_version());
+        model::validate_version_field("version", &name).map_err(invalid)?;
+        let mut config = resolved.file.configuration;
+        config.replicas = running.config.replicas;
+        config.validate().map_err(invalid)?;
+        let pin = serde_json::to_string(&config.source).expect("a pin serializes");
+        Ok((config.template(), name, pin))
     }
 }
 

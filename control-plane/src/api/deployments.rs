@@ -193,34 +193,51 @@ pub(super) fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 
 /// 202 either way: applied now, or stored as a pending change whose operation waits.
 pub(super) fn outcome(o: Outcome<Accepted>) -> Response {
+    outcome_with(o, |_| {})
+}
+
+/// [`outcome`], with `extra` adding to the body (e.g. a promotion's `promotion`).
+pub(super) fn outcome_with(o: Outcome<Accepted>, extra: impl FnOnce(&mut Value)) -> Response {
     match o {
-        Outcome::Applied(a) => accepted(a),
-        Outcome::Deferred(d) => deferred(d),
+        Outcome::Applied(a) => accepted(a, extra),
+        Outcome::Deferred(d) => deferred(d, extra),
+    }
+}
+
+/// The body of [`outcome`]: the deployment (as it is now, or as it still is while its change
+/// waits; `null` for a create that waits), the operation and, for a waiting change, the pending
+/// change.
+pub(super) fn outcome_body(o: &Outcome<Accepted>) -> Value {
+    match o {
+        Outcome::Applied(a) => json!({
+            "deployment": deployment_view(&a.deployment, a.summary.as_ref()),
+            "operation": operation_view(&a.operation),
+        }),
+        Outcome::Deferred(d) => json!({
+            "deployment": d.deployment.as_ref().map(|(p, s)| deployment_view(p, s.as_ref())),
+            "operation": operation_view(&d.operation),
+            "approval": super::approvals::approval_view(&d.approval),
+        }),
     }
 }
 
 /// 202 with the waiting operation (`Location`), the pending change (also named by the
 /// operation's `approvalId`) and the deployment as it still is (`null` for a create).
-fn deferred(d: Box<Deferred>) -> Response {
-    let body = json!({
-        "deployment": d.deployment.as_ref().map(|(p, s)| deployment_view(p, s.as_ref())),
-        "operation": operation_view(&d.operation),
-        "approval": super::approvals::approval_view(&d.approval),
-    });
+fn deferred(d: Box<Deferred>, extra: impl FnOnce(&mut Value)) -> Response {
     let location =
         HeaderValue::from_str(&format!("/v1/operations/{}", d.operation.id)).expect("ids are valid header values");
+    let mut body = outcome_body(&Outcome::Deferred(d));
+    extra(&mut body);
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response()
 }
 
 /// 202 with the deployment, the operation to poll (`Location`) and the new `ETag`.
-fn accepted(a: Accepted) -> Response {
+fn accepted(a: Accepted, extra: impl FnOnce(&mut Value)) -> Response {
     let tag = etag(&a.deployment.record);
-    let body = json!({
-        "deployment": deployment_view(&a.deployment, a.summary.as_ref()),
-        "operation": operation_view(&a.operation),
-    });
     let location =
         HeaderValue::from_str(&format!("/v1/operations/{}", a.operation.id)).expect("ids are valid header values");
+    let mut body = outcome_body(&Outcome::Applied(a));
+    extra(&mut body);
     (StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response()
 }
 
@@ -246,6 +263,7 @@ pub async fn create(
         workspace: req.workspace,
         project: req.project_id,
         ai_zone: req.ai_zone_id,
+        promotion: None,
     };
     Ok(outcome(Deployments::new(&state).create(&ctx, new, params.options()).await?))
 }
@@ -338,7 +356,7 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let op = match Deployments::new(&state).delete(&ctx, &id, params.options()).await? {
         Outcome::Applied(op) => op,
-        Outcome::Deferred(d) => return Ok(deferred(d)),
+        Outcome::Deferred(d) => return Ok(deferred(d, |_| {})),
     };
     let location = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)).expect("valid header");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({ "operation": operation_view(&op) })))

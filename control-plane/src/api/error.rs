@@ -100,6 +100,9 @@ error_codes! {
     EnvironmentInUse = "ENV_007",
     /// 409: another environment promotes to this one.
     EnvironmentPromotedTo = "ENV_008",
+    /// 409: no promotion this way: the environment is the last of its chain (no `promotesTo`),
+    /// or the environment named is not the next (previous) one in the chain.
+    NoPromotionTarget = "ENV_009",
     /// 404: no operation with this id.
     OperationNotFound = "OPERATION_001",
     /// 404: no pending change with this id (or you may not see it).

@@ -16,6 +16,7 @@ pub mod idempotency;
 mod limits;
 mod logs;
 pub mod preconditions;
+mod promotions;
 mod secrets;
 mod sources;
 mod versions;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/timeline", get(audit::timeline))
         .route("/v1/deployments/{id}/scale", post(deployments::scale))
         .route("/v1/deployments/{id}/secrets", get(secrets::get_deployment).put(secrets::put_deployment))
+        .route("/v1/deployments/{id}/promote", post(promotions::promote_deployment))
         .route("/v1/deployments/{id}/{action}", post(deployments::lifecycle))
         .route("/v1/operations/{id}", get(deployments::get_operation))
         .route("/v1/environments", get(environments::list).post(environments::create))
@@ -87,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/environments/{id}/status", get(environments::status))
         .route("/v1/environments/{id}/lock", post(environments::lock))
         .route("/v1/environments/{id}/unlock", post(environments::unlock))
+        .route("/v1/environments/{id}/promote", post(promotions::promote_environment))
         .route("/v1/environments/{id}/restrictions", axum::routing::put(environments::set_restrictions))
         .route(
             "/v1/environments/{id}/change-windows",

@@ -39,6 +39,8 @@ pub struct CreateVersion {
     version: Option<String>,
     configuration: Option<Value>,
     description: Option<String>,
+    /// A Git-sourced deployment's version from a (new) commit.
+    source_configuration: Option<crate::sources::SourceConfiguration>,
 }
 
 /// `POST …/rollback` and `…/versions/{version}/rollback`: the body is optional.
@@ -83,7 +85,7 @@ fn yes() -> bool {
 }
 
 /// A JSON body that may be left out entirely (then `T::default()`).
-fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
+pub(super) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -156,8 +158,13 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: CreateVersion = optional_body(&body)?;
-    let new =
-        NewVersion { version: req.version, configuration: req.configuration, env: None, description: req.description };
+    let new = NewVersion {
+        version: req.version,
+        configuration: req.configuration,
+        env: None,
+        description: req.description,
+        source: req.source_configuration,
+    };
     let versions = Versions::new(&state);
     let (v, fresh) = versions.create(&ctx, &id, if_match(&headers)?, new, perm::VERSION_CREATE).await?;
     let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
@@ -244,6 +251,7 @@ pub async fn put_config(
             configuration: Some(req.configuration),
             env: None,
             description: req.description,
+            source: None,
         };
         let (v, fresh) = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
         let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
@@ -287,8 +295,13 @@ pub async fn put_env(
 ) -> ApiResult<Response> {
     let precondition = if_match(&headers)?;
     if !req.deploy {
-        let new =
-            NewVersion { version: req.version, configuration: None, env: Some(req.env), description: req.description };
+        let new = NewVersion {
+            version: req.version,
+            configuration: None,
+            env: Some(req.env),
+            description: req.description,
+            source: None,
+        };
         let (v, fresh) = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
         let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
         return Ok(created(&v, &active, fresh));
