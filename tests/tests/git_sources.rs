@@ -2,7 +2,8 @@
 //! deployment file and a script; `POST /v1/deployments/github` pinned to `main` runs the
 //! committed script in the agent's checkout of that commit; a new commit on `main` changes
 //! nothing (same commit pinned, same process). The validate endpoint answers precisely, and a
-//! server without `--allow-file-sources` refuses local repositories.
+//! server without `--allow-file-sources` refuses local repositories. A version made from a new
+//! commit (`POST …/versions` with `sourceConfiguration`) runs it once deployed.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -291,4 +292,99 @@ async fn local_repositories_need_the_servers_permission() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
     assert_eq!(get(&cp, "/v1/deployments").await["pagination"]["totalCount"], 0);
+}
+
+#[tokio::test]
+async fn a_new_commit_runs_once_a_version_is_made_from_it() {
+    let cp = ControlPlane::spawn().await;
+    let agent = Agent::spawn(&cp, &cp.token(600, &[]).await);
+    agent.wait_connected().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let repo = Fixture::init(dir.path().join("repo"));
+    let first = commit_app(&repo, &out, "one");
+    let sc = source(&repo.url(), json!({ "branch": "main" }), "deploy/ferry.yaml");
+    let (status, created) = cp
+        .api(
+            Method::POST,
+            "/v1/deployments/github",
+            Some(json!({ "deploymentName": "site", "environment": "development", "sourceConfiguration": sc })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let id = created["deployment"]["id"].as_str().unwrap().to_string();
+    let base = format!("/v1/deployments/{id}");
+    wrote(&out, "one").await;
+
+    // A new commit on main changes nothing by itself.
+    let second = commit_app(&repo, &out, "two");
+    let d = get(&cp, &base).await;
+    assert_eq!((d["sourceConfiguration"]["commit"].as_str(), d["revision"].as_i64()), (Some(first.as_str()), Some(1)));
+    assert_eq!(get(&cp, &format!("{base}/versions")).await["pagination"]["totalCount"], 1);
+
+    // A version from it: main resolved now, the file read at that commit, pinned to it; named
+    // by the commit; not deployed yet.
+    let (status, v) =
+        cp.api(Method::POST, &format!("{base}/versions"), Some(json!({ "sourceConfiguration": sc }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let name = format!("git-{}", &second[..12]);
+    assert_eq!((v["version"].as_str(), v["active"].as_bool()), (Some(name.as_str()), Some(false)), "{v}");
+    assert_eq!(v["configuration"]["source"]["commit"], second.as_str());
+    assert_eq!(v["configuration"]["source"]["ref"], "refs/heads/main");
+    assert_eq!(v["source"]["commit"], second.as_str(), "{v}");
+    assert!(v["configuration"].get("replicas").is_none(), "{v}");
+    // The same request again is the same version (200), nothing new.
+    let (status, again) =
+        cp.api(Method::POST, &format!("{base}/versions"), Some(json!({ "sourceConfiguration": sc }))).await;
+    assert_eq!((status, again["version"].as_str()), (StatusCode::OK, Some(name.as_str())), "{again}");
+    assert_eq!(get(&cp, &base).await["sourceConfiguration"]["commit"], first.as_str());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "one");
+
+    // Deploying it runs the new commit.
+    let (status, deployed) = cp.api(Method::POST, &format!("{base}/versions/{name}/deploy"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deployed}");
+    assert_eq!(deployed["deployment"]["sourceConfiguration"]["commit"], second.as_str(), "{deployed}");
+    assert_eq!(deployed["deployment"]["activeVersion"], name.as_str());
+    wrote(&out, "two").await;
+    // And rolling back runs the first commit again.
+    let (status, back) = cp.api(Method::POST, &format!("{base}/rollback"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{back}");
+    assert_eq!(back["deployment"]["sourceConfiguration"]["commit"], first.as_str());
+    wrote(&out, "one").await;
+
+    // Git errors are the source's 422s; bad requests are 400s; nothing is created.
+    let (status, body) = cp
+        .api(
+            Method::POST,
+            &format!("{base}/versions"),
+            Some(
+                json!({ "sourceConfiguration": source(&repo.url(), json!({ "branch": "nope" }), "deploy/ferry.yaml") }),
+            ),
+        )
+        .await;
+    assert_eq!((status, error(&body).0), (StatusCode::UNPROCESSABLE_ENTITY, "SOURCE_002"), "{body}");
+    let (status, body) = cp
+        .api(
+            Method::POST,
+            &format!("{base}/versions"),
+            Some(json!({ "sourceConfiguration": source(&repo.url(), json!({ "branch": "main" }), "broken.json") })),
+        )
+        .await;
+    assert_eq!((status, error(&body).0), (StatusCode::UNPROCESSABLE_ENTITY, "SOURCE_003"), "{body}");
+    let both = json!({ "sourceConfiguration": sc, "configuration": { "command": "true" } });
+    let (status, body) = cp.api(Method::POST, &format!("{base}/versions"), Some(both)).await;
+    assert_eq!((status, error(&body).1["field"].as_str()), (StatusCode::BAD_REQUEST, Some("sourceConfiguration")));
+    assert_eq!(get(&cp, &format!("{base}/versions")).await["pagination"]["totalCount"], 2);
+
+    // A direct deployment has no Git source to make versions from.
+    let direct = json!({ "deploymentName": "plain", "environment": "development",
+        "configuration": { "replicas": 0, "command": "true" } });
+    let (_, plain) = cp.api(Method::POST, "/v1/deployments", Some(direct)).await;
+    let plain_id = plain["deployment"]["id"].as_str().unwrap();
+    let (status, body) = cp
+        .api(Method::POST, &format!("/v1/deployments/{plain_id}/versions"), Some(json!({ "sourceConfiguration": sc })))
+        .await;
+    assert_eq!((status, error(&body).0), (StatusCode::BAD_REQUEST, "VALIDATION_001"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("not Git-sourced"), "{body}");
+    agent.stop().await;
 }
