@@ -104,6 +104,7 @@ conformance!(
     resealing_is_all_or_nothing,
     versions_are_created_once_and_named_in_order,
     versions_are_deployed_and_marked_with_their_deployment,
+    promotions_and_git_versions_are_stored_as_they_are,
     a_failed_rollout_fails_the_version_it_deployed,
     allocations_follow_creates_scales_stops_and_deletes,
     concurrent_creates_cannot_both_pass_a_limit,
@@ -2911,4 +2912,82 @@ async fn a_stale_in_flight_idempotency_claim_is_taken_over(store: &Store) {
     // A done key is not taken over when its lease time passes: only its expiry frees it.
     let third = idem_claim("user:alice", "k", "fp", "third", 1_000, 86_400_000);
     assert!(!store.claim_idempotency_key(&third, t0 + 10_000).await.unwrap());
+}
+
+// ---- promotions -------------------------------------------------------------------------
+
+/// What promotion and versions from Git rely on in the store: a version's Git pin (its
+/// `source`) and template are stored as given; a `promote` operation, its audit record and a
+/// pending promotion keep their kind; the same-named deployment of one workspace and
+/// environment is found by the listing filter alone.
+async fn promotions_and_git_versions_are_stored_as_they_are(store: &Store) {
+    store.seed_environments(now_ms()).await.unwrap();
+    store.seed_default_workspace(now_ms()).await.unwrap();
+    assert!(store.create_workspace(&workspace("team-b"), &audit("workspace.create", "team-b")).await.unwrap());
+    let mut target = deployment("web-stg", "default", "staging", 1);
+    target.name = "web".into();
+    create(store, &target).await.unwrap();
+    for (id, ws, env) in [("web-dev", "default", "development"), ("web-b", "team-b", "staging")] {
+        let mut d = deployment(id, ws, env, 2);
+        d.name = "web".into();
+        create(store, &d).await.unwrap();
+    }
+    let filter = DeploymentFilter {
+        environment: Some("staging"),
+        workspace: Some("default"),
+        name: Some("web"),
+        page: 1,
+        page_size: 1,
+        ..Default::default()
+    };
+    let (rows, total) = store.list_deployments(filter).await.unwrap();
+    assert_eq!((rows[0].0.id.as_str(), total), ("web-stg", 1));
+
+    // A version made from a commit keeps its pin, as JSON, beside its template.
+    let pin = r#"{"type":"git","repoUrl":"file:///r","ref":"refs/heads/main","commit":"ab","path":"f.json"}"#;
+    let template = format!(r#"{{"command":"true","source":{pin}}}"#);
+    let written = store
+        .create_version("web-stg", None, Some("git-ab"), |_, name| {
+            let mut v = VersionRecord::new("web-stg", name, template.clone(), "admin:test".into(), now_ms());
+            v.source = Some(pin.to_string());
+            (v, audit("deployment.version.create", "web-stg"))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(written, Write::Done(VersionCreate::Created(_))), "{written:?}");
+    let v = store.get_version("web-stg", "git-ab").await.unwrap().unwrap();
+    assert_eq!((v.source.as_deref(), v.configuration.as_str()), (Some(pin), template.as_str()));
+
+    // A promotion into it: a `promote` operation creating and deploying the version, audited.
+    let op = OperationRecord { id: "op-promote".into(), kind: OperationKind::Promote, ..create_op("web-stg") };
+    let reads = VersionReads { named: Some("v7"), ..Default::default() };
+    let written = store
+        .modify_deployment_versioned("web-stg", None, None, reads, |current, seen| {
+            assert!(seen.named.is_none());
+            let mut d = current.clone();
+            d.active_version = "v7".into();
+            d.revision += 1;
+            d.updated_at = now_ms();
+            let v = VersionRecord::new("web-stg", "v7", template.clone(), "admin:test".into(), now_ms());
+            let versions = VersionsWrite { create: Some(v), deployed: true, mark: None };
+            Ok::<_, ()>((d, op, audit("deployment.promote", "web-stg"), versions))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(written, Write::Done(_)), "{written:?}");
+    assert_eq!(store.get_operation("op-promote").await.unwrap().unwrap().kind, OperationKind::Promote);
+    let v7 = store.get_version("web-stg", "v7").await.unwrap().unwrap();
+    assert_eq!((v7.configuration.as_str(), v7.deploy_operation_id.as_deref()), (template.as_str(), Some("op-promote")));
+    let actions: Vec<String> =
+        store.audit_for("web-stg").await.unwrap().into_iter().map(|(action, _, _)| action).collect();
+    assert_eq!(actions.last().map(String::as_str), Some("deployment.promote"), "{actions:?}");
+
+    // A promotion waiting for approval keeps its action, and so its permission.
+    let far = now_ms() + 3_600_000;
+    pending(store, "apr-promote", "web-stg", OperationKind::Promote, ApprovalStatus::Pending, far).await;
+    let a = store.get_approval("apr-promote").await.unwrap().unwrap();
+    assert_eq!(a.action, OperationKind::Promote);
+    let waiting = store.get_operation(&a.operation_id).await.unwrap().unwrap();
+    assert_eq!((waiting.kind, waiting.status), (OperationKind::Promote, OperationStatus::AwaitingApproval));
 }
