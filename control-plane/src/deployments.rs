@@ -341,6 +341,12 @@ impl Change {
                 }
             }
             Change::Promote { promotion, template, replicas } => {
+                if p.record.environment != promotion.target_environment {
+                    return Err(ApiError::internal().with_cause(format!(
+                        "a promotion to {} applied to a deployment in {}",
+                        promotion.target_environment, p.record.environment
+                    )));
+                }
                 let description = format!(
                     "promoted from {} ({}) by {}",
                     promotion.source_environment, promotion.source_deployment_id, by.who

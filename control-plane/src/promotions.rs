@@ -147,7 +147,10 @@ impl<'a> Promotions<'a> {
         // environment's variables and secrets replace the source's when it is created).
         let mut running = source.config.clone();
         running.replicas = req.replicas.unwrap_or(source.config.replicas);
-        let configuration = Configuration::from_template(&template, &running).map_err(invalid)?;
+        let mut configuration = Configuration::from_template(&template, &running).map_err(invalid)?;
+        // What Ferry pins is the target environment's, set when it is created.
+        configuration.secrets.clear();
+        configuration.environment_variables.clear();
         let new = NewDeployment {
             name: record.name.clone(),
             environment: next.clone(),
