@@ -376,6 +376,19 @@ async fn a_new_commit_runs_once_a_version_is_made_from_it() {
     assert_eq!((status, error(&body).1["field"].as_str()), (StatusCode::BAD_REQUEST, Some("sourceConfiguration")));
     assert_eq!(get(&cp, &format!("{base}/versions")).await["pagination"]["totalCount"], 2);
 
+    // Promoted to staging, a version keeps its pin: staging runs that exact commit.
+    let (status, promoted) = cp.api(Method::POST, &format!("{base}/promote"), Some(json!({ "version": name }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{promoted}");
+    let staged = &promoted["deployment"];
+    assert_eq!(
+        (staged["environment"].as_str(), staged["deploymentSource"].as_str(), staged["activeVersion"].as_str()),
+        (Some("staging"), Some("github"), Some(name.as_str())),
+        "{promoted}"
+    );
+    assert_eq!(staged["sourceConfiguration"]["commit"], second.as_str());
+    let staged_v = get(&cp, &format!("/v1/deployments/{}/versions/{name}", staged["id"].as_str().unwrap())).await;
+    assert_eq!(staged_v["configuration"], v["configuration"], "the same frozen configuration, pin included");
+
     // A direct deployment has no Git source to make versions from.
     let direct = json!({ "deploymentName": "plain", "environment": "development",
         "configuration": { "replicas": 0, "command": "true" } });
