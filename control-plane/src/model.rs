@@ -35,7 +35,9 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Configuration {
+    #[schema(maximum = 10000)]
     pub replicas: u32,
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,

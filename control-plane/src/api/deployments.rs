@@ -23,7 +23,9 @@ use crate::store::{DeploymentFilter, DeploymentRecord, OperationRecord, StatusSu
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDeployment {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     deployment_name: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     environment: String,
     #[serde(default = "default_version")]
     active_version: String,

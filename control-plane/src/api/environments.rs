@@ -25,6 +25,7 @@ use crate::store::{EnvironmentRecord, OperationRecord, SecretRecord, SecretScope
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateEnvironment {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(rename = "type", default)]
     kind: Option<String>,

@@ -21,7 +21,7 @@ use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn}
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{ContentBuilder, Object, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, Type};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, Type};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::ErrorCode;
@@ -254,13 +254,16 @@ impl ToSchema for Role {}
 /// What the middleware gives every route (see the module doc).
 struct Contract;
 
+/// An optional header of the contract: printable ASCII (visible characters only, as the
+/// middleware accepts), at most 255 of them.
 fn header_param(name: &str, description: &str) -> Parameter {
+    let schema = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[!-~]{1,255}$"));
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(description))
-        .schema(Some(Object::with_type(Type::String)))
+        .schema(Some(schema))
         .build()
 }
 

@@ -73,6 +73,7 @@ impl Paging {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWorkspace {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(default)]
     description: String,
@@ -205,6 +206,7 @@ pub struct ProjectList {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProject {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(default = "default_workspace")]
     workspace: String,
@@ -333,6 +335,7 @@ pub async fn delete_project(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateAiZone {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     /// Dedicate the zone to one workspace; shared by all when absent.
     workspace: Option<String>,
