@@ -116,7 +116,7 @@ impl<'de> Deserialize<'de> for Role {
 }
 
 /// A role, optionally limited to one workspace's objects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleBinding {
     pub role: Role,
@@ -131,7 +131,7 @@ impl RoleBinding {
 }
 
 /// How bindings are written in requests: `"developer"` or `{"role":"developer","workspace":"w"}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BindingInput {
     Name(Role),

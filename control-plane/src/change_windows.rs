@@ -35,7 +35,7 @@ const HORIZON_DAYS: i64 = 400;
 const DAY_MS: i64 = 86_400_000;
 
 /// The schedule as written in requests and stored (a JSON document).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangeWindowsDoc {
     pub timezone: String,
@@ -45,7 +45,7 @@ pub struct ChangeWindowsDoc {
     pub freezes: Vec<FreezeDoc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowDoc {
     pub days: Vec<String>,
@@ -53,7 +53,7 @@ pub struct WindowDoc {
     pub end: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FreezeDoc {
     pub from: String,

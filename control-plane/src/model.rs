@@ -32,10 +32,12 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
     Invalid { code: ErrorCode::InvalidValue, field: field.into(), message: message.into() }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Configuration {
+    #[schema(maximum = 10000)]
     pub replicas: u32,
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
@@ -87,7 +89,7 @@ pub struct Configuration {
 }
 
 /// A configuration's pinned Git source: what was asked for and the commit it resolved to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourcePin {
     /// `git`.
@@ -116,7 +118,7 @@ impl SourcePin {
 }
 
 /// Which version of a secret a revision runs with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretPin {
     /// `deployment` or `environment`.
@@ -137,7 +139,7 @@ fn default_deadline() -> u32 {
 /// See [`Configuration::min_ready_seconds`].
 pub const DEFAULT_MIN_READY_SECONDS: u32 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RestartPolicyJson {
     Always,
@@ -145,7 +147,7 @@ pub enum RestartPolicyJson {
     Never,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthChecks {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,7 +159,7 @@ pub struct HealthChecks {
 }
 
 /// The seed's health-check shape: exactly one of `httpGet`, `tcpSocket`, `exec`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheckJson {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,7 +193,7 @@ fn default_failure_threshold() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGet {
     pub path: String,
@@ -200,21 +202,21 @@ pub struct HttpGet {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocket {
     #[serde(default)]
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecProbe {
     pub command: Vec<String>,
 }
 
 /// Where a deployment runs: `{"agentIds": [...]}` or `{"selector": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetJson {
     #[serde(skip_serializing_if = "Option::is_none")]

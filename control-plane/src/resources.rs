@@ -130,7 +130,7 @@ pub struct Limits {
 
 /// The limits document of the API: `{"cpu": "8", "memory": "16Gi", "replicas": 10, "pods": 50}`,
 /// each `null` (or absent) for no limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitsDoc {
     #[serde(default)]

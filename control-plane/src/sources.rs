@@ -35,7 +35,7 @@ pub const GITHUB: &str = "github";
 pub const HELM: &str = "helm";
 
 /// The seed's `sourceConfiguration` of a Git source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceConfiguration {
     pub github_repo_url: String,
@@ -161,7 +161,7 @@ impl ResolvedSource {
 }
 
 /// `POST /v1/deployments/github`: what to create from a Git source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitDeploymentRequest {
     #[serde(default)]
@@ -185,7 +185,7 @@ pub struct GitDeploymentRequest {
 }
 
 /// `POST /v1/deployments/sources/validate`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValidateRequest {
     pub deployment_source: String,

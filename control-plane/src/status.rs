@@ -108,7 +108,7 @@ impl DeploymentStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaView {
     pub agent_id: String,

@@ -18,7 +18,7 @@ use crate::context::RequestContext;
 use crate::ids::{now_ms, rfc3339};
 use crate::store::{AgentFilter, AgentRecord, AgentStatus, BootstrapTokenRecord};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateToken {
     /// Seconds until the token expires [default 3600, at most 7 days].
@@ -29,9 +29,9 @@ pub struct CreateToken {
     description: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenView {
+pub(super) struct TokenView {
     id: String,
     description: String,
     labels: BTreeMap<String, String>,
@@ -57,7 +57,7 @@ impl TokenView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     id: String,
@@ -93,6 +93,17 @@ impl AgentView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/agents/tokens",
+    operation_id = "createBootstrapToken",
+    tag = "agents",
+    summary = "Issue a bootstrap token (shown once)",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "The token and the command that enrolls an agent with it", body = super::schemas::CreatedToken),
+    ),
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -115,6 +126,17 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Extension(NotReplayable), Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents/tokens",
+    operation_id = "listBootstrapTokens",
+    tag = "agents",
+    summary = "List bootstrap tokens",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of tokens", body = super::schemas::TokenPage),
+    ),
+)]
 pub async fn list_tokens(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -131,6 +153,17 @@ pub async fn list_tokens(
     Ok(Json(page_json(paginate(tokens, page, page_size), page, page_size, total)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/tokens/{id}",
+    operation_id = "deleteBootstrapToken",
+    tag = "agents",
+    summary = "Delete a bootstrap token",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete_token(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -140,6 +173,17 @@ pub async fn delete_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    operation_id = "listAgents",
+    tag = "agents",
+    summary = "List enrolled agents",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of agents", body = super::schemas::AgentPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -164,6 +208,17 @@ pub async fn list(
     Ok(Json(page_json(views, page, page_size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}",
+    operation_id = "getAgent",
+    tag = "agents",
+    summary = "Get an agent",
+    params(("id" = String, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -172,6 +227,17 @@ pub async fn get(
     Ok(Json(AgentView::new(Agents::new(&state).get(&ctx, &id).await?, &state)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/{id}",
+    operation_id = "revokeAgent",
+    tag = "agents",
+    summary = "Revoke an agent (its certificate stops working)",
+    params(("id" = String, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The revoked agent", body = AgentView),
+    ),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     ctx: RequestContext,

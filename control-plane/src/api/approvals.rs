@@ -51,7 +51,8 @@ fn decided_view(d: &Decided) -> Value {
     json!({ "approval": approval_view(&d.approval), "operation": operation_view(&d.operation) })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     page: Option<i64>,
@@ -60,6 +61,17 @@ pub struct ListParams {
     status: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    operation_id = "listApprovals",
+    tag = "approvals",
+    summary = "List pending changes",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of pending changes", body = super::schemas::ApprovalPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -77,6 +89,17 @@ pub async fn list(
     Ok(Json(page_json(rows.iter().map(approval_view).collect(), page, page_size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}",
+    operation_id = "getApproval",
+    tag = "approvals",
+    summary = "Get a pending change",
+    params(("id" = String, Path, description = "The pending change's id")),
+    responses(
+        (status = 200, description = "The pending change", body = super::schemas::ApprovalView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -85,7 +108,7 @@ pub async fn get(
     Ok(Json(approval_view(&Approvals::new(&state).get(&ctx, &id).await?)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DecisionBody {
     #[serde(default)]
@@ -117,6 +140,18 @@ fn optional_json<T: DeserializeOwned + Default>(headers: &HeaderMap, body: &Byte
 }
 
 /// `POST /v1/approvals/{id}/approve` (`{"comment"}` optional): 202 with the operation to poll.
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/approve",
+    operation_id = "approveChange",
+    tag = "approvals",
+    summary = "Approve a pending change",
+    params(("id" = String, Path, description = "The pending change's id")),
+    request_body = Option<DecisionBody>,
+    responses(
+        (status = 202, description = "Approved: poll the operation", body = super::schemas::Decided),
+    ),
+)]
 pub async fn approve(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -131,13 +166,25 @@ pub async fn approve(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(decided_view(&d))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RejectBody {
     comment: String,
 }
 
 /// `POST /v1/approvals/{id}/reject` (`{"comment"}` required).
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/reject",
+    operation_id = "rejectChange",
+    tag = "approvals",
+    summary = "Reject a pending change",
+    params(("id" = String, Path, description = "The pending change's id")),
+    request_body = RejectBody,
+    responses(
+        (status = 200, description = "Rejected", body = super::schemas::Decided),
+    ),
+)]
 pub async fn reject(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -18,7 +18,8 @@ use crate::store::{AuditFilter, AuditRecord, EventRecord, Page, RevisionRecord, 
 /// Longest value a text filter may have.
 const MAX_FILTER_LEN: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditParams {
     actor: Option<String>,
@@ -36,7 +37,8 @@ pub struct AuditParams {
     order: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrailParams {
     page: Option<i64>,
@@ -122,6 +124,17 @@ fn revision_view(r: &RevisionRecord, current: i64) -> Value {
 }
 
 /// `GET /v1/audit?actor=&action=&object=&objectType=&outcome=&from=&to=&page=&pageSize=&order=`
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "listAudit",
+    tag = "audit",
+    summary = "Search the audit trail",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of audit records", body = super::schemas::AuditPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -155,6 +168,17 @@ pub async fn list(
 }
 
 /// `GET /v1/deployments/{id}/audit`
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/audit",
+    operation_id = "getDeploymentAudit",
+    tag = "audit",
+    summary = "A deployment's audit records",
+    params(("id" = String, Path, description = "The deployment's id"), TrailParams),
+    responses(
+        (status = 200, description = "A page of audit records", body = super::schemas::AuditPage),
+    ),
+)]
 pub async fn deployment(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -168,6 +192,17 @@ pub async fn deployment(
 
 /// `GET /v1/deployments/{id}/history`: its revisions (newest first), each with who created it,
 /// when, under which request and what changed.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/history",
+    operation_id = "getDeploymentHistory",
+    tag = "audit",
+    summary = "A deployment's revisions",
+    params(("id" = String, Path, description = "The deployment's id"), TrailParams),
+    responses(
+        (status = 200, description = "A page of revisions", body = super::schemas::RevisionPage),
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -181,6 +216,17 @@ pub async fn history(
 }
 
 /// `GET /v1/deployments/{id}/events`: its status transitions, as agents' reports made them.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/events",
+    operation_id = "getDeploymentEvents",
+    tag = "audit",
+    summary = "A deployment's status transitions",
+    params(("id" = String, Path, description = "The deployment's id"), TrailParams),
+    responses(
+        (status = 200, description = "A page of events", body = super::schemas::EventPage),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -194,6 +240,17 @@ pub async fn events(
 
 /// `GET /v1/deployments/{id}/timeline`: audit records and events merged in time order, each
 /// `{"type": "audit", "at", "audit": …}` or `{"type": "event", "at", "event": …}`.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/timeline",
+    operation_id = "getDeploymentTimeline",
+    tag = "audit",
+    summary = "Audit records and events in time order",
+    params(("id" = String, Path, description = "The deployment's id"), TrailParams),
+    responses(
+        (status = 200, description = "A page of timeline items", body = super::schemas::TimelinePage),
+    ),
+)]
 pub async fn timeline(
     State(state): State<AppState>,
     ctx: RequestContext,

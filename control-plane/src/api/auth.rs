@@ -17,13 +17,24 @@ use crate::ids::rfc3339;
 use crate::principals::{self, ApiKeys, Users};
 use crate::store::{ApiKeyRecord, UserRecord};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Login {
     username: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    summary = "Log in (public)",
+    request_body = Login,
+    responses(
+        (status = 200, description = "A session token", body = super::schemas::LoginResponse),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     Source(source): Source,
@@ -52,6 +63,16 @@ pub async fn login(
 }
 
 /// Ends the session whose token authenticated this request.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    operation_id = "logout",
+    tag = "auth",
+    summary = "End this login session",
+    responses(
+        (status = 204, description = "Logged out"),
+    ),
+)]
 pub async fn logout(State(state): State<AppState>, ctx: RequestContext, headers: HeaderMap) -> ApiResult<StatusCode> {
     let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(super::bearer_token);
     match token.filter(|t| t.starts_with(principals::SESSION_PREFIX)) {
@@ -66,6 +87,16 @@ pub async fn logout(State(state): State<AppState>, ctx: RequestContext, headers:
 
 /// Who am I: the principal, its role bindings, their permissions, and what it may do in each
 /// environment.
+#[utoipa::path(
+    get,
+    path = "/v1/auth/me",
+    operation_id = "getMe",
+    tag = "auth",
+    summary = "Who am I",
+    responses(
+        (status = 200, description = "The caller", body = super::schemas::Me),
+    ),
+)]
 pub async fn me(State(state): State<AppState>, ctx: RequestContext) -> ApiResult<Json<Value>> {
     const SHOWN: &[Permission] = &[
         perm::DEPLOYMENT_READ,
@@ -137,7 +168,7 @@ fn key_view(k: &ApiKeyRecord) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUser {
     username: String,
@@ -146,6 +177,17 @@ pub struct CreateUser {
     roles: Vec<BindingInput>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    operation_id = "createUser",
+    tag = "users",
+    summary = "Create a user",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The user", body = super::schemas::UserView),
+    ),
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -156,7 +198,8 @@ pub async fn create_user(
     Ok(super::created(&format!("/v1/users/{}", u.id), user_view(&u)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     page: Option<i64>,
@@ -169,6 +212,17 @@ impl ListParams {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    operation_id = "listUsers",
+    tag = "users",
+    summary = "List users",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of users", body = super::schemas::UserPage),
+    ),
+)]
 pub async fn list_users(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -179,6 +233,17 @@ pub async fn list_users(
     Ok(Json(page_json(users.iter().map(user_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    operation_id = "getUser",
+    tag = "users",
+    summary = "Get a user",
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user", body = super::schemas::UserView),
+    ),
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -187,7 +252,7 @@ pub async fn get_user(
     Ok(Json(user_view(&Users::new(&state).get(&ctx, &id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateUser {
     password: Option<String>,
@@ -195,6 +260,18 @@ pub struct UpdateUser {
     roles: Option<Vec<BindingInput>>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{id}",
+    operation_id = "updateUser",
+    tag = "users",
+    summary = "Change a user's password or roles",
+    params(("id" = String, Path, description = "The user's id")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The user", body = super::schemas::UserView),
+    ),
+)]
 pub async fn update_user(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -209,6 +286,17 @@ pub async fn update_user(
     Ok(Json(user_view(&u)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    operation_id = "deleteUser",
+    tag = "users",
+    summary = "Delete a user",
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete_user(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -218,7 +306,7 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKey {
     name: String,
@@ -226,6 +314,17 @@ pub struct CreateKey {
     expires_in_days: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    operation_id = "createApiKey",
+    tag = "users",
+    summary = "Create an API key (shown once)",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The key", body = super::schemas::ApiKeyView),
+    ),
+)]
 pub async fn create_key(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -239,6 +338,17 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Extension(NotReplayable), Json(view)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    operation_id = "listApiKeys",
+    tag = "users",
+    summary = "List API keys",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of API keys", body = super::schemas::ApiKeyPage),
+    ),
+)]
 pub async fn list_keys(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -249,6 +359,17 @@ pub async fn list_keys(
     Ok(Json(page_json(keys.iter().map(key_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    operation_id = "revokeApiKey",
+    tag = "users",
+    summary = "Revoke an API key",
+    params(("id" = String, Path, description = "The API key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+    ),
+)]
 pub async fn revoke_key(
     State(state): State<AppState>,
     ctx: RequestContext,

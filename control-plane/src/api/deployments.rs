@@ -20,10 +20,12 @@ use crate::reconcile::Parsed;
 use crate::status::DeploymentStatus;
 use crate::store::{DeploymentFilter, DeploymentRecord, OperationRecord, StatusSummary};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDeployment {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     deployment_name: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     environment: String,
     #[serde(default = "default_version")]
     active_version: String,
@@ -49,7 +51,7 @@ fn any_agent() -> TargetJson {
     TargetJson { agent_ids: None, selector: Some(Default::default()) }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateDeployment {
     active_version: Option<String>,
@@ -57,13 +59,14 @@ pub struct UpdateDeployment {
     configuration: Option<Configuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Scale {
     replicas: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
     page: Option<i64>,
@@ -112,7 +115,8 @@ pub(super) fn page(rows: &[(Parsed, Option<StatusSummary>)], filter: &Deployment
 /// Query parameters of every mutation: `?waitForWindow=true` stores a change asked for outside
 /// its environment's change window and applies it when the window opens, instead of refusing it
 /// (`ENV_005`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MutationParams {
     #[serde(default)]
@@ -241,6 +245,18 @@ fn accepted(a: Accepted, extra: impl FnOnce(&mut Value)) -> Response {
     (StatusCode::ACCEPTED, [(header::LOCATION, location), (header::ETAG, tag)], Json(body)).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments",
+    operation_id = "createDeployment",
+    tag = "deployments",
+    summary = "Create a deployment",
+    params(MutationParams),
+    request_body = CreateDeployment,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -268,6 +284,17 @@ pub async fn create(
     Ok(outcome(Deployments::new(&state).create(&ctx, new, params.options()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments",
+    operation_id = "listDeployments",
+    tag = "deployments",
+    summary = "List deployments",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of deployments", body = super::schemas::DeploymentPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -278,6 +305,17 @@ pub async fn list(
     Ok(Json(page(&rows, &filter, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}",
+    operation_id = "getDeployment",
+    tag = "deployments",
+    summary = "Get a deployment",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The deployment (`ETag`: its resourceVersion)", body = super::schemas::DeploymentView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -289,6 +327,17 @@ pub async fn get(
 }
 
 /// The seed's Deployment Status entity, with per-replica detail.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/status",
+    operation_id = "getDeploymentStatus",
+    tag = "deployments",
+    summary = "A deployment's status, per replica",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The status", body = super::schemas::DeploymentStatusView),
+    ),
+)]
 pub async fn status(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -330,6 +379,18 @@ pub async fn status(
     Ok(([(header::ETAG, tag)], Json(body)).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/deployments/{id}",
+    operation_id = "updateDeployment",
+    tag = "deployments",
+    summary = "Change a deployment",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = UpdateDeployment,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -348,6 +409,17 @@ pub async fn update(
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/deployments/{id}",
+    operation_id = "deleteDeployment",
+    tag = "deployments",
+    summary = "Delete a deployment",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -364,6 +436,17 @@ pub async fn delete(
 }
 
 /// `POST /v1/deployments/{id}/start|stop|restart`: one desired-state change each.
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/{action}",
+    operation_id = "changeDeploymentState",
+    tag = "deployments",
+    summary = "Start, stop or restart a deployment",
+    params(("id" = String, Path, description = "The deployment's id"), ("action" = super::schemas::LifecycleAction, Path, description = "What to do"), MutationParams),
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn lifecycle(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -381,6 +464,18 @@ pub async fn lifecycle(
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/scale",
+    operation_id = "scaleDeployment",
+    tag = "deployments",
+    summary = "Scale a deployment",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = Scale,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn scale(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -394,6 +489,17 @@ pub async fn scale(
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, if_match(&headers)?, change, options).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/operations/{id}",
+    operation_id = "getOperation",
+    tag = "deployments",
+    summary = "Get an operation",
+    params(("id" = String, Path, description = "The operation's id")),
+    responses(
+        (status = 200, description = "The operation", body = super::schemas::OperationView),
+    ),
+)]
 pub async fn get_operation(
     State(state): State<AppState>,
     ctx: RequestContext,

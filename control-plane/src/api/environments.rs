@@ -22,9 +22,10 @@ use crate::resources::{LimitsDoc, Usage};
 use crate::secrets::Secrets;
 use crate::store::{EnvironmentRecord, OperationRecord, SecretRecord, SecretScope};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateEnvironment {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(rename = "type", default)]
     kind: Option<String>,
@@ -94,6 +95,17 @@ fn change_windows_view(e: &EnvironmentRecord) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments",
+    operation_id = "listEnvironments",
+    tag = "environments",
+    summary = "List environments",
+    params(super::PageParams),
+    responses(
+        (status = 200, description = "A page of environments", body = super::schemas::EnvironmentPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -116,6 +128,17 @@ pub async fn list(
     Ok(Json(page_json(data, page, page_size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}",
+    operation_id = "getEnvironment",
+    tag = "environments",
+    summary = "Get an environment",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -127,6 +150,17 @@ pub async fn get(
     Ok(Json(view(&e, n, &secrets, &usage)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/environments",
+    operation_id = "createEnvironment",
+    tag = "environments",
+    summary = "Create an environment",
+    request_body = CreateEnvironment,
+    responses(
+        (status = 201, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -141,7 +175,7 @@ fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Stri
     Option::<String>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateEnvironment {
     /// Immutable: accepted only if it is the current name.
@@ -158,6 +192,18 @@ pub struct UpdateEnvironment {
 
 /// `PUT /v1/environments/{id}`: type, description and the next environment in the promotion
 /// chain (what is left out keeps its value).
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}",
+    operation_id = "updateEnvironment",
+    tag = "environments",
+    summary = "Change an environment's type, description or promotion",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = UpdateEnvironment,
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -179,6 +225,17 @@ pub async fn update(
 
 /// `DELETE /v1/environments/{id}`: 204, or 409 while it holds deployments (`ENV_007`) or another
 /// environment promotes to it (`ENV_008`).
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{id}",
+    operation_id = "deleteEnvironment",
+    tag = "environments",
+    summary = "Delete an environment",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -189,6 +246,17 @@ pub async fn delete(
 }
 
 /// `GET /v1/environments/{id}/config`.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/config",
+    operation_id = "getEnvironmentConfig",
+    tag = "environments",
+    summary = "An environment's configuration",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The configuration", body = super::schemas::EnvironmentConfigView),
+    ),
+)]
 pub async fn get_config(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -199,7 +267,7 @@ pub async fn get_config(
     Ok(Json(config_view(&e, &secrets)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigRequest {
     #[serde(default)]
@@ -218,6 +286,18 @@ pub struct ConfigRequest {
 /// `PUT /v1/environments/{id}/config`: variables, promotion chain and limits in one change
 /// (each part left out keeps its value). Answers like `GET`, plus the `operations` of the
 /// rollouts a change of the variables started.
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/config",
+    operation_id = "putEnvironmentConfig",
+    tag = "environments",
+    summary = "Change an environment's configuration",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = ConfigRequest,
+    responses(
+        (status = 200, description = "The configuration and the rollouts it started", body = super::schemas::EnvironmentConfigView),
+    ),
+)]
 pub async fn put_config(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -238,6 +318,17 @@ fn invalid_limits((field, message): (String, String)) -> ApiError {
 }
 
 /// `GET /v1/environments/{id}/variables`: `{"variables": {"NAME": "value", …}}`.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/variables",
+    operation_id = "getEnvironmentVariables",
+    tag = "environments",
+    summary = "An environment's variables",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The variables", body = super::schemas::VariablesView),
+    ),
+)]
 pub async fn get_variables(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -247,7 +338,7 @@ pub async fn get_variables(
     Ok(Json(json!({ "variables": e.variables })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VariablesRequest {
     variables: BTreeMap<String, String>,
@@ -255,6 +346,18 @@ pub struct VariablesRequest {
 
 /// `PUT /v1/environments/{id}/variables`: replaces the whole set and rolls it out to every
 /// deployment of the environment (their `operations` are in the answer).
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/variables",
+    operation_id = "putEnvironmentVariables",
+    tag = "environments",
+    summary = "Replace an environment's variables",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = VariablesRequest,
+    responses(
+        (status = 200, description = "The variables and the rollouts they started", body = super::schemas::VariablesView),
+    ),
+)]
 pub async fn put_variables(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -267,6 +370,17 @@ pub async fn put_variables(
 }
 
 /// `GET /v1/environments/{id}/limits`: `{"cpu", "memory", "replicas", "pods"}` (`null`: none).
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/limits",
+    operation_id = "getEnvironmentLimits",
+    tag = "environments",
+    summary = "An environment's limits",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The limits (`null`: none)", body = LimitsDoc),
+    ),
+)]
 pub async fn get_limits(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -278,6 +392,18 @@ pub async fn get_limits(
 
 /// `PUT /v1/environments/{id}/limits`: replaces the limits (a limit left out or `null` is
 /// removed). Lowering one below what is allocated is allowed: only growth is refused.
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/limits",
+    operation_id = "putEnvironmentLimits",
+    tag = "environments",
+    summary = "Replace an environment's limits",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = LimitsDoc,
+    responses(
+        (status = 200, description = "The limits", body = LimitsDoc),
+    ),
+)]
 pub async fn put_limits(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -292,6 +418,17 @@ pub async fn put_limits(
 
 /// `GET /v1/environments/{id}/deployments`: a page of its deployments, as
 /// `GET /v1/deployments?environment=` lists them (same filters and visibility).
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/deployments",
+    operation_id = "listEnvironmentDeployments",
+    tag = "environments",
+    summary = "An environment's deployments",
+    params(("id" = String, Path, description = "The environment's id or name"), ListParams),
+    responses(
+        (status = 200, description = "A page of deployments", body = super::schemas::DeploymentPage),
+    ),
+)]
 pub async fn deployments(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -306,6 +443,17 @@ pub async fn deployments(
 /// `GET /v1/environments/{id}/status`: its deployments (that the caller may read) counted by
 /// status (`total`, `running`, `stopped`, `failed` always; other statuses when there are some)
 /// and its resources.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/status",
+    operation_id = "getEnvironmentStatus",
+    tag = "environments",
+    summary = "An environment's deployments by status, and its resources",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The status", body = super::schemas::EnvironmentStatusView),
+    ),
+)]
 pub async fn status(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -330,12 +478,24 @@ pub async fn status(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockRequest {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{id}/lock",
+    operation_id = "lockEnvironment",
+    tag = "environments",
+    summary = "Lock an environment",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = LockRequest,
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn lock(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -346,6 +506,17 @@ pub async fn lock(
     Ok(Json(render(&state, &ctx, &env).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{id}/unlock",
+    operation_id = "unlockEnvironment",
+    tag = "environments",
+    summary = "Unlock an environment",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn unlock(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -355,7 +526,7 @@ pub async fn unlock(
     Ok(Json(render(&state, &ctx, &env).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestrictionsRequest {
     required_roles: Vec<Role>,
@@ -364,6 +535,18 @@ pub struct RestrictionsRequest {
 
 /// `PUT /v1/environments/{id}/restrictions`: who may change what runs here, and whether changes
 /// wait for approval.
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/restrictions",
+    operation_id = "setEnvironmentRestrictions",
+    tag = "environments",
+    summary = "Who may change an environment, and whether changes need approval",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = RestrictionsRequest,
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn set_restrictions(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -375,6 +558,17 @@ pub async fn set_restrictions(
 }
 
 /// `GET /v1/environments/{id}/change-windows`: the schedule and whether it is open now.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/change-windows",
+    operation_id = "getChangeWindows",
+    tag = "environments",
+    summary = "An environment's change windows",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The schedule and whether it is open", body = super::schemas::ChangeWindowsView),
+    ),
+)]
 pub async fn get_change_windows(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -385,6 +579,18 @@ pub async fn get_change_windows(
 }
 
 /// `PUT /v1/environments/{id}/change-windows`: replaces the schedule.
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/change-windows",
+    operation_id = "setChangeWindows",
+    tag = "environments",
+    summary = "Replace an environment's change windows",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = ChangeWindowsDoc,
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn set_change_windows(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -396,6 +602,17 @@ pub async fn set_change_windows(
 }
 
 /// `DELETE /v1/environments/{id}/change-windows`: no schedule, open at all times.
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{id}/change-windows",
+    operation_id = "deleteChangeWindows",
+    tag = "environments",
+    summary = "Remove an environment's change windows",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The environment", body = super::schemas::EnvironmentView),
+    ),
+)]
 pub async fn delete_change_windows(
     State(state): State<AppState>,
     ctx: RequestContext,

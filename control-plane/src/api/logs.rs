@@ -42,7 +42,8 @@ const PAGE: i64 = 500;
 /// A client that reads nothing for this long loses its stream.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     since: Option<String>,
@@ -51,7 +52,8 @@ pub struct ListParams {
     after: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     after: Option<String>,
@@ -59,9 +61,9 @@ pub struct StreamParams {
     stream: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct LogView {
+pub(super) struct LogView {
     id: i64,
     timestamp: String,
     stream: String,
@@ -84,6 +86,17 @@ impl From<LogRow> for LogView {
 }
 
 /// `GET /v1/logs/deployments/{id}`: lines oldest first; page on with `after=<nextAfter>`.
+#[utoipa::path(
+    get,
+    path = "/v1/logs/deployments/{id}",
+    operation_id = "listLogs",
+    tag = "logs",
+    summary = "A deployment's log lines",
+    params(("id" = String, Path, description = "The deployment's id"), ListParams),
+    responses(
+        (status = 200, description = "Log lines, oldest first", body = super::schemas::LogPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -111,6 +124,17 @@ enum Start {
 }
 
 /// `GET /v1/logs/stream/{id}`: Server-Sent Events, one `log` event per line.
+#[utoipa::path(
+    get,
+    path = "/v1/logs/stream/{id}",
+    operation_id = "streamLogs",
+    tag = "logs",
+    summary = "Follow a deployment's logs (Server-Sent Events, one `log` event per line)",
+    params(("id" = String, Path, description = "The deployment's id"), StreamParams, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "`text/event-stream`: `log` events whose data is a LogView", content_type = "text/event-stream", body = String),
+    ),
+)]
 pub async fn stream(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -15,8 +15,10 @@ pub mod error;
 pub mod idempotency;
 mod limits;
 mod logs;
+mod openapi;
 pub mod preconditions;
 mod promotions;
+mod schemas;
 mod secrets;
 mod sources;
 mod versions;
@@ -134,10 +136,12 @@ pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/auth/login", post(auth::login))
+        .route("/v1/openapi.json", get(openapi::json).route_layer(middleware::from_fn(preconditions::read)))
         .route_layer(middleware::from_fn_with_state(state.clone(), limits::limit_body));
     let routes = Router::new()
         .merge(open)
         .merge(authed)
+        .merge(openapi::ui())
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -154,6 +158,16 @@ pub fn router(state: AppState) -> Router {
     routes.layer(Extension(internal)).layer(middleware::from_fn_with_state(state, request_id))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    operation_id = "health",
+    tag = "meta",
+    summary = "Is the server up (public)",
+    responses(
+        (status = 200, description = "Healthy", body = schemas::Health),
+    ),
+)]
 async fn health(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => {
@@ -319,7 +333,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 }
 
 /// Seed-style pagination parameters.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PageParams {
     pub page: Option<i64>,

@@ -71,6 +71,17 @@ fn body(v: Value) -> ApiResult<BTreeMap<String, String>> {
     Ok(out)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/secrets",
+    operation_id = "getDeploymentSecrets",
+    tag = "secrets",
+    summary = "A deployment's secrets (masked)",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The secrets, masked", body = super::schemas::SecretsView),
+    ),
+)]
 pub async fn get_deployment(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -80,6 +91,18 @@ pub async fn get_deployment(
     Ok(Json(json!({ "secrets": masked(&secrets) })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/deployments/{id}/secrets",
+    operation_id = "putDeploymentSecrets",
+    tag = "secrets",
+    summary = "Replace a deployment's secrets",
+    params(("id" = String, Path, description = "The deployment's id")),
+    request_body = super::schemas::SecretsRequest,
+    responses(
+        (status = 200, description = "The secrets, masked, and the rollouts the change started", body = super::schemas::SecretsView),
+    ),
+)]
 pub async fn put_deployment(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -90,6 +113,17 @@ pub async fn put_deployment(
     Ok(written(&Secrets::new(&state).set_for_deployment(&ctx, &id, values).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{id}/secrets",
+    operation_id = "getEnvironmentSecrets",
+    tag = "secrets",
+    summary = "An environment's secrets (masked)",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    responses(
+        (status = 200, description = "The secrets, masked", body = super::schemas::SecretsView),
+    ),
+)]
 pub async fn get_environment(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -99,6 +133,18 @@ pub async fn get_environment(
     Ok(Json(json!({ "secrets": masked(&secrets) })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{id}/secrets",
+    operation_id = "putEnvironmentSecrets",
+    tag = "secrets",
+    summary = "Replace an environment's secrets",
+    params(("id" = String, Path, description = "The environment's id or name")),
+    request_body = super::schemas::SecretsRequest,
+    responses(
+        (status = 200, description = "The secrets, masked, and the rollouts the change started", body = super::schemas::SecretsView),
+    ),
+)]
 pub async fn put_environment(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -25,7 +25,8 @@ use crate::model::Configuration;
 use crate::store::VersionRecord;
 use crate::versions::{NewVersion, Versions};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Paging {
     page: Option<i64>,
@@ -33,7 +34,7 @@ pub struct Paging {
 }
 
 /// `POST …/versions`: every field optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVersion {
     version: Option<String>,
@@ -44,7 +45,7 @@ pub struct CreateVersion {
 }
 
 /// `POST …/rollback` and `…/versions/{version}/rollback`: the body is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackBody {
     /// Why (recorded on the version rolled back from, and in the audit trail).
@@ -54,7 +55,7 @@ pub struct RollbackBody {
     mark_failed: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutConfig {
     configuration: Value,
@@ -64,7 +65,7 @@ pub struct PutConfig {
     deploy: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutEnv {
     env: BTreeMap<String, String>,
@@ -74,7 +75,7 @@ pub struct PutEnv {
     deploy: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchStatus {
     status: String,
@@ -128,6 +129,17 @@ fn created(v: &VersionRecord, active: &str, new: bool) -> Response {
 }
 
 /// `GET /v1/deployments/{id}/versions`: newest first, each saying whether it is the active one.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/versions",
+    operation_id = "listVersions",
+    tag = "versions",
+    summary = "List a deployment's versions",
+    params(("id" = String, Path, description = "The deployment's id"), Paging),
+    responses(
+        (status = 200, description = "A page of versions", body = super::schemas::VersionPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -140,6 +152,17 @@ pub async fn list(
     Ok(Json(page_json(data, page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/versions/{version}",
+    operation_id = "getVersion",
+    tag = "versions",
+    summary = "Get a version",
+    params(("id" = String, Path, description = "The deployment's id"), ("version" = String, Path, description = "The version's name")),
+    responses(
+        (status = 200, description = "The version", body = super::schemas::VersionView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -150,6 +173,19 @@ pub async fn get(
 }
 
 /// `POST /v1/deployments/{id}/versions`: stores a version without deploying it.
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/versions",
+    operation_id = "createVersion",
+    tag = "versions",
+    summary = "Store a version (not deployed)",
+    params(("id" = String, Path, description = "The deployment's id")),
+    request_body = Option<CreateVersion>,
+    responses(
+        (status = 201, description = "The new version", body = super::schemas::VersionView),
+        (status = 200, description = "The same version already exists", body = super::schemas::VersionView),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -172,6 +208,17 @@ pub async fn create(
 }
 
 /// `POST /v1/deployments/{id}/versions/{version}/deploy`
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/versions/{version}/deploy",
+    operation_id = "deployVersion",
+    tag = "versions",
+    summary = "Deploy a stored version",
+    params(("id" = String, Path, description = "The deployment's id"), ("version" = String, Path, description = "The version's name"), MutationParams),
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn deploy(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -199,6 +246,18 @@ async fn rollback(
     Ok(outcome(Deployments::new(state).change(ctx, id, if_match(headers)?, change, params.options()).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/rollback",
+    operation_id = "rollbackDeployment",
+    tag = "versions",
+    summary = "Roll back to the previous good version",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = Option<RollbackBody>,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn rollback_previous(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -210,6 +269,18 @@ pub async fn rollback_previous(
     rollback(&state, &ctx, &id, None, params, &headers, &body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/versions/{version}/rollback",
+    operation_id = "rollbackToVersion",
+    tag = "versions",
+    summary = "Roll back to a version",
+    params(("id" = String, Path, description = "The deployment's id"), ("version" = String, Path, description = "The version's name"), MutationParams),
+    request_body = Option<RollbackBody>,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn rollback_to(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -223,6 +294,17 @@ pub async fn rollback_to(
 
 /// `GET /v1/deployments/{id}/config`: the active version and the configuration running now
 /// (with its replica count and the fields Ferry sets); `ETag` is the resource version.
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/config",
+    operation_id = "getDeploymentConfig",
+    tag = "versions",
+    summary = "A deployment's configuration",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The configuration", body = super::schemas::DeploymentConfigView),
+    ),
+)]
 pub async fn get_config(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -236,6 +318,20 @@ pub async fn get_config(
 /// `PUT /v1/deployments/{id}/config`: a new version of this configuration (named or generated);
 /// `deploy: true` (default) deploys it at once (202, like `PUT /v1/deployments/{id}`), `false`
 /// only stores it (201 + the version).
+#[utoipa::path(
+    put,
+    path = "/v1/deployments/{id}/config",
+    operation_id = "putDeploymentConfig",
+    tag = "versions",
+    summary = "Replace a deployment's configuration (a new version)",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = PutConfig,
+    responses(
+        (status = 202, description = "Deployed: poll the operation", body = super::schemas::ChangeAccepted),
+        (status = 201, description = "Stored as a new version (`deploy: false`)", body = super::schemas::VersionView),
+        (status = 200, description = "The version already exists (`deploy: false`)", body = super::schemas::VersionView),
+    ),
+)]
 pub async fn put_config(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -273,6 +369,17 @@ pub async fn put_config(
 
 /// `GET /v1/deployments/{id}/env`: the active version and its `env` (secrets are
 /// `GET …/secrets`).
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/env",
+    operation_id = "getDeploymentEnv",
+    tag = "versions",
+    summary = "A deployment's environment variables",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses(
+        (status = 200, description = "The variables", body = super::schemas::DeploymentEnvView),
+    ),
+)]
 pub async fn get_env(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -285,6 +392,20 @@ pub async fn get_env(
 
 /// `PUT /v1/deployments/{id}/env`: the running configuration with this `env` as a new version,
 /// deployed at once (`deploy: true`, default) or only stored.
+#[utoipa::path(
+    put,
+    path = "/v1/deployments/{id}/env",
+    operation_id = "putDeploymentEnv",
+    tag = "versions",
+    summary = "Replace a deployment's environment variables (a new version)",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = PutEnv,
+    responses(
+        (status = 202, description = "Deployed: poll the operation", body = super::schemas::ChangeAccepted),
+        (status = 201, description = "Stored as a new version (`deploy: false`)", body = super::schemas::VersionView),
+        (status = 200, description = "The version already exists (`deploy: false`)", body = super::schemas::VersionView),
+    ),
+)]
 pub async fn put_env(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -312,6 +433,18 @@ pub async fn put_env(
 
 /// `PATCH /v1/deployments/{id}/status`: `{"status": "running" | "stopped" | "restarting"}`, the
 /// same changes as `POST …/start|stop|restart`.
+#[utoipa::path(
+    patch,
+    path = "/v1/deployments/{id}/status",
+    operation_id = "setDeploymentStatus",
+    tag = "deployments",
+    summary = "Start, stop or restart a deployment by its status",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = PatchStatus,
+    responses(
+        (status = 202, description = "The change is accepted: poll the operation (`Location`)", body = super::schemas::ChangeAccepted),
+    ),
+)]
 pub async fn patch_status(
     State(state): State<AppState>,
     ctx: RequestContext,

@@ -20,7 +20,7 @@ use crate::webhooks::{NewWebhook, Webhooks};
 /// How a stored secret is shown.
 const MASKED: &str = "********";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWebhook {
     url: String,
@@ -31,7 +31,8 @@ pub struct CreateWebhook {
     description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Paging {
     page: Option<i64>,
@@ -78,6 +79,17 @@ fn delivery_view(d: &DeliveryRecord) -> Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "createWebhook",
+    tag = "webhooks",
+    summary = "Create a webhook (its secret shown once)",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "The webhook, with its secret", body = super::schemas::WebhookView),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -93,6 +105,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Extension(NotReplayable), Json(body)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "listWebhooks",
+    tag = "webhooks",
+    summary = "List webhooks",
+    params(Paging),
+    responses(
+        (status = 200, description = "A page of webhooks", body = super::schemas::WebhookPage),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -103,6 +126,17 @@ pub async fn list(
     Ok(Json(page_json(rows.iter().map(webhook_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "getWebhook",
+    tag = "webhooks",
+    summary = "Get a webhook",
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses(
+        (status = 200, description = "The webhook", body = super::schemas::WebhookView),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -111,6 +145,17 @@ pub async fn get(
     Ok(Json(webhook_view(&Webhooks::new(&state).get(&ctx, &id).await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    operation_id = "deleteWebhook",
+    tag = "webhooks",
+    summary = "Delete a webhook",
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -120,6 +165,17 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    operation_id = "listWebhookDeliveries",
+    tag = "webhooks",
+    summary = "A webhook's deliveries",
+    params(("id" = String, Path, description = "The webhook's id"), Paging),
+    responses(
+        (status = 200, description = "A page of deliveries", body = super::schemas::DeliveryPage),
+    ),
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -131,6 +187,17 @@ pub async fn deliveries(
     Ok(Json(page_json(rows.iter().map(delivery_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    operation_id = "redeliverWebhook",
+    tag = "webhooks",
+    summary = "Send a delivery again",
+    params(("id" = String, Path, description = "The webhook's id"), ("delivery_id" = String, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "Queued again", body = super::schemas::DeliveryView),
+    ),
+)]
 pub async fn redeliver(
     State(state): State<AppState>,
     ctx: RequestContext,

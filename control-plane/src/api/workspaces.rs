@@ -54,7 +54,8 @@ fn zone_view(z: &AiZoneRecord) -> Value {
 }
 
 /// `page` and `pageSize` only.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Paging {
     page: Option<i64>,
@@ -69,22 +70,34 @@ impl Paging {
 
 // ---- workspaces -----------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWorkspace {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(default)]
     description: String,
     owner: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateWorkspace {
     description: Option<String>,
     owner: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces",
+    operation_id = "listWorkspaces",
+    tag = "workspaces",
+    summary = "List workspaces",
+    params(Paging),
+    responses(
+        (status = 200, description = "A page of workspaces", body = super::schemas::WorkspacePage),
+    ),
+)]
 pub async fn list_workspaces(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -95,6 +108,17 @@ pub async fn list_workspaces(
     Ok(Json(page_json(rows.iter().map(workspace_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}",
+    operation_id = "getWorkspace",
+    tag = "workspaces",
+    summary = "Get a workspace",
+    params(("id" = String, Path, description = "The workspace's id or name")),
+    responses(
+        (status = 200, description = "The workspace", body = super::schemas::WorkspaceView),
+    ),
+)]
 pub async fn get_workspace(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -103,6 +127,17 @@ pub async fn get_workspace(
     Ok(Json(workspace_view(&Workspaces::new(&state).get(&ctx, &id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces",
+    operation_id = "createWorkspace",
+    tag = "workspaces",
+    summary = "Create a workspace",
+    request_body = CreateWorkspace,
+    responses(
+        (status = 201, description = "The workspace", body = super::schemas::WorkspaceView),
+    ),
+)]
 pub async fn create_workspace(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -112,6 +147,18 @@ pub async fn create_workspace(
     Ok(super::created(&format!("/v1/workspaces/{}", w.id), workspace_view(&w)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{id}",
+    operation_id = "updateWorkspace",
+    tag = "workspaces",
+    summary = "Change a workspace",
+    params(("id" = String, Path, description = "The workspace's id or name")),
+    request_body = UpdateWorkspace,
+    responses(
+        (status = 200, description = "The workspace", body = super::schemas::WorkspaceView),
+    ),
+)]
 pub async fn update_workspace(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -125,6 +172,17 @@ pub async fn update_workspace(
     Ok(Json(workspace_view(&w)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{id}",
+    operation_id = "deleteWorkspace",
+    tag = "workspaces",
+    summary = "Delete a workspace",
+    params(("id" = String, Path, description = "The workspace's id or name")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete_workspace(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -136,7 +194,8 @@ pub async fn delete_workspace(
 
 // ---- projects -------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProjectList {
     page: Option<i64>,
@@ -144,9 +203,10 @@ pub struct ProjectList {
     workspace: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProject {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     #[serde(default = "default_workspace")]
     workspace: String,
@@ -159,13 +219,24 @@ fn default_workspace() -> String {
 }
 
 /// A project never moves to another workspace: `workspace` is refused as an unknown field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateProject {
     name: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/projects",
+    operation_id = "listProjects",
+    tag = "workspaces",
+    summary = "List projects",
+    params(ProjectList),
+    responses(
+        (status = 200, description = "A page of projects", body = super::schemas::ProjectPage),
+    ),
+)]
 pub async fn list_projects(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -176,6 +247,17 @@ pub async fn list_projects(
     Ok(Json(page_json(rows.iter().map(project_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{id}",
+    operation_id = "getProject",
+    tag = "workspaces",
+    summary = "Get a project",
+    params(("id" = String, Path, description = "The project's id")),
+    responses(
+        (status = 200, description = "The project", body = super::schemas::ProjectView),
+    ),
+)]
 pub async fn get_project(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -184,6 +266,17 @@ pub async fn get_project(
     Ok(Json(project_view(&Projects::new(&state).get(&ctx, &id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/projects",
+    operation_id = "createProject",
+    tag = "workspaces",
+    summary = "Create a project",
+    request_body = CreateProject,
+    responses(
+        (status = 201, description = "The project", body = super::schemas::ProjectView),
+    ),
+)]
 pub async fn create_project(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -193,6 +286,18 @@ pub async fn create_project(
     Ok(super::created(&format!("/v1/projects/{}", p.id), project_view(&p)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/projects/{id}",
+    operation_id = "updateProject",
+    tag = "workspaces",
+    summary = "Change a project",
+    params(("id" = String, Path, description = "The project's id")),
+    request_body = UpdateProject,
+    responses(
+        (status = 200, description = "The project", body = super::schemas::ProjectView),
+    ),
+)]
 pub async fn update_project(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -205,6 +310,17 @@ pub async fn update_project(
     Ok(Json(project_view(&Projects::new(&state).update(&ctx, &id, req.name, req.description).await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{id}",
+    operation_id = "deleteProject",
+    tag = "workspaces",
+    summary = "Delete a project",
+    params(("id" = String, Path, description = "The project's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+    ),
+)]
 pub async fn delete_project(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -216,9 +332,10 @@ pub async fn delete_project(
 
 // ---- AI zones -------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateAiZone {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
     /// Dedicate the zone to one workspace; shared by all when absent.
     workspace: Option<String>,
@@ -233,7 +350,7 @@ pub struct CreateAiZone {
 }
 
 /// A zone never changes workspace: `workspace` is refused as an unknown field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateAiZone {
     name: Option<String>,
@@ -243,6 +360,17 @@ pub struct UpdateAiZone {
     labels: Option<BTreeMap<String, String>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/aizones",
+    operation_id = "listAiZones",
+    tag = "workspaces",
+    summary = "List AI zones",
+    params(Paging),
+    responses(
+        (status = 200, description = "A page of AI zones", body = super::schemas::AiZonePage),
+    ),
+)]
 pub async fn list_zones(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -253,6 +381,17 @@ pub async fn list_zones(
     Ok(Json(page_json(rows.iter().map(zone_view).collect(), page, size, total)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/aizones/{id}",
+    operation_id = "getAiZone",
+    tag = "workspaces",
+    summary = "Get an AI zone",
+    params(("id" = String, Path, description = "The AI zone's id or name")),
+    responses(
+        (status = 200, description = "The AI zone", body = super::schemas::AiZoneView),
+    ),
+)]
 pub async fn get_zone(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -261,6 +400,17 @@ pub async fn get_zone(
     Ok(Json(zone_view(&AiZones::new(&state).get(&ctx, &id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/aizones",
+    operation_id = "createAiZone",
+    tag = "workspaces",
+    summary = "Create an AI zone",
+    request_body = CreateAiZone,
+    responses(
+        (status = 201, description = "The AI zone", body = super::schemas::AiZoneView),
+    ),
+)]
 pub async fn create_zone(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -278,6 +428,18 @@ pub async fn create_zone(
     Ok(super::created(&format!("/v1/aizones/{}", z.id), zone_view(&z)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/aizones/{id}",
+    operation_id = "updateAiZone",
+    tag = "workspaces",
+    summary = "Change an AI zone",
+    params(("id" = String, Path, description = "The AI zone's id or name")),
+    request_body = UpdateAiZone,
+    responses(
+        (status = 200, description = "The AI zone", body = super::schemas::AiZoneView),
+    ),
+)]
 pub async fn update_zone(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -301,6 +463,17 @@ pub async fn update_zone(
 }
 
 /// `GET /v1/aizones/{id}/deployments`: the deployments listing (same parameters) of one zone.
+#[utoipa::path(
+    get,
+    path = "/v1/aizones/{id}/deployments",
+    operation_id = "listAiZoneDeployments",
+    tag = "workspaces",
+    summary = "An AI zone's deployments",
+    params(("id" = String, Path, description = "The AI zone's id or name"), super::deployments::ListParams),
+    responses(
+        (status = 200, description = "A page of deployments", body = super::schemas::DeploymentPage),
+    ),
+)]
 pub async fn zone_deployments(
     State(state): State<AppState>,
     ctx: RequestContext,
