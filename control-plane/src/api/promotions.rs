@@ -19,18 +19,22 @@ use crate::deployments::Outcome;
 use crate::promotions::{PromoteRequest, Promoted, Promotions, Selection};
 
 /// `POST /v1/deployments/{id}/promote`: the body is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromoteBody {
+    /// The version to promote [default: the active one].
     version: Option<String>,
+    /// Must be the next environment of the chain when given.
     target_environment: Option<String>,
+    /// Replicas of the target [default: the source's for a new target, its own for an existing one].
     replicas: Option<u32>,
 }
 
 /// `POST /v1/environments/{id}/promote`: `deployments` or `all: true`; `from` optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromoteEnvironmentBody {
+    /// Ids or names of deployments of the previous environment (at most 100).
     deployments: Option<Vec<String>>,
     #[serde(default)]
     all: bool,
@@ -59,6 +63,18 @@ fn operation_of(o: &Outcome<crate::deployments::Accepted>) -> &crate::store::Ope
 
 /// 202 like every change (the target deployment, its operation in `Location`, the pending
 /// change if it waits), plus `promotion`.
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/promote",
+    operation_id = "promoteDeployment",
+    tag = "deployments",
+    summary = "Promote a deployment's version to the next environment of the chain",
+    params(("id" = String, Path, description = "The deployment's id"), MutationParams),
+    request_body = Option<PromoteBody>,
+    responses(
+        (status = 202, description = "The change is accepted in the target: poll the operation (`Location`)", body = super::schemas::PromotionAccepted),
+    ),
+)]
 pub async fn promote_deployment(
     State(state): State<AppState>,
     ctx: RequestContext,
@@ -76,6 +92,20 @@ pub async fn promote_deployment(
 
 /// 202 when every item was accepted, 207 (Multi-Status) when some (or all) failed, each item
 /// saying how it ended; 200 with no items when `all` found nothing to promote.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{id}/promote",
+    operation_id = "promoteIntoEnvironment",
+    tag = "environments",
+    summary = "Promote deployments of the previous environment into this one",
+    params(("id" = String, Path, description = "The environment's id"), MutationParams),
+    request_body = PromoteEnvironmentBody,
+    responses(
+        (status = 202, description = "Every item was accepted", body = super::schemas::EnvironmentPromotion),
+        (status = 207, description = "Some or all items failed; each says how it ended", body = super::schemas::EnvironmentPromotion),
+        (status = 200, description = "`all` found nothing to promote", body = super::schemas::EnvironmentPromotion),
+    ),
+)]
 pub async fn promote_environment(
     State(state): State<AppState>,
     ctx: RequestContext,

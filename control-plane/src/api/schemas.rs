@@ -166,6 +166,59 @@ pub struct ChangeAccepted {
     approval: Option<ApprovalView>,
 }
 
+/// Where a promotion went.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PromotionView {
+    source_deployment_id: String,
+    source_environment: String,
+    target_environment: String,
+    version: String,
+    target_deployment_id: String,
+    /// Whether the promotion creates the target deployment.
+    created: bool,
+}
+
+/// `202 Accepted` of a promotion: the change in the target, and where it came from.
+#[derive(ToSchema)]
+pub struct PromotionAccepted {
+    deployment: Option<DeploymentView>,
+    operation: OperationView,
+    approval: Option<ApprovalView>,
+    promotion: PromotionView,
+}
+
+#[derive(ToSchema)]
+pub struct PromotionSummary {
+    requested: u64,
+    promoted: u64,
+    failed: u64,
+}
+
+/// One item of an environment promotion: `promoted` (with its operation) or `failed` (with
+/// the error it would have had alone).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PromotionItem {
+    /// The id or name as the request gave it.
+    deployment: String,
+    /// `promoted` or `failed`.
+    status: String,
+    source_deployment_id: Option<String>,
+    operation: Option<OperationView>,
+    approval: Option<ApprovalView>,
+    promotion: Option<PromotionView>,
+    error: Option<ErrorDetail>,
+}
+
+#[derive(ToSchema)]
+pub struct EnvironmentPromotion {
+    environment: String,
+    from: String,
+    summary: PromotionSummary,
+    items: Vec<PromotionItem>,
+}
+
 #[derive(ToSchema)]
 pub struct DeploymentStatusDeployment {
     #[schema(rename = "lastDeployed")]
