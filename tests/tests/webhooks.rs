@@ -306,7 +306,12 @@ async fn signed_events_retries_redelivery_and_callbacks() {
     let (_, log) = cp.api(Method::GET, &format!("/v1/webhooks/{ok_id}/deliveries?pageSize=200"), None).await;
     let data = log["data"].as_array().unwrap();
     assert!(data.len() >= 2 && data.iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1), "{log}");
-    assert!(data.windows(2).all(|w| w[0]["createdAt"].as_str() >= w[1]["createdAt"].as_str()), "newest first");
+    // RFC 3339 with as many fraction digits as needed: compared as instants, not as strings.
+    let at = |d: &Value| {
+        let s = d["createdAt"].as_str().expect("createdAt");
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).expect("RFC 3339")
+    };
+    assert!(data.windows(2).all(|w| at(&w[0]) >= at(&w[1])), "newest first: {log}");
 
     // Audited, never with the secret.
     let (_, trail) = cp.api(Method::GET, "/v1/audit?action=webhook.create", None).await;
