@@ -121,6 +121,7 @@ impl<'de> Deserialize<'de> for Role {
 pub struct RoleBinding {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub workspace: Option<String>,
 }
 

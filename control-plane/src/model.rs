@@ -37,27 +37,38 @@ fn invalid(field: &str, message: impl Into<String>) -> Invalid {
 pub struct Configuration {
     #[schema(maximum = 10000)]
     pub replicas: u32,
-    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
+    /// Not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub command: String,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::shape::args)]
     pub args: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::shape::env)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub working_dir: Option<String>,
     #[serde(default = "default_restart")]
     pub restart_policy: RestartPolicyJson,
     #[serde(default = "default_grace")]
+    #[schema(maximum = 3600)]
     pub stop_grace_period_seconds: u32,
     /// How long a rollout may take before its operation is marked failed.
     #[serde(default = "default_deadline")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub progress_deadline_seconds: u32,
     /// How long the deployment must have stayed running (every replica ready) before a change's
     /// operation succeeds, like Kubernetes' `minReadySeconds` and Nomad's `min_healthy_time`: a
     /// process that starts and exits at once must not report success in between. Default
     /// [`DEFAULT_MIN_READY_SECONDS`] (at most half the progress deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 3600)]
     pub min_ready_seconds: Option<u32>,
     #[serde(default)]
     pub health_checks: HealthChecks,
@@ -66,25 +77,30 @@ pub struct Configuration {
     /// (`PUT …/secrets`), so that such a change is a new revision; read-only: whatever a
     /// request says here is ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(read_only)]
     pub secrets: BTreeMap<String, SecretPin>,
     /// The environment's variables this revision runs with (`GET/PUT
     /// /v1/environments/{id}/variables`), under `env` (a deployment's own values win). Set by
     /// Ferry when the deployment is created and whenever they change, so that such a change is a
     /// new revision; read-only: whatever a request says here is ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(read_only)]
     pub environment_variables: BTreeMap<String, String>,
     /// CPU each replica asks for (`"500m"`, `"2"`); counted against its environment's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9]{1,20}(\\.[0-9]{1,9})?m?$")]
     pub cpu: Option<String>,
     /// Memory each replica asks for (`"512Mi"`, `"4Gi"`); counted against its environment's
     /// limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9]{1,20}(\\.[0-9]{1,9})?([KMGTPE]i|[kMGTPE])?$")]
     pub memory: Option<String>,
     /// The commit of a Git repository this configuration runs in (a Git source, see
     /// `crate::sources`). Set by Ferry when the deployment is created from a Git source
     /// (`POST /v1/deployments/github`); read-only: whatever a request says here is ignored.
     /// `workingDir`, if given, is then relative to the checkout's root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(read_only)]
     pub source: Option<SourcePin>,
 }
 
@@ -169,14 +185,19 @@ pub struct HealthCheckJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecProbe>,
     #[serde(default)]
+    #[schema(maximum = 3600)]
     pub initial_delay_seconds: u32,
     #[serde(default = "default_period")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub period_seconds: u32,
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_seconds: u32,
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 100)]
     pub success_threshold: u32,
     #[serde(default = "default_failure_threshold")]
+    #[schema(minimum = 1, maximum = 100)]
     pub failure_threshold: u32,
 }
 
@@ -196,9 +217,12 @@ fn default_failure_threshold() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGet {
+    /// Absolute, without spaces or control characters.
+    #[schema(pattern = "^/[^\\s\\u0000-\\u001f\\u007f-\\u009f]{0,2047}$")]
     pub path: String,
     /// 0 or absent: the replica's own `PORT`.
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub port: u16,
 }
 
@@ -206,22 +230,27 @@ pub struct HttpGet {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocket {
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecProbe {
+    #[schema(schema_with = crate::api::openapi::shape::exec_command)]
     pub command: Vec<String>,
 }
 
-/// Where a deployment runs: `{"agentIds": [...]}` or `{"selector": {...}}`.
+/// Where a deployment runs: `{"agentIds": [...]}` or `{"selector": {...}}` (exactly one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct TargetJson {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::openapi::shape::agent_ids)]
     pub agent_ids: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::openapi::shape::labels)]
     pub selector: Option<BTreeMap<String, String>>,
 }
 

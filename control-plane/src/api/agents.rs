@@ -24,6 +24,7 @@ pub struct CreateToken {
     /// Seconds until the token expires [default 3600, at most 7 days].
     ttl_seconds: Option<i64>,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::shape::labels)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     description: String,

@@ -55,7 +55,9 @@ fn decided_view(d: &Decided) -> Value {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
     /// One status, or `all`; `pending` by default.
     status: Option<String>,

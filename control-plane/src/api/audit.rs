@@ -32,7 +32,9 @@ pub struct AuditParams {
     from: Option<String>,
     /// RFC 3339, inclusive.
     to: Option<String>,
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
     order: Option<String>,
 }
@@ -41,7 +43,9 @@ pub struct AuditParams {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrailParams {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
     order: Option<String>,
 }

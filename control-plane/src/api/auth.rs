@@ -171,9 +171,12 @@ fn key_view(k: &ApiKeyRecord) -> Value {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
     username: String,
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
     #[serde(default)]
+    #[schema(max_items = 32)]
     roles: Vec<BindingInput>,
 }
 
@@ -202,7 +205,9 @@ pub async fn create_user(
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
@@ -255,6 +260,7 @@ pub async fn get_user(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(min_length = 12, max_length = 1024)]
     password: Option<String>,
     current_password: Option<String>,
     roles: Option<Vec<BindingInput>>,
@@ -309,8 +315,11 @@ pub async fn delete_user(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     name: String,
+    #[schema(min_items = 1, max_items = 32)]
     roles: Vec<BindingInput>,
+    #[schema(minimum = 1, maximum = 3650)]
     expires_in_days: Option<i64>,
 }
 

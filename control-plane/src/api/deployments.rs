@@ -22,10 +22,17 @@ use crate::store::{DeploymentFilter, DeploymentRecord, OperationRecord, StatusSu
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "deploymentName": "web",
+    "environment": "development",
+    "configuration": {"replicas": 1, "command": "/bin/sleep", "args": ["3600"]}
+}))]
 pub struct CreateDeployment {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     deployment_name: String,
-    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
+    /// An existing environment (`POST /v1/environments`; Ferry starts with `development`,
+    /// `staging`, `production`).
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "development")]
     environment: String,
     #[serde(default = "default_version")]
     active_version: String,
@@ -69,7 +76,9 @@ pub struct Scale {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListParams {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
     status: Option<String>,
     environment: Option<String>,

@@ -341,6 +341,7 @@ pub async fn get_variables(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VariablesRequest {
+    #[schema(schema_with = crate::api::openapi::shape::env)]
     variables: BTreeMap<String, String>,
 }
 

@@ -15,7 +15,7 @@ pub mod error;
 pub mod idempotency;
 mod limits;
 mod logs;
-mod openapi;
+pub(crate) mod openapi;
 pub mod preconditions;
 mod promotions;
 mod schemas;
@@ -337,7 +337,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PageParams {
+    #[param(minimum = 1)]
     pub page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     pub page_size: Option<i64>,
     pub status: Option<String>,
 }

@@ -253,13 +253,82 @@ impl PartialSchema for Role {
 
 impl ToSchema for Role {}
 
+/// Schemas of request fields whose rules a derive cannot say (`#[schema(schema_with = ..)]`):
+/// each states what the field's validation in the code checks, so that the document tells a
+/// client (and the fuzzer) which values are accepted.
+pub(crate) mod shape {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Schema, Type};
+
+    /// No control character (`char::is_control`: Unicode category Cc).
+    pub const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+    /// No control character but tab and line breaks (environment values).
+    const NO_CONTROL_BUT_LINES: &str = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$";
+
+    fn string(pattern: &str) -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern))
+    }
+
+    fn list(items: ObjectBuilder, min: usize, max: usize) -> Schema {
+        ArrayBuilder::new().items(items).min_items((min > 0).then_some(min)).max_items(Some(max)).build().into()
+    }
+
+    /// `configuration.args` (`crate::model`): at most 256 arguments without control characters.
+    pub fn args() -> Schema {
+        list(string(NO_CONTROL), 0, 256)
+    }
+
+    /// An exec probe's command: 1 to 256 arguments without control characters.
+    pub fn exec_command() -> Schema {
+        list(string(NO_CONTROL), 1, 256)
+    }
+
+    /// An environment map (`crate::model::validate_env`): at most 128 names of
+    /// `[A-Za-z_][A-Za-z0-9_]*` (at most 128 characters; `PORT`, `FERRY_WORKLOAD_ID`,
+    /// `FERRY_REPLICA` are Ferry's), values without control characters but tab and line breaks.
+    pub fn env() -> Schema {
+        ObjectBuilder::new()
+            .property_names(Some(string("^[A-Za-z_][A-Za-z0-9_]{0,127}$")))
+            .additional_properties(Some(string(NO_CONTROL_BUT_LINES)))
+            .max_properties(Some(128))
+            .build()
+            .into()
+    }
+
+    /// Labels and selectors (`ferry_protocol::limits::validate_labels`): at most 32, keys of
+    /// 1-63 `[A-Za-z0-9._/-]`, values of at most 63 `[A-Za-z0-9._-]`.
+    pub fn labels() -> Schema {
+        ObjectBuilder::new()
+            .property_names(Some(string("^[A-Za-z0-9._/-]{1,63}$")))
+            .additional_properties(Some(string("^[A-Za-z0-9._-]{0,63}$")))
+            .max_properties(Some(32))
+            .build()
+            .into()
+    }
+
+    /// Agent ids of a target (`ferry_certs::validate_agent_id`): 1 to 100 ids of 1-64 `[a-z0-9-]`.
+    pub fn agent_ids() -> Schema {
+        list(string("^[a-z0-9-]{1,64}$"), 1, 100)
+    }
+}
+
 /// What the middleware gives every route (see the module doc).
 struct Contract;
 
 /// An optional header of the contract: printable ASCII (visible characters only, as the
 /// middleware accepts), at most 255 of them.
 fn header_param(name: &str, description: &str) -> Parameter {
-    let schema = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[!-~]{1,255}$"));
+    header_param_with(name, description, "^[!-~]{1,255}$", None)
+}
+
+/// `If-Match` / `If-None-Match` as `super::preconditions::condition` reads them: `*` or a
+/// comma-separated list of entity tags (`"3"`, `W/"a1b2"`), at most 255 characters.
+fn condition_param(name: &str, description: &str) -> Parameter {
+    let tag = "(W/)?\"[!#-~]*\"";
+    header_param_with(name, description, &format!("^(\\*|{tag}(,{tag})*)$"), Some(255))
+}
+
+fn header_param_with(name: &str, description: &str, pattern: &str, max_length: Option<usize>) -> Parameter {
+    let schema = ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).max_length(max_length);
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Header)
@@ -286,6 +355,7 @@ impl Modify for Contract {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         components.add_security_scheme("apiKey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+        exactly_one_probe(components);
         doc.security = Some(vec![
             SecurityRequirement::new("bearer", Vec::<String>::new()),
             SecurityRequirement::new("apiKey", Vec::<String>::new()),
@@ -302,6 +372,105 @@ impl Modify for Contract {
             for (method, op) in ops {
                 if let Some(op) = op {
                     contract(method, public, op);
+                }
+            }
+        }
+        links(doc);
+    }
+}
+
+/// A health check has exactly one probe (`HealthCheckJson::validate` in `crate::model`): one of
+/// `httpGet`, `tcpSocket`, `exec` is an object, the others are absent or `null`.
+fn exactly_one_probe(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::schema::{AllOfBuilder, OneOfBuilder};
+
+    let Some(check) = components.schemas.remove("HealthCheckJson") else { return };
+    let probe =
+        |name: &str| ObjectBuilder::new().property(name, ObjectBuilder::new().schema_type(Type::Object)).required(name);
+    let one = OneOfBuilder::new().item(probe("httpGet")).item(probe("tcpSocket")).item(probe("exec"));
+    let both = AllOfBuilder::new().item(check).item(one).build();
+    components.schemas.insert("HealthCheckJson".into(), Schema::AllOf(both).into());
+}
+
+/// Operations that create a resource: `(operationId, answers, where the new resource's key is
+/// in the answer, the path of the resource, its path parameter)`. Every operation under that
+/// path gets a link from these answers (see [`links`]).
+const CREATES: &[(&str, &[&str], &str, &str, &str)] = &[
+    ("createDeployment", &["202"], "/operation/deploymentId", "/v1/deployments/{id}", "id"),
+    ("createDirectDeployment", &["202"], "/operation/deploymentId", "/v1/deployments/{id}", "id"),
+    ("createGitDeployment", &["202"], "/operation/deploymentId", "/v1/deployments/{id}", "id"),
+    ("promoteDeployment", &["202"], "/promotion/targetDeploymentId", "/v1/deployments/{id}", "id"),
+    ("createVersion", &["200", "201"], "/version", "/v1/deployments/{id}/versions/{version}", "version"),
+    ("putDeploymentConfig", &["200", "201"], "/version", "/v1/deployments/{id}/versions/{version}", "version"),
+    ("putDeploymentEnv", &["200", "201"], "/version", "/v1/deployments/{id}/versions/{version}", "version"),
+    ("createEnvironment", &["201"], "/id", "/v1/environments/{id}", "id"),
+    ("createUser", &["201"], "/id", "/v1/users/{id}", "id"),
+    ("createApiKey", &["201"], "/id", "/v1/api-keys/{id}", "id"),
+    ("createBootstrapToken", &["201"], "/id", "/v1/agents/tokens/{id}", "id"),
+    ("createWorkspace", &["201"], "/id", "/v1/workspaces/{id}", "id"),
+    ("createProject", &["201"], "/id", "/v1/projects/{id}", "id"),
+    ("createAiZone", &["201"], "/id", "/v1/aizones/{id}", "id"),
+    ("createWebhook", &["201"], "/id", "/v1/webhooks/{id}", "id"),
+];
+
+/// OpenAPI links, so that a client (and the fuzzer's stateful phase) can follow a created
+/// resource to the operations on it: from each answer of [`CREATES`] to every operation under
+/// the resource's path, with the new key as its parameter (and the path parameters both paths
+/// share taken from the request), and from every accepted change (`ChangeAccepted`,
+/// `PromotionAccepted`) to its operation (`getOperation`).
+fn links(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::link::LinkBuilder;
+
+    let mut ops: Vec<(String, String)> = Vec::new(); // (path, operationId)
+    for (path, item) in &doc.paths.paths {
+        for op in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+            if let Some(id) = &op.operation_id {
+                ops.push((path.clone(), id.clone()));
+            }
+        }
+    }
+    let params_of = |path: &str| -> Vec<String> {
+        path.split('/').filter_map(|s| Some(s.strip_prefix('{')?.strip_suffix('}')?.to_string())).collect()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for op in
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+        {
+            let from = op.operation_id.clone().unwrap_or_default();
+            for (status, answer) in op.responses.responses.iter_mut() {
+                let RefOr::T(answer) = answer else { continue };
+                let accepted = answer.content.values().any(|c| {
+                    matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r))
+                        if r.ref_location.ends_with("/ChangeAccepted") || r.ref_location.ends_with("/PromotionAccepted")))
+                });
+                if accepted {
+                    let link = LinkBuilder::new()
+                        .operation_id("getOperation")
+                        .parameter("id", "$response.body#/operation/id")
+                        .description("The operation to poll")
+                        .build();
+                    answer.links.insert("getOperation".into(), link.into());
+                }
+                for (creator, statuses, pointer, prefix, key) in CREATES {
+                    if *creator != from || !statuses.contains(&status.as_str()) {
+                        continue;
+                    }
+                    let shared = params_of(path);
+                    for (target_path, target) in &ops {
+                        let under = target_path == prefix || target_path.starts_with(&format!("{prefix}/"));
+                        if !under || *target == from {
+                            continue;
+                        }
+                        let mut link = LinkBuilder::new()
+                            .operation_id(target.clone())
+                            .parameter(*key, format!("$response.body#{pointer}"));
+                        for p in params_of(target_path) {
+                            if p != *key && shared.contains(&p) {
+                                link = link.parameter(p.clone(), format!("$request.path.{p}"));
+                            }
+                        }
+                        answer.links.insert(target.clone(), link.build().into());
+                    }
                 }
             }
         }
@@ -343,7 +512,7 @@ fn contract(method: &str, public: bool, op: &mut Operation) {
             errors.push(("415", "A body without `Content-Type: application/json` (`VALIDATION_004`)"));
         }
         "PUT" | "PATCH" | "DELETE" => {
-            params.push(header_param("If-Match", "Change only if the resource still has this `ETag` (`*`: any)"));
+            params.push(condition_param("If-Match", "Change only if the resource still has this `ETag` (`*`: any)"));
             errors.push(("409", "A conflict with the resource's state"));
             errors.push(("412", "`If-Match` names none of the resource's current entity tags"));
             errors.push(("413", "The body is larger than the server accepts (`VALIDATION_003`)"));
@@ -352,8 +521,10 @@ fn contract(method: &str, public: bool, op: &mut Operation) {
         }
         _ => {
             if !public || op.operation_id.as_deref() == Some("getOpenApi") {
-                params
-                    .push(header_param("If-None-Match", "Answer `304` if the document still has one of these `ETag`s"));
+                params.push(condition_param(
+                    "If-None-Match",
+                    "Answer `304` if the document still has one of these `ETag`s",
+                ));
                 let not_modified = ResponseBuilder::new().description("Not modified since the `ETag` given").build();
                 op.responses.responses.entry("304".into()).or_insert(not_modified.into());
             }
@@ -503,6 +674,40 @@ mod tests {
                     assert_eq!(op["security"], serde_json::json!([]), "{method} {path}: public");
                 }
             }
+        }
+        // Every link names an operation of the document, and only path parameters it has.
+        let mut targets = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                for answer in op["responses"].as_object().unwrap().values() {
+                    for link in answer["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                        let target = link["operationId"].as_str().unwrap();
+                        let (path, target_op) = doc["paths"]
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .find_map(|(p, i)| {
+                                i.as_object().unwrap().values().find(|o| o["operationId"] == target).map(|o| (p, o))
+                            })
+                            .unwrap_or_else(|| panic!("a link to the unknown operation {target}"));
+                        let names: BTreeSet<&str> = target_op["parameters"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|p| p["in"] == "path")
+                            .map(|p| p["name"].as_str().unwrap())
+                            .collect();
+                        for name in link["parameters"].as_object().unwrap().keys() {
+                            assert!(names.contains(name.as_str()), "a link to {target} ({path}) sets {name}");
+                        }
+                        targets.insert(target.to_string());
+                    }
+                }
+            }
+        }
+        for expected in ["getDeployment", "deleteDeployment", "getVersion", "getEnvironment", "getOperation", "getUser"]
+        {
+            assert!(targets.contains(expected), "no link leads to {expected}");
         }
         let codes = &doc["components"]["schemas"]["ErrorCode"]["enum"];
         assert_eq!(codes.as_array().unwrap().len(), ErrorCode::ALL.len());

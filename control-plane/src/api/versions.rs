@@ -29,7 +29,9 @@ use crate::versions::{NewVersion, Versions};
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Paging {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
@@ -37,8 +39,11 @@ pub struct Paging {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVersion {
+    #[schema(pattern = "^[A-Za-z0-9._+-]{1,64}$")]
     version: Option<String>,
     configuration: Option<Value>,
+    /// At most 1024 bytes, no control characters but newlines.
+    #[schema(pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$")]
     description: Option<String>,
     /// A Git-sourced deployment's version from a (new) commit.
     source_configuration: Option<crate::sources::SourceConfiguration>,
@@ -48,7 +53,9 @@ pub struct CreateVersion {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackBody {
-    /// Why (recorded on the version rolled back from, and in the audit trail).
+    /// Why (recorded on the version rolled back from, and in the audit trail): at most 1024
+    /// bytes, no control characters but newlines.
+    #[schema(pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$")]
     reason: Option<String>,
     /// Mark the version rolled back from `failed` instead of `rolled_back`.
     #[serde(default)]
@@ -59,7 +66,10 @@ pub struct RollbackBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutConfig {
     configuration: Value,
+    #[schema(pattern = "^[A-Za-z0-9._+-]{1,64}$")]
     version: Option<String>,
+    /// At most 1024 bytes, no control characters but newlines.
+    #[schema(pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$")]
     description: Option<String>,
     #[serde(default = "yes")]
     deploy: bool,
@@ -68,8 +78,12 @@ pub struct PutConfig {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutEnv {
+    #[schema(schema_with = crate::api::openapi::shape::env)]
     env: BTreeMap<String, String>,
+    #[schema(pattern = "^[A-Za-z0-9._+-]{1,64}$")]
     version: Option<String>,
+    /// At most 1024 bytes, no control characters but newlines.
+    #[schema(pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$")]
     description: Option<String>,
     #[serde(default = "yes")]
     deploy: bool,

@@ -58,7 +58,9 @@ fn zone_view(z: &AiZoneRecord) -> Value {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Paging {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
@@ -198,7 +200,9 @@ pub async fn delete_workspace(
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProjectList {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
     workspace: Option<String>,
 }
@@ -342,10 +346,13 @@ pub struct CreateAiZone {
     #[serde(default)]
     description: String,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{0,63}$")]
     provider: String,
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{0,63}$")]
     region: String,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::shape::labels)]
     labels: BTreeMap<String, String>,
 }
 
@@ -355,8 +362,11 @@ pub struct CreateAiZone {
 pub struct UpdateAiZone {
     name: Option<String>,
     description: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9._-]{0,63}$")]
     provider: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9._-]{0,63}$")]
     region: Option<String>,
+    #[schema(schema_with = crate::api::openapi::shape::labels)]
     labels: Option<BTreeMap<String, String>>,
 }
 
