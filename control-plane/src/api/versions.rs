@@ -92,6 +92,7 @@ pub struct PutEnv {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchStatus {
+    #[schema(schema_with = desired_status)]
     status: String,
 }
 
@@ -443,6 +444,14 @@ pub async fn put_env(
     }
     let change = Change::Env { env: req.env, version: req.version, description: req.description };
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, precondition, change, params.options()).await?))
+}
+
+/// The statuses [`patch_status`] accepts.
+fn desired_status() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["running", "stopped", "restarting"]))
+        .build()
 }
 
 /// `PATCH /v1/deployments/{id}/status`: `{"status": "running" | "stopped" | "restarting"}`, the
