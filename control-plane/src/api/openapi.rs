@@ -360,6 +360,10 @@ impl Modify for Contract {
             SecurityRequirement::new("bearer", Vec::<String>::new()),
             SecurityRequirement::new("apiKey", Vec::<String>::new()),
         ]);
+        // A write takes `If-Match` only when a `GET` answers its resource's tag (its own URI, or
+        // a parent's); the others refuse it with 400 (`preconditions`).
+        let readable: std::collections::BTreeSet<String> =
+            doc.paths.paths.iter().filter(|(_, item)| item.get.is_some()).map(|(p, _)| p.clone()).collect();
         for (path, item) in doc.paths.paths.iter_mut() {
             let public = PUBLIC.contains(&path.as_str());
             let ops = [
@@ -371,7 +375,8 @@ impl Modify for Contract {
             ];
             for (method, op) in ops {
                 if let Some(op) = op {
-                    contract(method, public, op);
+                    let conditional = readable.contains(&super::preconditions::resource_path(method, path, path));
+                    contract(method, public, conditional, op);
                 }
             }
         }
@@ -477,7 +482,8 @@ fn links(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-fn contract(method: &str, public: bool, op: &mut Operation) {
+/// `conditional`: a write whose resource has a tag to compare `If-Match` with.
+fn contract(method: &str, public: bool, conditional: bool, op: &mut Operation) {
     let mut params = Vec::new();
     let mut errors = vec![
         ("400", "Invalid input: a parameter or field is wrong (`VALIDATION_*`)"),
@@ -512,9 +518,12 @@ fn contract(method: &str, public: bool, op: &mut Operation) {
             errors.push(("415", "A body without `Content-Type: application/json` (`VALIDATION_004`)"));
         }
         "PUT" | "PATCH" | "DELETE" => {
-            params.push(condition_param("If-Match", "Change only if the resource still has this `ETag` (`*`: any)"));
+            if conditional {
+                params
+                    .push(condition_param("If-Match", "Change only if the resource still has this `ETag` (`*`: any)"));
+                errors.push(("412", "`If-Match` names none of the resource's current entity tags"));
+            }
             errors.push(("409", "A conflict with the resource's state"));
-            errors.push(("412", "`If-Match` names none of the resource's current entity tags"));
             errors.push(("413", "The body is larger than the server accepts (`VALIDATION_003`)"));
             errors.push(("415", "A body without `Content-Type: application/json` (`VALIDATION_004`)"));
             errors.push(("422", "The input cannot be processed"));
@@ -629,6 +638,20 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn if_match_is_documented_where_a_tag_can_be_compared() {
+        let doc = doc();
+        let takes = |path: &str, method: &str| {
+            let params = doc["paths"][path][method]["parameters"].as_array().cloned().unwrap_or_default();
+            params.iter().any(|p| p["name"] == "If-Match" && p["in"] == "header")
+        };
+        assert!(takes("/v1/deployments/{id}", "put"));
+        assert!(takes("/v1/environments/{id}/restrictions", "put"), "read at its parent");
+        assert!(!takes("/v1/api-keys/{id}", "delete"), "no GET: If-Match is refused there");
+        assert!(!takes("/v1/agents/tokens/{id}", "delete"));
+        assert!(doc["paths"]["/v1/api-keys/{id}"]["delete"]["responses"].get("412").is_none());
     }
 
     #[test]

@@ -270,7 +270,8 @@ pub async fn write(req: Request, next: Next) -> Response {
 }
 
 /// The URI whose `GET` represents what a write changes.
-fn resource_path(method: &str, route: &str, path: &str) -> String {
+/// The URI whose `GET` answers the current tag of a write to `path` (matched by `route`).
+pub(super) fn resource_path(method: &str, route: &str, path: &str) -> String {
     let drop = READ_AT_PARENT.iter().find(|(m, r, _)| *m == method && *r == route).map_or(0, |(_, _, n)| *n);
     let mut p = path.trim_end_matches('/');
     for _ in 0..drop {
