@@ -95,7 +95,7 @@ impl<'a> Versions<'a> {
         if_match: Option<i64>,
         new: NewVersion,
         p: Permission,
-    ) -> ApiResult<(VersionRecord, bool)> {
+    ) -> ApiResult<Stored> {
         if let Some(v) = &new.version {
             model::validate_version_field("version", v).map_err(invalid)?;
         }
@@ -133,13 +133,14 @@ impl<'a> Versions<'a> {
                 (v, audit)
             })
             .await?;
+        let active = running.record.active_version;
         match written {
-            Write::Done(VersionCreate::Created(v)) => Ok((v, true)),
-            Write::Done(VersionCreate::Existing(v)) => {
-                if model::same_template(&template, &template_of(&v)?) {
-                    Ok((v, false))
+            Write::Done(VersionCreate::Created(version)) => Ok(Stored { version, fresh: true, active }),
+            Write::Done(VersionCreate::Existing(version)) => {
+                if model::same_template(&template, &template_of(&version)?) {
+                    Ok(Stored { version, fresh: false, active })
                 } else {
-                    Err(exists(id, &v.version))
+                    Err(exists(id, &version.version))
                 }
             }
             Write::NotFound => Err(crate::deployments::not_found(id)),
@@ -150,6 +151,14 @@ impl<'a> Versions<'a> {
             }
         }
     }
+}
+
+/// What [`Versions::create`] stored: the version, whether it is new (else the same one existed),
+/// and the deployment's active version (creating one does not change it).
+pub struct Stored {
+    pub version: VersionRecord,
+    pub fresh: bool,
+    pub active: String,
 }
 
 impl Versions<'_> {

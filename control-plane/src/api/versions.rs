@@ -23,7 +23,7 @@ use crate::deployments::{Change, Deployments};
 use crate::ids::rfc3339;
 use crate::model::Configuration;
 use crate::store::VersionRecord;
-use crate::versions::{NewVersion, Versions};
+use crate::versions::{NewVersion, Stored, Versions};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -133,9 +133,10 @@ pub fn version_view(v: &VersionRecord, active: &str) -> Value {
 }
 
 /// 201 (created, with `Location`) or 200 (the same version existed already).
-fn created(v: &VersionRecord, active: &str, new: bool) -> Response {
-    let body = Json(version_view(v, active));
-    if !new {
+fn created(stored: &Stored) -> Response {
+    let v = &stored.version;
+    let body = Json(version_view(v, &stored.active));
+    if !stored.fresh {
         return (StatusCode::OK, body).into_response();
     }
     let location = HeaderValue::from_str(&format!("/v1/deployments/{}/versions/{}", v.deployment_id, v.version))
@@ -216,10 +217,8 @@ pub async fn create(
         description: req.description,
         source: req.source_configuration,
     };
-    let versions = Versions::new(&state);
-    let (v, fresh) = versions.create(&ctx, &id, if_match(&headers)?, new, perm::VERSION_CREATE).await?;
-    let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
-    Ok(created(&v, &active, fresh))
+    let stored = Versions::new(&state).create(&ctx, &id, if_match(&headers)?, new, perm::VERSION_CREATE).await?;
+    Ok(created(&stored))
 }
 
 /// `POST /v1/deployments/{id}/versions/{version}/deploy`
@@ -364,9 +363,8 @@ pub async fn put_config(
             description: req.description,
             source: None,
         };
-        let (v, fresh) = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
-        let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
-        return Ok(created(&v, &active, fresh));
+        let stored = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
+        return Ok(created(&stored));
     }
     let deployments = Deployments::new(&state);
     // `replicas` may be left out: the deployment keeps its own.
@@ -438,9 +436,8 @@ pub async fn put_env(
             description: req.description,
             source: None,
         };
-        let (v, fresh) = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
-        let active = state.store.get_deployment(&id).await?.map(|d| d.active_version).unwrap_or_default();
-        return Ok(created(&v, &active, fresh));
+        let stored = Versions::new(&state).create(&ctx, &id, precondition, new, perm::DEPLOYMENT_UPDATE).await?;
+        return Ok(created(&stored));
     }
     let change = Change::Env { env: req.env, version: req.version, description: req.description };
     Ok(outcome(Deployments::new(&state).change(&ctx, &id, precondition, change, params.options()).await?))
